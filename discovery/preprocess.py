@@ -1,0 +1,205 @@
+"""Preprocessing with scanpy: QC metrics, normalisation, gene selection, donor-held-out split.
+
+Steps, in the order :func:`preprocess` runs them:
+
+1. :func:`qc_metrics`: total counts, genes detected, mitochondrial and ribosomal fractions.
+2. :func:`normalize`: raw counts kept in ``layers['counts']``; ``X`` becomes log1p of counts per
+   10,000.
+3. :func:`select_genes`: highly variable genes (scanpy, ``seurat`` flavour on log data); genes the
+   user pins are always kept.
+4. :func:`split_donors`: donors (never cells) assigned to train / val / test, stratified by label.
+
+Every step records its parameters in ``uns[...]['params']``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+from discovery.contract import InputError, Keys, case_mask, validate
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PreprocessConfig",
+    "normalize",
+    "preprocess",
+    "qc_metrics",
+    "select_genes",
+    "split_donors",
+]
+
+
+@dataclass
+class PreprocessConfig:
+    """Parameters of :func:`preprocess`."""
+
+    target_sum: float = 1e4
+    n_top_genes: int = 1200
+    pin_genes: tuple[str, ...] = ()
+    split_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train, val, test
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.pin_genes = tuple(self.pin_genes)
+        self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            msg = f"split_fractions must be three numbers summing to 1, got {self.split_fractions}"
+            raise ValueError(msg)
+        if min(self.split_fractions) <= 0:
+            msg = f"every split fraction must be positive, got {self.split_fractions}"
+            raise ValueError(msg)
+        if self.n_top_genes < 10:
+            msg = f"n_top_genes must be at least 10, got {self.n_top_genes}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pin_genes"] = list(self.pin_genes)
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        return cls(**d)
+
+
+def qc_metrics(adata: ad.AnnData) -> None:
+    """Per-cell QC metrics from raw counts.
+
+    Reads ``layers['counts']`` (or ``X`` when absent) and ``var_names``. Writes ``var['mt']``,
+    ``var['ribo']``, ``obs['total_counts', 'n_genes_by_counts', 'pct_counts_mt',
+    'pct_counts_ribo']``.
+    """
+    names = adata.var_names.str.upper()
+    adata.var["mt"] = names.str.startswith("MT-")
+    adata.var["ribo"] = names.str.startswith(("RPS", "RPL"))
+    layer = "counts" if "counts" in adata.layers else None
+    sc.pp.calculate_qc_metrics(
+        adata, qc_vars=["mt", "ribo"], layer=layer, percent_top=None, log1p=False, inplace=True
+    )
+
+
+def normalize(adata: ad.AnnData, *, target_sum: float = 1e4) -> None:
+    """Log-normalise, keeping raw counts.
+
+    Reads ``X`` (raw counts). Writes ``layers['counts']`` (copy of the raw counts, when absent),
+    ``X`` = log1p(counts / total * target_sum), ``uns['log1p']``,
+    ``uns['normalize']['params']``.
+    """
+    if "counts" not in adata.layers:
+        adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.layers["counts"].copy()
+    sc.pp.normalize_total(adata, target_sum=target_sum)
+    sc.pp.log1p(adata)
+    adata.uns["normalize"] = {"params": {"target_sum": float(target_sum), "log1p": True}}
+
+
+def select_genes(
+    adata: ad.AnnData, *, n_top_genes: int = 1200, pin_genes: Sequence[str] = ()
+) -> None:
+    """Mark highly variable genes, always keeping pinned genes.
+
+    Reads log-normalised ``X``. Writes ``var['highly_variable']``, ``var['pinned']``,
+    ``uns['select_genes']['params']``.
+    """
+    missing = [g for g in pin_genes if g not in adata.var_names]
+    if missing:
+        msg = (
+            f"{len(missing)} pinned gene(s) are not in var_names: {missing[:10]}. Check the "
+            "symbols (var_names are gene symbols, case-sensitive)."
+        )
+        raise InputError(msg)
+    n_top = min(n_top_genes, adata.n_vars)
+    sc.pp.highly_variable_genes(adata, flavor="seurat", n_top_genes=n_top, subset=False)
+    pinned = adata.var_names.isin(list(pin_genes))
+    adata.var["pinned"] = pinned
+    adata.var["highly_variable"] = adata.var["highly_variable"].to_numpy() | pinned
+    adata.uns["select_genes"] = {
+        "params": {"n_top_genes": int(n_top), "flavor": "seurat", "pin_genes": list(pin_genes),
+                   "n_selected": int(adata.var["highly_variable"].sum())}
+    }
+
+
+def split_donors(
+    adata: ad.AnnData,
+    keys: Keys,
+    *,
+    fractions: Sequence[float] = (0.5, 0.25, 0.25),
+    seed: int = 0,
+    key_added: str = "split",
+) -> None:
+    """Assign donors to ``train`` / ``val`` / ``test``, stratified by label.
+
+    Reads ``obs[keys.donor_key, keys.label_key]``. Writes ``obs[key_added]`` (categorical) and
+    ``uns[key_added]['params']`` with the donors of each split. Each split gets at least one
+    donor of each class; no donor is in two splits.
+    """
+    donors = adata.obs[keys.donor_key].astype(str).to_numpy()
+    is_case = case_mask(adata, keys)
+    donor_case = pd.Series(is_case).groupby(donors).first()
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for cls in (True, False):
+        members = np.array(sorted(donor_case.index[donor_case == cls]))
+        n = len(members)
+        n_test = max(1, int(round(fractions[2] * n)))
+        n_val = max(1, int(round(fractions[1] * n)))
+        if n - n_test - n_val < 1:
+            msg = (
+                f"{n} donors in class {'case' if cls else 'control'} cannot fill train, val and "
+                "test with at least one donor each; add donors or change split fractions."
+            )
+            raise InputError(msg)
+        perm = rng.permutation(members)
+        for d in perm[:n_test]:
+            assignment[d] = "test"
+        for d in perm[n_test : n_test + n_val]:
+            assignment[d] = "val"
+        for d in perm[n_test + n_val :]:
+            assignment[d] = "train"
+    adata.obs[key_added] = pd.Categorical(
+        [assignment[d] for d in donors], categories=["train", "val", "test"]
+    )
+    adata.uns[key_added] = {
+        "params": {
+            "fractions": [float(f) for f in fractions],
+            "seed": int(seed),
+            "donor_key": keys.donor_key,
+            "donors": {s: sorted(d for d, v in assignment.items() if v == s)
+                       for s in ("train", "val", "test")},
+        }
+    }
+
+
+def preprocess(
+    adata: ad.AnnData,
+    keys: Keys | None = None,
+    *,
+    config: PreprocessConfig | None = None,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Validate, then run QC, normalisation, gene selection and the donor split.
+
+    Reads what :func:`discovery.contract.validate` reads. Writes everything the steps above
+    write, plus ``uns['discovery']['keys']`` (the validated keys, read by later steps) and
+    ``uns['preprocess']['params']``. With ``copy=True`` returns a new AnnData, else None.
+    """
+    config = config or PreprocessConfig()
+    adata = adata.copy() if copy else adata
+    keys = validate(adata, keys)
+    adata.uns["discovery"] = {"keys": keys.to_dict()}
+    qc_metrics(adata)
+    log.info("normalising %d cells", adata.n_obs)
+    normalize(adata, target_sum=config.target_sum)
+    select_genes(adata, n_top_genes=config.n_top_genes, pin_genes=config.pin_genes)
+    split_donors(adata, keys, fractions=config.split_fractions, seed=config.split_seed)
+    adata.uns["preprocess"] = {"params": config.to_dict()}
+    return adata if copy else None

@@ -1,0 +1,125 @@
+"""Pipeline configuration: one dataclass per section, presets, and loading from YAML/JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from discovery.contract import InputError, Keys
+from discovery.preprocess import PreprocessConfig
+
+__all__ = ["PRESETS", "CohortConfig", "PipelineConfig", "load_config"]
+
+
+@dataclass
+class CohortConfig:
+    """The bundled cohort, simulated when no data file is given."""
+
+    scenario: str = "alzheimers"
+    seed: int = 0
+    n_donors: int = 40
+    cells_per_donor: int = 200
+    n_genes: int = 2000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything ``discovery run`` needs; the manifest records its resolved form."""
+
+    preset: str = "standard"
+    seed: int = 0
+    keys: Keys = field(default_factory=Keys)
+    cohort: CohortConfig = field(default_factory=CohortConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    baselines: tuple[str, ...] = ("wilcoxon", "pseudobulk", "logreg_l1")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            msg = f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
+            raise InputError(msg)
+        self.baselines = tuple(self.baselines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "seed": self.seed,
+            "keys": self.keys.to_dict(),
+            "cohort": self.cohort.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "baselines": list(self.baselines),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            msg = f"unknown config sections {sorted(unknown)}; known: {sorted(known)}"
+            raise InputError(msg)
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k in ("preset", "seed", "baselines")}
+        if "keys" in d:
+            kw["keys"] = Keys.from_dict(d["keys"])
+        for name, klass in (("cohort", CohortConfig), ("preprocess", PreprocessConfig)):
+            if name in d:
+                allowed = {f.name for f in fields(klass)}
+                bad = set(d[name]) - allowed
+                if bad:
+                    msg = f"unknown {name} settings {sorted(bad)}; known: {sorted(allowed)}"
+                    raise InputError(msg)
+                kw[name] = klass(**d[name])
+        return cls(**kw)
+
+
+#: preset name -> overrides applied on top of the defaults
+PRESETS: dict[str, dict[str, Any]] = {
+    "standard": {},
+    "quick": {
+        "cohort": {"n_donors": 24, "cells_per_donor": 120, "n_genes": 1000},
+        "preprocess": {"n_top_genes": 600},
+    },
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, *, preset: str | None = None, overrides: dict | None = None
+) -> PipelineConfig:
+    """Defaults, then the preset, then the config file, then explicit overrides (CLI flags)."""
+    user: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            msg = f"config file not found: {p}"
+            raise InputError(msg)
+        text = p.read_text()
+        try:
+            user = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            msg = f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}"
+            raise InputError(msg) from err
+        user = user or {}
+        if not isinstance(user, dict):
+            msg = f"config file {p} must hold a mapping of sections, got {type(user).__name__}"
+            raise InputError(msg)
+    chosen = preset or user.get("preset") or "standard"
+    if chosen not in PRESETS:
+        msg = f"unknown preset {chosen!r}; choose one of {', '.join(PRESETS)}"
+        raise InputError(msg)
+    merged = _merge(PipelineConfig().to_dict(), PRESETS[chosen])
+    merged = _merge(merged, user)
+    merged = _merge(merged, overrides or {})
+    merged["preset"] = chosen
+    return PipelineConfig.from_dict(merged)

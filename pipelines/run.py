@@ -1,0 +1,157 @@
+"""``discovery run``: the whole pipeline, stage by stage, into a run directory.
+
+Stages (each recorded in the manifest with params, outputs and seconds; a stage whose params and
+outputs are unchanged is skipped on a rerun):
+
+1. ``input``: load the user's file (or simulate the bundled cohort) and validate it.
+2. ``preprocess``: QC, normalisation, gene selection, donor-held-out split -> ``adata.h5ad``.
+3. ``baselines``: Wilcoxon, pseudobulk and L1-logistic gene rankings -> ``baselines/``.
+4. ``yardstick`` (simulated cohorts only): baselines scored against the planted truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+from tqdm.auto import tqdm
+
+from discovery import simulate as simulate_mod
+from discovery.baselines import rank_genes
+from discovery.contract import Keys, read, validate
+from discovery.preprocess import preprocess
+from discovery.yardstick import score_ranking
+from pipelines.config import PipelineConfig
+from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunResult", "run_pipeline"]
+
+
+@dataclass
+class RunResult:
+    run_dir: RunDir
+    adata: ad.AnnData
+    rankings: pd.DataFrame
+    yardstick: pd.DataFrame | None
+
+
+def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
+                genes_in_rows: bool) -> tuple[ad.AnnData, dict[str, Any]]:
+    if data is None:
+        c = config.cohort
+        adata = simulate_mod.simulate(c.scenario, seed=c.seed, n_donors=c.n_donors,
+                                      cells_per_donor=c.cells_per_donor, n_genes=c.n_genes)
+        return adata, {"kind": "simulated", **c.to_dict()}
+    adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
+    desc = {"kind": "file", "path": str(Path(data).resolve()), "checksum": file_checksum(data)}
+    if metadata is not None:
+        desc["metadata"] = str(Path(metadata).resolve())
+        desc["metadata_checksum"] = file_checksum(metadata)
+    return adata, desc
+
+
+def run_pipeline(
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    metadata: str | Path | None = None,
+    config: PipelineConfig | None = None,
+    genes_in_rows: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Run every stage into ``out``; see the module docstring."""
+    config = config or PipelineConfig()
+    rd = RunDir(out)
+    stages = tqdm(total=4, desc="discovery run", disable=quiet, unit="stage")
+
+    # 1. input -------------------------------------------------------------------------------
+    stages.set_postfix_str("input")
+    adata, input_desc = _load_input(Path(data) if data else None,
+                                    Path(metadata) if metadata else None, config, genes_in_rows)
+    keys = validate(adata, config.keys)  # before any work: errors surface here
+    rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
+    with rd.stage("input", {"input": input_desc}) as outputs:
+        summary = {
+            "n_cells": adata.n_obs, "n_genes": adata.n_vars,
+            "n_donors": int(adata.obs[keys.donor_key].nunique()),
+            "keys": keys.to_dict(),
+        }
+        write_json(rd.file("input_summary.json"), summary)
+        outputs.append("input_summary.json")
+    stages.update()
+
+    # 2. preprocess --------------------------------------------------------------------------
+    stages.set_postfix_str("preprocess")
+    params = {"preprocess": config.preprocess.to_dict(), "keys": config.keys.to_dict()}
+    adata_path = rd.path / "adata.h5ad"
+    if rd.is_done("preprocess", params):
+        log.info("preprocess: reusing %s", adata_path)
+        adata = ad.read_h5ad(adata_path)
+    else:
+        with rd.stage("preprocess", params) as outputs:
+            preprocess(adata, keys, config=config.preprocess)
+            atomic_write(adata_path, lambda p: adata.write_h5ad(p, compression="gzip"))
+            outputs.append("adata.h5ad")
+    stages.update()
+
+    # 3. baselines ---------------------------------------------------------------------------
+    stages.set_postfix_str("baselines")
+    params = {"baselines": list(config.baselines), "seed": config.seed}
+    rank_path = rd.path / "baselines" / "rankings.csv.gz"
+    if rd.is_done("baselines", params):
+        rankings = pd.read_csv(rank_path)
+    else:
+        with rd.stage("baselines", params) as outputs:
+            rankings = pd.concat(
+                [rank_genes(adata, m, seed=config.seed) for m in
+                 tqdm(config.baselines, desc="baselines", disable=quiet, leave=False)],
+                ignore_index=True,
+            )
+            atomic_write(rank_path, lambda p: rankings.to_csv(p, index=False, compression="gzip"))
+            top = (rankings[rankings["rank"] <= 20]
+                   .groupby(["method", "cell_type", "direction"])["gene"].apply(list))
+            write_json(rd.file("baselines", "top_genes.json"),
+                       {f"{m}|{ct}|{d}": g for (m, ct, d), g in top.items()})
+            outputs += ["baselines/rankings.csv.gz", "baselines/top_genes.json"]
+    stages.update()
+
+    # 4. yardstick (simulated cohorts) --------------------------------------------------------
+    stages.set_postfix_str("yardstick")
+    yard = None
+    if "simulation" in adata.uns:
+        truth = simulate_mod.truth(adata)
+        with rd.stage("yardstick", {"methods": list(config.baselines)}) as outputs:
+            yard = pd.concat(
+                [score_ranking(rankings[rankings["method"] == m], truth,
+                               list(adata.var_names)).assign(method=m)
+                 for m in config.baselines],
+                ignore_index=True,
+            )
+            atomic_write(rd.path / "baselines" / "yardstick.csv",
+                         lambda p: yard.to_csv(p, index=False))
+            outputs.append("baselines/yardstick.csv")
+    stages.update()
+    stages.close()
+    return RunResult(rd, adata, rankings, yard)
+
+
+def keys_from_args(**kw: Any) -> Keys:
+    """Keys from CLI-style arguments (None means the contract's default)."""
+    defaults = Keys()
+    cov = kw.get("covariate_keys")
+    if isinstance(cov, str):
+        cov = tuple(c.strip() for c in cov.split(",") if c.strip())
+    return Keys(
+        label_key=kw.get("label_key") or defaults.label_key,
+        case=kw.get("case"),
+        donor_key=kw.get("donor_key") or defaults.donor_key,
+        cell_type_key=kw.get("cell_type_key") or defaults.cell_type_key,
+        batch_key=kw.get("batch_key") if kw.get("batch_key") is not None else defaults.batch_key,
+        covariate_keys=tuple(cov or ()),
+    )

@@ -1,0 +1,192 @@
+"""The run directory (DESIGN.md contract) and its manifest.
+
+``RUN_DIR/manifest.json`` holds: ``schema_version``, ``run_id``, ``parent_run``, the resolved
+config and its hash, the input checksum, package versions, the seed, and per stage its status,
+params, outputs and seconds. Every file is written to a temporary file in the same folder and
+renamed into place, so a failed run never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MANIFEST_SCHEMA_VERSION", "RunDir", "atomic_write", "config_hash", "file_checksum"]
+
+MANIFEST_SCHEMA_VERSION = 1
+_PACKAGES = ("discovery", "torch", "transformers", "scanpy", "anndata", "numpy", "scipy",
+             "pandas", "scikit-learn", "networkx", "safetensors")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    return atomic_write(path, lambda p: p.write_text(text + "\n"))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    msg = f"not JSON serialisable: {type(obj).__name__}"
+    raise TypeError(msg)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_checksum(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class RunDir:
+    """A run directory and its manifest.
+
+    Stages are recorded with :meth:`stage`; a stage whose params hash matches a completed
+    record and whose outputs exist is reported by :meth:`is_done` so the pipeline can resume.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest_path = self.path / "manifest.json"
+        if self.manifest_path.exists():
+            self.manifest = json.loads(self.manifest_path.read_text())
+        else:
+            self.manifest = {}
+
+    # ------------------------------------------------------------------ creation / manifest
+    def init(
+        self,
+        *,
+        config: dict[str, Any],
+        seed: int,
+        input_desc: dict[str, Any],
+        parent_run: str | None = None,
+    ) -> None:
+        """Start (or resume) a run; a changed config or input invalidates recorded stages."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        chash = config_hash(config)
+        previous = self.manifest
+        keep_stages = (
+            previous.get("config_hash") == chash
+            and previous.get("input") == input_desc
+            and previous.get("schema_version") == MANIFEST_SCHEMA_VERSION
+        )
+        if previous and not keep_stages:
+            log.info("config or input changed since the last run in %s; recomputing", self.path)
+        self.manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "run_id": previous.get("run_id") if keep_stages else _new_run_id(),
+            "parent_run": parent_run,
+            "created": previous.get("created") if keep_stages else _now(),
+            "updated": _now(),
+            "config": config,
+            "config_hash": chash,
+            "input": input_desc,
+            "seed": int(seed),
+            "packages": package_versions(),
+            "stages": previous.get("stages", {}) if keep_stages else {},
+        }
+        self.save()
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    def save(self) -> None:
+        self.manifest["updated"] = _now()
+        write_json(self.manifest_path, self.manifest)
+
+    # ------------------------------------------------------------------------------ stages
+    def is_done(self, name: str, params: dict[str, Any]) -> bool:
+        rec = self.manifest.get("stages", {}).get(name)
+        if not rec or rec.get("status") != "done" or rec.get("params_hash") != config_hash(params):
+            return False
+        return all((self.path / o).exists() for o in rec.get("outputs", []))
+
+    @contextlib.contextmanager
+    def stage(self, name: str, params: dict[str, Any]) -> Iterator[list[str]]:
+        """Record a stage: yields a list the caller appends output paths (relative) to."""
+        outputs: list[str] = []
+        rec = {"status": "running", "params": params, "params_hash": config_hash(params),
+               "outputs": outputs, "started": _now()}
+        self.manifest.setdefault("stages", {})[name] = rec
+        self.save()
+        t0 = time.perf_counter()
+        try:
+            yield outputs
+        except BaseException as err:
+            rec.update(status="failed", error=f"{type(err).__name__}: {err}",
+                       seconds=round(time.perf_counter() - t0, 3))
+            self.save()
+            raise
+        rec.update(status="done", seconds=round(time.perf_counter() - t0, 3))
+        self.save()
+        log.info("stage %s done in %.1fs", name, rec["seconds"])
+
+    def file(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
