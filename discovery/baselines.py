@@ -40,11 +40,11 @@ MIN_CELLS_PSEUDOBULK = 10
 
 
 def ranking_from_scores(
-    method: str,
-    cell_type: str,
     genes: np.ndarray,
     score: np.ndarray,
     *,
+    method: str,
+    cell_type: str,
     pval: np.ndarray | None = None,
     qval: np.ndarray | None = None,
 ) -> pd.DataFrame:
@@ -89,12 +89,14 @@ def _wilcoxon(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
         tmp = ad.AnnData(X=sub.X, obs=pd.DataFrame({"g": pd.Categorical(grp)}, index=sub.obs_names),
                          var=pd.DataFrame(index=sub.var_names))
         tmp.uns["log1p"] = {"base": None}
-        sc.tl.rank_genes_groups(tmp, "g", groups=["case"], reference="control",
-                                method="wilcoxon", tie_correct=True)
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no counts: NaN score
+            sc.tl.rank_genes_groups(tmp, "g", groups=["case"], reference="control",
+                                    method="wilcoxon", tie_correct=True)
         res = sc.get.rank_genes_groups_df(tmp, group="case").set_index("names")
         res = res.loc[sub.var_names]
-        frames.append(ranking_from_scores("wilcoxon", ct, sub.var_names.to_numpy(),
-                                          res["scores"].to_numpy(),
+        frames.append(ranking_from_scores(sub.var_names.to_numpy(), res["scores"].to_numpy(),
+                                          method="wilcoxon", cell_type=ct,
                                           pval=res["pvals"].to_numpy(),
                                           qval=res["pvals_adj"].to_numpy()))
     return pd.concat(frames, ignore_index=True)
@@ -140,7 +142,8 @@ def _pseudobulk(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame
         p[tested] = res.p
         q[tested] = bh_fdr(res.p)
         signed = np.sign(t) * -np.log10(np.clip(p, 1e-300, 1.0))
-        frames.append(ranking_from_scores("pseudobulk", ct, genes, signed, pval=p, qval=q))
+        frames.append(ranking_from_scores(genes, signed, method="pseudobulk", cell_type=ct,
+                                          pval=p, qval=q))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -165,7 +168,8 @@ def _logreg_l1(adata: ad.AnnData, keys: Keys, *, seed: int = 0, C: float = 0.05)
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
             model.fit(Xs, y)
-        frames.append(ranking_from_scores("logreg_l1", ct, genes, model.coef_[0]))
+        frames.append(ranking_from_scores(genes, model.coef_[0], method="logreg_l1",
+                                          cell_type=ct))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -45,7 +45,9 @@ def average_precision(
         return float("nan")
     ranked = list(dict.fromkeys(g for g in ranked if g in set(universe)))
     seen = set(ranked)
-    ranked += [g for g in universe if g not in seen]
+    # unranked genes go last, positives after every negative (the least favourable order)
+    ranked += [g for g in universe if g not in seen and g not in pos]
+    ranked += [g for g in universe if g not in seen and g in pos]
     hits = np.array([g in pos for g in ranked], float)
     precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
     return float((precision * hits).sum() / len(pos))

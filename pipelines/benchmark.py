@@ -93,7 +93,9 @@ def run_benchmark(
 
 def _fmt(x: object) -> str:
     if isinstance(x, float):
-        return "–" if np.isnan(x) else f"{x:.3f}"
+        if np.isnan(x):
+            return "–"
+        return f"{x:.0f}" if x.is_integer() and abs(x) >= 1 else f"{x:.3f}"
     return str(x)
 
 

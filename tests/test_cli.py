@@ -1,0 +1,118 @@
+"""The CLI contract: run, simulate, benchmark; clear errors, no tracebacks; resumable runs."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import pytest
+
+from discovery.simulate import simulate
+from pipelines.cli import main
+
+from .conftest import SMALL
+
+
+@pytest.fixture
+def small_h5ad(tmp_path):
+    p = tmp_path / "cohort.h5ad"
+    simulate("alzheimers", seed=0, **SMALL).write_h5ad(p)
+    return p
+
+
+def test_simulate_command_is_deterministic(tmp_path):
+    a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    for p in (a, b):
+        assert main(["simulate", str(p), "--scenario", "null", "--seed", "2", "--donors", "12",
+                     "--cells-per-donor", "40", "--genes", "500", "--quiet"]) == 0
+    x, y = ad.read_h5ad(a), ad.read_h5ad(b)
+    assert x.X.data.tobytes() == y.X.data.tobytes()
+    assert x.uns["simulation"]["truth_json"] == y.uns["simulation"]["truth_json"]
+
+
+def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["input"]["checksum"].startswith("sha256:")
+    assert manifest["config"]["keys"]["label_key"] == "diagnosis"
+    assert {"input", "preprocess", "baselines", "yardstick"} <= set(manifest["stages"])
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert "torch" in manifest["packages"]
+    adata = ad.read_h5ad(out / "adata.h5ad")
+    assert "split" in adata.obs and "counts" in adata.layers
+    assert (out / "baselines" / "rankings.csv.gz").exists()
+    # rerun: unchanged stages are reused, run id kept
+    mtime = (out / "adata.h5ad").stat().st_mtime_ns
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["run_id"] == manifest["run_id"]
+    assert (out / "adata.h5ad").stat().st_mtime_ns == mtime
+
+
+def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys):
+    adata = ad.read_h5ad(small_h5ad)
+    adata.obs = adata.obs.rename(columns={"diagnosis": "status", "donor": "subject",
+                                          "cell_type": "celltype", "batch": "seq_run"})
+    adata.obs["status"] = adata.obs["status"].map({"AD": "alz", "Control": "ctl"})
+    p = tmp_path / "renamed.h5ad"
+    adata.write_h5ad(p)
+    out = tmp_path / "run_renamed"
+    rc = main(["run", str(p), "--out", str(out), "--quiet"])
+    assert rc == 2
+    assert "obs column 'diagnosis' (given by --label-key) is missing" in capsys.readouterr().err
+    rc = main(["run", str(p), "--out", str(out), "--quiet", "--label-key", "status", "--case",
+               "alz", "--donor-key", "subject", "--cell-type-key", "celltype", "--batch-key",
+               "seq_run", "--covariate-keys", "sex,age"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["baselines"]["status"] == "done"
+    done = ad.read_h5ad(out / "adata.h5ad")
+    assert done.uns["discovery"]["keys"]["case"] == "alz"
+    assert list(done.uns["discovery"]["keys"]["covariate_keys"]) == ["sex", "age"]
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    rc = main(["run", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "file not found" in err and "Traceback" not in err
+
+
+def test_failed_run_leaves_previous_outputs_intact(small_h5ad, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    before = (out / "adata.h5ad").read_bytes()
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("garbage")
+    assert main(["run", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert (out / "adata.h5ad").read_bytes() == before
+    json.loads((out / "manifest.json").read_text())  # still valid JSON
+
+
+def test_bundled_cohort_quick_preset(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["run", "--out", str(out), "--preset", "quick", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["kind"] == "simulated"
+    assert manifest["config"]["preset"] == "quick"
+    assert (out / "baselines" / "yardstick.csv").exists()
+
+
+def test_config_file_errors(tmp_path, small_h5ad, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preprocess:\n  n_top_gens: 10\n")
+    rc = main(["run", str(small_h5ad), "--out", str(tmp_path / "r"), "--config", str(cfg),
+               "--quiet"])
+    assert rc == 2
+    assert "unknown preprocess settings ['n_top_gens']" in capsys.readouterr().err
+
+
+def test_benchmark_command_writes_markdown(tmp_path):
+    out = tmp_path / "b.md"
+    rc = main(["benchmark", "--scenario", "alzheimers,null", "--seeds", "0", "--donors", "12",
+               "--cells-per-donor", "50", "--genes", "500", "--methods", "pseudobulk",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    text = out.read_text()
+    assert "| alzheimers | pseudobulk |" in text and "| null | pseudobulk |" in text
