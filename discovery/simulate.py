@@ -36,15 +36,17 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SCENARIOS", "Scenario", "simulate", "truth"]
 
-#: (cell type, mean proportion, median library size of a nucleus)
+#: (cell type, mean proportion, median library size of a nucleus); proportions follow the
+#: prefrontal-cortex snRNA-seq of Mathys et al. 2019 with rare glia enriched so that every
+#: donor has enough microglia and astrocytes for pseudobulk
 CELL_TYPES: tuple[tuple[str, float, float], ...] = (
-    ("Excitatory neurons", 0.24, 7000.0),
-    ("Inhibitory neurons", 0.10, 5500.0),
-    ("Astrocytes", 0.14, 3000.0),
-    ("Oligodendrocytes", 0.28, 2800.0),
-    ("OPC", 0.08, 3000.0),
+    ("Excitatory neurons", 0.36, 7000.0),
+    ("Inhibitory neurons", 0.12, 5500.0),
+    ("Astrocytes", 0.10, 3000.0),
+    ("Oligodendrocytes", 0.24, 2800.0),
+    ("OPC", 0.05, 3000.0),
     ("Microglia", 0.10, 2200.0),
-    ("Endothelial", 0.06, 1800.0),
+    ("Endothelial", 0.03, 1800.0),
 )
 
 PROGRAMS = (
@@ -65,23 +67,23 @@ class Scenario:
     name: str
     description: str
     #: log-scale shift of program genes in program cells of affected donors (0: no disease)
-    program_effect: float = 1.3
+    program_effect: float = 2.0
     #: fraction of case donors affected by each program
-    affected_fraction: float = 0.8
+    affected_fraction: float = 0.85
     #: fraction of a cell type's cells in the disease state, per affected donor (low, high)
-    state_fraction: tuple[float, float] = (0.6, 0.95)
+    state_fraction: tuple[float, float] = (0.75, 1.0)
     #: multiplier of the excitatory-neuron proportion in cases (1: no composition shift)
     neuron_loss: float = 0.65
     #: P(technical batch | case), P(technical batch | control)
     batch_alignment: tuple[float, float] = (0.7, 0.3)
     #: log-scale shift of the technical program in cells of the technical batch
-    batch_effect: float = 1.2
+    batch_effect: float = 1.0
     #: library-size multiplier in the technical batch
     batch_library: float = 0.8
     #: mean mitochondrial fraction (control) and log-odds shift in cases
     mito_fraction: float = 0.02
     mito_case_shift: float = 0.5
-    donor_sd: float = 0.15
+    donor_sd: float = 0.1
     composition_concentration: float = 60.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +113,7 @@ SCENARIOS: dict[str, Scenario] = {
         "confounded",
         "A strong technical batch almost aligned with diagnosis; the real disease programs are "
         "weak and affect fewer donors.",
-        program_effect=0.5,
+        program_effect=0.6,
         affected_fraction=0.6,
         state_fraction=(0.3, 0.6),
         neuron_loss=0.9,
@@ -149,7 +151,7 @@ def simulate(
     scenario: str = "alzheimers",
     *,
     seed: int = 0,
-    n_donors: int = 40,
+    n_donors: int = 48,
     cells_per_donor: int = 200,
     n_genes: int = 2000,
     label_key: str = "diagnosis",

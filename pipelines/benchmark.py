@@ -55,7 +55,7 @@ def run_benchmark(
     seeds: Sequence[int],
     methods: Sequence[str],
     *,
-    n_donors: int = 40,
+    n_donors: int = 48,
     cells_per_donor: int = 200,
     n_genes: int = 2000,
     quiet: bool = False,

@@ -60,15 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
     p.add_argument("--preset", choices=["quick", "standard"], default=None)
     p.add_argument("--model", choices=["transformer", "mlp"], default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    _add_keys(p)
+
+    p = sub.add_parser("train", help="train a classifier on held-out donors (no later stages)")
+    p.add_argument("data", nargs="?", type=Path,
+                   help=".h5ad (raw counts), or a run directory's adata.h5ad; default: bundled")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--model", choices=["transformer", "mlp"], default="transformer")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--config", type=Path, help="YAML/JSON config file")
+    p.add_argument("--preset", choices=["quick", "standard"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
     _add_keys(p)
 
     p = sub.add_parser("simulate", help="write a simulated cohort with planted truth")
     p.add_argument("out", type=Path, help="output .h5ad")
     p.add_argument("--scenario", default="alzheimers")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--donors", type=int, default=40)
+    p.add_argument("--donors", type=int, default=48)
     p.add_argument("--cells-per-donor", type=int, default=200)
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--quiet", action="store_true")
@@ -78,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated scenarios")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--methods", default=None, help="comma-separated methods [all registered]")
-    p.add_argument("--donors", type=int, default=40)
+    p.add_argument("--donors", type=int, default=48)
     p.add_argument("--cells-per-donor", type=int, default=200)
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
@@ -87,23 +101,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------ commands
-def cmd_run(args: argparse.Namespace) -> int:
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from pipelines.config import load_config
-    from pipelines.run import keys_from_args, run_pipeline
+    from pipelines.run import keys_from_args
 
-    overrides: dict = {}
+    overrides: dict = {"keys": keys_from_args(**vars(args)).to_dict()}
     if args.seed is not None:
         overrides["seed"] = args.seed
-    keys = keys_from_args(**vars(args))
-    overrides["keys"] = keys.to_dict()
-    config = load_config(args.config, preset=args.preset, overrides=overrides)
+    model: dict = {}
+    if getattr(args, "model", None):
+        model["kind"] = args.model
+    train: dict = {}
+    if getattr(args, "device", None):
+        train["device"] = args.device
+    if getattr(args, "epochs", None):
+        train["epochs"] = args.epochs
+    if train:
+        model["train"] = train
+    if model:
+        overrides["model"] = model
+    return load_config(args.config, preset=args.preset, overrides=overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_pipeline
+
+    config = _config_from_args(args)
     t0 = time.perf_counter()
     res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
                        genes_in_rows=args.genes_in_rows, quiet=args.quiet)
     if not args.quiet:
         _print_run_summary(res)
+        _print_model_summary(res.metrics)
         console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.run import run_pipeline
+
+    config = _config_from_args(args)
+    config.baselines = ()
+    res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
+                       genes_in_rows=args.genes_in_rows, quiet=args.quiet)
+    if not args.quiet:
+        _print_model_summary(res.metrics)
+    return 0
+
+
+def _print_model_summary(metrics: dict | None) -> None:
+    if not metrics:
+        return
+    table = Table(title=f"{metrics.get('kind', 'model')}: held-out donors")
+    for col in ("split", "donors", "cell AUROC", "donor AUROC", "accuracy", "ECE"):
+        table.add_column(col)
+    for split in ("val", "test"):
+        m = metrics[split]
+        table.add_row(split, str(m["n_donors"]), f"{m['cell_auroc']:.3f}",
+                      f"{m['donor_auroc']:.3f}", f"{m['accuracy']:.3f}", f"{m['ece']:.3f}")
+    console.print(table)
+    probe = metrics.get("shortcut_probe", {})
+    for col, entry in probe.items():
+        if isinstance(entry, dict) and entry.get("kind") == "batch":
+            accs = [f"{g}: {entry[g]['balanced_accuracy']:.2f}" for g in ("case", "control")
+                    if entry.get(g)]
+            console.print(f"shortcut probe, pooled -> {col} (balanced accuracy within label; "
+                          f"chance 0.5): {', '.join(accs)}")
 
 
 def _print_run_summary(res) -> None:  # noqa: ANN001
@@ -158,7 +221,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "benchmark": cmd_benchmark}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
+            "benchmark": cmd_benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import yaml
 
 from discovery.contract import InputError, Keys
 from discovery.preprocess import PreprocessConfig
+from models.training import TrainConfig
 
 __all__ = ["PRESETS", "CohortConfig", "PipelineConfig", "load_config"]
 
@@ -21,12 +22,57 @@ class CohortConfig:
 
     scenario: str = "alzheimers"
     seed: int = 0
-    n_donors: int = 40
+    n_donors: int = 48
     cells_per_donor: int = 200
     n_genes: int = 2000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ModelConfig:
+    """The classifier: architecture name, its sizes (HF config), and training settings.
+
+    Empty ``arch`` / ``train`` mean the defaults of :data:`discovery.classifier.DEFAULT_ARCH` and
+    :data:`discovery.classifier.DEFAULT_TRAIN` for that architecture.
+    """
+
+    kind: str = "transformer"
+    arch: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from models import CLASSIFIERS
+
+        if self.kind not in CLASSIFIERS:
+            msg = f"unknown model {self.kind!r}; choose one of {', '.join(CLASSIFIERS)}"
+            raise InputError(msg)
+        try:
+            self.train_config()
+        except ValueError as err:
+            raise InputError(str(err)) from err
+
+    def train_config(self) -> TrainConfig:
+        from discovery.classifier import DEFAULT_TRAIN
+
+        return TrainConfig.from_dict({**DEFAULT_TRAIN[self.kind], **self.train})
+
+    def resolved_arch(self) -> dict[str, Any]:
+        from discovery.classifier import DEFAULT_ARCH
+
+        return {**DEFAULT_ARCH[self.kind], **self.arch}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "arch": dict(self.arch), "train": dict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        unknown = set(d) - {"kind", "arch", "train"}
+        if unknown:
+            msg = f"unknown model settings {sorted(unknown)}; known: ['arch', 'kind', 'train']"
+            raise InputError(msg)
+        return cls(**d)
 
 
 @dataclass
@@ -39,6 +85,7 @@ class PipelineConfig:
     cohort: CohortConfig = field(default_factory=CohortConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     baselines: tuple[str, ...] = ("wilcoxon", "pseudobulk", "logreg_l1")
+    model: ModelConfig = field(default_factory=lambda: ModelConfig())
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -54,6 +101,7 @@ class PipelineConfig:
             "cohort": self.cohort.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "baselines": list(self.baselines),
+            "model": self.model.to_dict(),
         }
 
     @classmethod
@@ -66,6 +114,8 @@ class PipelineConfig:
         kw: dict[str, Any] = {k: v for k, v in d.items() if k in ("preset", "seed", "baselines")}
         if "keys" in d:
             kw["keys"] = Keys.from_dict(d["keys"])
+        if "model" in d:
+            kw["model"] = ModelConfig.from_dict(d["model"])
         for name, klass in (("cohort", CohortConfig), ("preprocess", PreprocessConfig)):
             if name in d:
                 allowed = {f.name for f in fields(klass)}

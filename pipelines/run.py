@@ -7,6 +7,9 @@ outputs are unchanged is skipped on a rerun):
 2. ``preprocess``: QC, normalisation, gene selection, donor-held-out split -> ``adata.h5ad``.
 3. ``baselines``: Wilcoxon, pseudobulk and L1-logistic gene rankings -> ``baselines/``.
 4. ``yardstick`` (simulated cohorts only): baselines scored against the planted truth.
+5. ``model``: the classifier (transformer or MLP) trained on train donors, early-stopped on val
+   donors, evaluated on test donors -> ``model/`` (safetensors + config.json),
+   ``model/metrics.json`` (metrics, training speed, shortcut probe), ``obs['case_prob']``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import anndata as ad
 import pandas as pd
 from tqdm.auto import tqdm
 
+from discovery import classifier
 from discovery import simulate as simulate_mod
 from discovery.baselines import rank_genes
 from discovery.contract import Keys, read, validate
@@ -39,6 +43,8 @@ class RunResult:
     adata: ad.AnnData
     rankings: pd.DataFrame
     yardstick: pd.DataFrame | None
+    model: Any = None
+    metrics: dict[str, Any] | None = None
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -68,7 +74,7 @@ def run_pipeline(
     """Run every stage into ``out``; see the module docstring."""
     config = config or PipelineConfig()
     rd = RunDir(out)
-    stages = tqdm(total=4, desc="discovery run", disable=quiet, unit="stage")
+    stages = tqdm(total=5, desc="discovery run", disable=quiet, unit="stage")
 
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
@@ -104,7 +110,9 @@ def run_pipeline(
     stages.set_postfix_str("baselines")
     params = {"baselines": list(config.baselines), "seed": config.seed}
     rank_path = rd.path / "baselines" / "rankings.csv.gz"
-    if rd.is_done("baselines", params):
+    if not config.baselines:
+        rankings = pd.DataFrame()
+    elif rd.is_done("baselines", params):
         rankings = pd.read_csv(rank_path)
     else:
         with rd.stage("baselines", params) as outputs:
@@ -124,7 +132,7 @@ def run_pipeline(
     # 4. yardstick (simulated cohorts) --------------------------------------------------------
     stages.set_postfix_str("yardstick")
     yard = None
-    if "simulation" in adata.uns:
+    if "simulation" in adata.uns and config.baselines:
         truth = simulate_mod.truth(adata)
         with rd.stage("yardstick", {"methods": list(config.baselines)}) as outputs:
             yard = pd.concat(
@@ -137,8 +145,49 @@ def run_pipeline(
                          lambda p: yard.to_csv(p, index=False))
             outputs.append("baselines/yardstick.csv")
     stages.update()
+
+    # 5. model ---------------------------------------------------------------------------------
+    stages.set_postfix_str("model")
+    model, metrics = train_stage(rd, adata, config, quiet=quiet)
+    stages.update()
     stages.close()
-    return RunResult(rd, adata, rankings, yard)
+    return RunResult(rd, adata, rankings, yard, model, metrics)
+
+
+def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
+                quiet: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train (or reuse) the classifier of a run; writes ``model/`` and updates ``adata.h5ad``."""
+    mc = config.model
+    params = {"model": mc.to_dict(), "seed": config.seed,
+              "resolved": {"arch": mc.resolved_arch(), "train": mc.train_config().to_dict()}}
+    model_dir = rd.path / "model"
+    if rd.is_done("model", params) and "case_prob" in adata.obs:
+        log.info("model: reusing %s", model_dir)
+        import json
+
+        return classifier.load(model_dir), json.loads((model_dir / "metrics.json").read_text())
+    with rd.stage("model", params) as outputs:
+        tc = mc.train_config()
+        tc.seed = config.seed
+        trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
+                                   quiet=quiet)
+        metrics = dict(trained.metrics)
+        metrics["shortcut_probe"] = classifier.shortcut_probe(adata, trained.model,
+                                                              seed=config.seed)
+        metrics["kind"] = mc.kind
+        tmp_dir = model_dir.with_name(".model.tmp")
+        import shutil
+
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        trained.save(tmp_dir)
+        write_json(tmp_dir / "metrics.json", metrics)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp_dir.rename(model_dir)
+        adata_path = rd.path / "adata.h5ad"
+        atomic_write(adata_path, lambda p: adata.write_h5ad(p, compression="gzip"))
+        outputs += ["model/config.json", "model/model.safetensors", "model/metrics.json",
+                    "adata.h5ad"]
+    return trained.model, metrics
 
 
 def keys_from_args(**kw: Any) -> Keys:

@@ -1,0 +1,339 @@
+"""Sparse autoencoders (dictionary learning) on a model's activations.
+
+Architectures, each with one config dataclass (``to_dict``/``from_dict``, validated in
+``__post_init__``) in the registry :data:`SAE_REGISTRY`:
+
+- ``topk`` (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"): keep the k largest
+  pre-activations per input; unit-norm decoder rows; AuxK loss: the ``aux_k`` largest *dead*
+  latents reconstruct the residual error, which keeps latents alive.
+- ``batchtopk`` (Bussmann et al. 2024): keep the k x batch largest pre-activations over the whole
+  batch (a per-input L0 that varies); at inference a threshold learned as a running estimate
+  of the smallest kept activation replaces the batch rule.
+- ``relu``: ReLU encoder with an L1 penalty weighted by decoder norms (the classic baseline).
+
+Every SAE normalises its input first: ``x_n = (x - mean) / scale`` with ``mean`` and the scalar
+``scale`` (root mean squared norm per dimension) fitted on the training activations and saved as
+buffers — outlier dimensions would otherwise dominate the reconstruction loss and starve most
+latents. Decoding returns to the original space. Decoding a TopK code uses only its k active
+latents (an embedding-bag gather), not a dense (batch x d_sae) @ (d_sae x d_in) product.
+
+On disk: ``config.json`` (with ``architecture``) + ``sae.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "SAE_REGISTRY",
+    "BatchTopKSAE",
+    "BatchTopKSAEConfig",
+    "ReLUSAE",
+    "ReLUSAEConfig",
+    "SAEOutput",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "TopKSAEConfig",
+    "load_sae",
+]
+
+
+@dataclass
+class _BaseConfig:
+    d_in: int
+    d_sae: int
+    seed: int = 0
+
+    architecture: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 1 or self.d_sae < 1:
+            msg = f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> _BaseConfig:
+        d = {k: v for k, v in d.items() if k != "architecture"}
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(d) - allowed
+        if unknown:
+            msg = f"unknown {cls.__name__} settings {sorted(unknown)}; known: {sorted(allowed)}"
+            raise ValueError(msg)
+        return cls(**d)
+
+
+@dataclass
+class TopKSAEConfig(_BaseConfig):
+    k: int = 16
+    aux_k: int = 64
+    aux_coeff: float = 1 / 32
+    #: a latent is dead when it has not fired for this many training inputs
+    dead_after: int = 20_000
+
+    architecture: ClassVar[str] = "topk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.k <= self.d_sae:
+            msg = f"k must be in [1, d_sae={self.d_sae}], got {self.k}"
+            raise ValueError(msg)
+
+
+@dataclass
+class BatchTopKSAEConfig(TopKSAEConfig):
+    #: momentum of the running inference threshold
+    threshold_momentum: float = 0.99
+
+    architecture: ClassVar[str] = "batchtopk"
+
+
+@dataclass
+class ReLUSAEConfig(_BaseConfig):
+    l1_coeff: float = 3e-3
+
+    architecture: ClassVar[str] = "relu"
+
+
+class SAEOutput(NamedTuple):
+    x_hat: torch.Tensor  # (n, d_in), original space
+    acts: torch.Tensor  # (n, d_sae)
+    loss: torch.Tensor
+    mse: torch.Tensor  # normalised-space MSE per element
+    aux: torch.Tensor
+
+
+class SparseAutoencoder(nn.Module):
+    """Shared parts: normalisation, encoder/decoder weights, unit-norm decoder, dead tracking."""
+
+    config_class: ClassVar[type[_BaseConfig]] = _BaseConfig
+
+    def __init__(self, config: _BaseConfig) -> None:
+        super().__init__()
+        self.config = config
+        g = torch.Generator().manual_seed(config.seed)
+        w = torch.randn(config.d_sae, config.d_in, generator=g)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w.clone())  # (d_sae, d_in): rows are feature directions
+        self.W_enc = nn.Parameter(w.T.clone())  # (d_in, d_sae), tied at init
+        self.b_enc = nn.Parameter(torch.zeros(config.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(config.d_in))
+        self.register_buffer("act_mean", torch.zeros(config.d_in))
+        self.register_buffer("act_scale", torch.ones(()))
+        self.register_buffer("steps_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+
+    # ------------------------------------------------------------------ normalisation
+    @torch.no_grad()
+    def fit_normalisation(self, sample: torch.Tensor) -> None:
+        """Fit mean and scale on a sample of activations ``(n, d_in)``; init b_dec at 0."""
+        self.act_mean.copy_(sample.mean(0))
+        centred = sample - self.act_mean
+        self.act_scale.copy_(centred.pow(2).sum(1).mean().div(sample.shape[1]).sqrt().clamp(min=1e-8))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.act_mean) / self.act_scale
+
+    def denormalise(self, x_n: torch.Tensor) -> torch.Tensor:
+        return x_n * self.act_scale + self.act_mean
+
+    # --------------------------------------------------------------------------- API
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations ``(n, d_sae)`` of raw activations ``x: (n, d_in)``."""
+        return (self.normalise(x) - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations ``(n, d_sae)`` (dense tensor, mostly zeros)."""
+        raise NotImplementedError
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the original space from dense ``acts: (n, d_sae)``."""
+        return self.denormalise(acts @ self.W_dec + self.b_dec)
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        raise NotImplementedError
+
+    @property
+    def decoder_directions(self) -> torch.Tensor:
+        """Feature directions in the original activation space, ``(d_sae, d_in)``."""
+        return self.W_dec * self.act_scale
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Project decoder rows back to unit norm (after each optimiser step)."""
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Remove the gradient component parallel to each unit-norm decoder row."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec.data
+            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def _track_firing(self, acts: torch.Tensor) -> None:
+        fired = (acts > 0).any(0)
+        self.steps_since_fired += acts.shape[0]
+        self.steps_since_fired[fired] = 0
+
+    @property
+    def dead_mask(self) -> torch.Tensor:
+        dead_after = getattr(self.config, "dead_after", 20_000)
+        return self.steps_since_fired >= dead_after
+
+    # ------------------------------------------------------------------------- disk
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                  str(path / "sae.safetensors"))
+
+
+def _recon_mse(x_n_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
+    return (x_n_hat - x_n).pow(2).mean()
+
+
+class TopKSAE(SparseAutoencoder):
+    config_class = TopKSAEConfig
+
+    def _topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vals, idx = torch.topk(pre, self.config.k, dim=1)
+        return F.relu(vals), idx
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        vals, idx = self._topk(self.pre_acts(x))
+        return torch.zeros(x.shape[0], self.config.d_sae, dtype=x.dtype,
+                           device=x.device).scatter_(1, idx, vals)
+
+    def _decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        # sum_i vals_i * W_dec[idx_i]: only the k active rows are touched
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+
+    def _aux_loss(self, pre: torch.Tensor, err_n: torch.Tensor) -> torch.Tensor:
+        dead = self.dead_mask
+        n_dead = int(dead.sum())
+        if n_dead == 0 or not self.training:
+            return pre.new_zeros(())
+        k_aux = min(self.config.aux_k, n_dead)
+        masked = pre.masked_fill(~dead, float("-inf"))
+        vals, idx = torch.topk(masked, k_aux, dim=1)
+        vals = F.relu(vals)
+        err_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum")
+        # normalised by the error's own variance so the scale does not depend on progress
+        denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)
+        return (err_hat - err_n.detach()).pow(2).mean() / denom
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        x_n = self.normalise(x)
+        pre = (x_n - self.b_dec) @ self.W_enc + self.b_enc
+        vals, idx = self._topk(pre)
+        x_n_hat = self._decode_sparse(vals, idx)
+        mse = _recon_mse(x_n_hat, x_n)
+        acts = torch.zeros_like(pre).scatter_(1, idx, vals)
+        if self.training:
+            self._track_firing(acts)
+        aux = self._aux_loss(pre, x_n - x_n_hat)
+        loss = mse + self.config.aux_coeff * aux
+        return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
+
+
+class BatchTopKSAE(TopKSAE):
+    config_class = BatchTopKSAEConfig
+
+    def __init__(self, config: BatchTopKSAEConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def _batch_topk(self, pre: torch.Tensor) -> torch.Tensor:
+        n = pre.shape[0]
+        flat = F.relu(pre).flatten()
+        vals, idx = torch.topk(flat, min(self.config.k * n, flat.numel()))
+        acts = torch.zeros_like(flat).scatter_(0, idx, vals).view_as(pre)
+        with torch.no_grad():
+            kept = vals[vals > 0]
+            if kept.numel():
+                m = self.config.threshold_momentum
+                lo = kept.min()
+                self.threshold.copy_(lo if self.threshold == 0 else m * self.threshold + (1 - m) * lo)
+        return acts
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_acts(x)
+        return pre * (pre > self.threshold)  # JumpReLU at the learned threshold
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        x_n = self.normalise(x)
+        pre = (x_n - self.b_dec) @ self.W_enc + self.b_enc
+        acts = self._batch_topk(pre) if self.training else pre * (pre > self.threshold)
+        x_n_hat = acts @ self.W_dec + self.b_dec
+        mse = _recon_mse(x_n_hat, x_n)
+        if self.training:
+            self._track_firing(acts)
+        aux = self._aux_loss(pre, x_n - x_n_hat)
+        loss = mse + self.config.aux_coeff * aux
+        return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
+
+
+class ReLUSAE(SparseAutoencoder):
+    config_class = ReLUSAEConfig
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pre_acts(x))
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        x_n = self.normalise(x)
+        acts = F.relu((x_n - self.b_dec) @ self.W_enc + self.b_enc)
+        x_n_hat = acts @ self.W_dec + self.b_dec
+        mse = _recon_mse(x_n_hat, x_n)
+        if self.training:
+            self._track_firing(acts)
+        l1 = (acts * self.W_dec.norm(dim=1)).sum(1).mean()
+        loss = mse + self.config.l1_coeff * l1
+        return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), l1.detach())
+
+    def normalise_decoder(self) -> None:  # the L1 penalty is weighted by decoder norms instead
+        return None
+
+    def remove_parallel_grad(self) -> None:
+        return None
+
+
+#: architecture name -> (SAE class, config class)
+SAE_REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[_BaseConfig]]] = {
+    "topk": (TopKSAE, TopKSAEConfig),
+    "batchtopk": (BatchTopKSAE, BatchTopKSAEConfig),
+    "relu": (ReLUSAE, ReLUSAEConfig),
+}
+
+
+def build_sae(architecture: str, **config: Any) -> SparseAutoencoder:
+    if architecture not in SAE_REGISTRY:
+        msg = f"unknown SAE architecture {architecture!r}; choose one of {', '.join(SAE_REGISTRY)}"
+        raise ValueError(msg)
+    cls, cfg_cls = SAE_REGISTRY[architecture]
+    return cls(cfg_cls(**config))
+
+
+def load_sae(path: str | Path) -> SparseAutoencoder:
+    """Load an SAE saved by :meth:`SparseAutoencoder.save` (safetensors; nothing unpickled)."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    arch = cfg.get("architecture")
+    if arch not in SAE_REGISTRY:
+        msg = f"{path}/config.json: unknown SAE architecture {arch!r}"
+        raise ValueError(msg)
+    cls, cfg_cls = SAE_REGISTRY[arch]
+    sae = cls(cfg_cls.from_dict(cfg))
+    sae.load_state_dict(load_file(str(path / "sae.safetensors")))
+    sae.eval()
+    return sae

@@ -1,0 +1,197 @@
+"""Training of the cell classifiers: AdamW, class balancing, early stopping on validation donors.
+
+The trainer is narrow: it gets tensors (expression, labels, per-cell weights) for a training set
+and a validation set and knows nothing of AnnData or donors — the caller builds the validation set
+from held-out donors and the weights that balance classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainHistory", "class_balance_weights", "train_classifier"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (model sizes live in the model's HF config)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 4
+    min_delta: float = 1e-4
+    #: early-stopping criterion on the validation donors: "auroc" (ranking; robust to the
+    #: over-confidence that inflates the loss of a cell-level classifier on donor labels) or "loss"
+    early_stopping: str = "auroc"
+    seed: int = 0
+    device: str = "cpu"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            msg = f"device must be 'cpu' or 'cuda', got {self.device!r}"
+            raise ValueError(msg)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            msg = "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
+            raise ValueError(msg)
+        if self.early_stopping not in ("auroc", "loss"):
+            msg = f"early_stopping must be 'auroc' or 'loss', got {self.early_stopping!r}"
+            raise ValueError(msg)
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                msg = f"{name} must be at least 1, got {getattr(self, name)}"
+                raise ValueError(msg)
+        if self.lr <= 0:
+            msg = f"lr must be positive, got {self.lr}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            msg = f"unknown training settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            raise ValueError(msg)
+        return cls(**d)
+
+
+@dataclass
+class TrainHistory:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_auroc: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    seconds: float = 0.0
+    cells_per_second: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def class_balance_weights(y: np.ndarray) -> np.ndarray:
+    """Per-cell weights giving each class the same total weight (mean weight 1)."""
+    y = np.asarray(y).astype(bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        msg = "training labels hold one class only; both cases and controls are needed"
+        raise ValueError(msg)
+    w = np.where(y, len(y) / (2 * n1), len(y) / (2 * n0))
+    return w.astype(np.float32)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+              batch_size: int) -> tuple[float, float]:
+    """Weighted validation loss and AUROC."""
+    model.eval()
+    logits = torch.cat([model(x[i:i + batch_size]).logits for i in range(0, len(x), batch_size)])
+    per = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    loss = float((per * w).sum() / w.sum())
+    return loss, _auroc(y.cpu().numpy(), logits.cpu().numpy())
+
+
+def _auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUROC with average ranks for ties."""
+    from scipy.stats import rankdata
+
+    r = rankdata(score)
+    n1 = y.sum()
+    n0 = len(y) - n1
+    return float((r[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def train_classifier(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    *,
+    quiet: bool = False,
+) -> TrainHistory:
+    """Fit ``model`` in place; keep the weights of the best validation epoch.
+
+    "Best" is the highest validation AUROC (``early_stopping="auroc"``) or the lowest
+    class-weighted validation loss (``"loss"``); training stops after ``patience`` epochs
+    without improvement.
+
+    ``train`` and ``val`` are ``(expr: (cells, genes), labels: (cells,), weights: (cells,))``.
+    """
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    device = torch.device(config.device)
+    model.to(device)
+    x, y, w = (t.to(device) for t in train)
+    xv, yv, wv = (t.to(device) for t in val)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = max(1, total // 10)
+
+    def lr_factor(step: int) -> float:
+        # linear warm-up over the first 10% of steps, then cosine decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    hist = TrainHistory()
+    best_state, best, bad = None, float("inf"), 0
+    t0 = time.perf_counter()
+    seen = 0
+    bar = tqdm(range(config.epochs), desc=f"train {type(model).__name__[:24]}", disable=quiet)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(x), generator=gen).to(device)
+        running = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+            out = model(x[idx], labels=y[idx], sample_weight=w[idx])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            running += float(out.loss.detach()) * len(idx)
+            seen += len(idx)
+        hist.train_loss.append(running / len(x))
+        vloss, vauc = _evaluate(model, xv, yv, wv, config.batch_size * 4)
+        hist.val_loss.append(vloss)
+        hist.val_auroc.append(vauc)
+        bar.set_postfix(train=f"{hist.train_loss[-1]:.3f}", val_loss=f"{vloss:.3f}",
+                        val_auroc=f"{vauc:.3f}")
+        log.debug("epoch %d train %.4f val %.4f auroc %.4f", epoch, hist.train_loss[-1], vloss,
+                  vauc)
+        current = -vauc if config.early_stopping == "auroc" else vloss
+        if current < best - config.min_delta:
+            best, bad, hist.best_epoch = current, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= config.patience:
+                hist.stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    hist.seconds = time.perf_counter() - t0
+    hist.cells_per_second = seen / hist.seconds if hist.seconds else 0.0
+    log.info("trained %s: best epoch %d (val %s %.4f), %.0f cells/s", type(model).__name__,
+             hist.best_epoch, config.early_stopping, abs(best), hist.cells_per_second)
+    return hist

@@ -1,0 +1,146 @@
+"""Classifiers: hook points, save/load, vocabulary checks, honest training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from discovery import classifier
+from discovery.contract import InputError
+from models import CLASSIFIERS, load_classifier
+from models.training import TrainConfig, class_balance_weights
+
+GENES = [f"G{i}" for i in range(40)]
+
+
+def _tiny(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg_cls, model_cls = CLASSIFIERS[kind]
+    arch = {"transformer": dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, max_tokens=12),
+            "mlp": dict(d_model=16, n_layers=2, d_ff=32)}[kind]
+    model = model_cls(cfg_cls(gene_names=GENES, **arch)).eval()
+    with torch.no_grad():  # non-trivial buffers, so save/load must carry them
+        if hasattr(model, "gene_scale"):
+            model.gene_scale.uniform_(0.5, 2.0)
+        if hasattr(model, "gene_mean"):
+            model.gene_mean.uniform_(0, 1)
+            model.gene_std.uniform_(0.5, 2)
+    return model
+
+
+def _expr(n: int = 6, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, len(GENES), generator=g) * 3
+    return x * (torch.rand(n, len(GENES), generator=g) > 0.4)
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
+class TestHooks:
+    def test_hook_names_shared_in_spirit(self, kind):
+        names = _tiny(kind).hook_names
+        for n in ("embed", "layer0.mlp_out", "layer0.resid", "layer1.resid", "pooled", "logits"):
+            assert n in names
+        if kind == "transformer":
+            assert "layer0.attn_out" in names and "layer0.pattern" in names
+
+    def test_identity_hook_is_bit_identical(self, kind):
+        model, x = _tiny(kind), _expr()
+        ref = model(x).logits
+        out = model.run_with_hooks(x, {n: (lambda a, name: a) for n in model.hook_names}).logits
+        assert torch.equal(ref, out)
+
+    def test_replacing_with_cached_activation_is_exact(self, kind):
+        model, x = _tiny(kind), _expr()
+        ref, cache = model.run_with_cache(x)
+        for name in model.hook_names:
+            out = model.run_with_hooks(x, {name: lambda a, n: cache[n].clone()}).logits
+            assert torch.equal(ref.logits, out), name
+
+    def test_zeroing_changes_logits(self, kind):
+        model, x = _tiny(kind), _expr()
+        ref = model(x).logits
+        for name in ("embed", "layer0.mlp_out", "pooled"):
+            out = model.run_with_hooks(x, {name: lambda a, n: torch.zeros_like(a)}).logits
+            assert not torch.allclose(ref, out), name
+
+    def test_unknown_hook_name(self, kind):
+        model = _tiny(kind)
+        with pytest.raises(KeyError, match="unknown hook point\\(s\\) \\['nope'\\]"):
+            model.run_with_cache(_expr(), ["nope"])
+
+    def test_save_load_identical_logits_safetensors_only(self, kind, tmp_path):
+        model, x = _tiny(kind), _expr()
+        model.save_pretrained(tmp_path, safe_serialization=True)
+        files = {p.name for p in tmp_path.iterdir()}
+        assert files == {"config.json", "model.safetensors"}  # nothing pickled
+        loaded = load_classifier(tmp_path)
+        assert torch.equal(model(x).logits, loaded(x).logits)
+        assert json.loads((tmp_path / "config.json").read_text())["gene_names"] == GENES
+
+
+def test_load_rejects_non_checkpoint(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(FileNotFoundError, match="needs config.json and model.safetensors"):
+        load_classifier(tmp_path)
+
+
+def test_class_balance_weights():
+    w = class_balance_weights(np.array([1, 0, 0, 0]))
+    assert w[0] * 1 == pytest.approx(w[1:].sum())  # each class carries the same total weight
+    with pytest.raises(ValueError, match="one class only"):
+        class_balance_weights(np.zeros(5))
+
+
+def test_train_config_round_trip_and_validation():
+    cfg = TrainConfig(epochs=3, lr=1e-2)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown training settings \\['epoch'\\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        TrainConfig(device="tpu")
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
+def test_training_learns_from_held_out_donors(pp_small, kind, tmp_path):
+    tc = TrainConfig(epochs=6, lr=2e-3, patience=6, batch_size=64, seed=0)
+    arch = {"transformer": dict(d_model=32, d_ff=64, max_tokens=32),
+            "mlp": dict(d_model=32, d_ff=64)}[kind]
+    res = classifier.train(pp_small, kind=kind, arch=arch, train_config=tc, quiet=True)
+    test = res.metrics["test"]
+    assert test["donor_auroc"] >= 0.75, test  # learned disease signal, not noise
+    assert test["cell_auroc"] > 0.6, test
+    assert "case_prob" in pp_small.obs and pp_small.uns["model"]["params"]["kind"] == kind
+    res.save(tmp_path / "m")
+    again = classifier.predict(pp_small, classifier.load(tmp_path / "m"))
+    np.testing.assert_allclose(again, pp_small.obs["case_prob"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_vocabulary_genes_named(pp_small, tmp_path):
+    model = _tiny("mlp")
+    with pytest.raises(InputError, match="40 of the model's 40 genes are missing .*'G0'"):
+        classifier.predict(pp_small, model)
+
+
+def test_training_refuses_leaked_donor(pp_small):
+    donor = pp_small.obs["donor"].iloc[0]
+    idx = np.flatnonzero((pp_small.obs["donor"] == donor).to_numpy())
+    split = pp_small.obs["split"].astype(str).to_numpy()
+    split[idx[0]] = "test" if split[idx[0]] != "test" else "train"
+    pp_small.obs["split"] = split
+    with pytest.raises(InputError, match="have cells in more than one split"):
+        classifier.train(pp_small, kind="mlp", train_config=TrainConfig(epochs=1), quiet=True)
+
+
+def test_shortcut_probe_reports_batch_and_qc(pp_small):
+    res = classifier.train(pp_small, kind="mlp", arch=dict(d_model=16, d_ff=32),
+                           train_config=TrainConfig(epochs=2), quiet=True)
+    probe = classifier.shortcut_probe(pp_small, res.model, n_splits=3)
+    assert probe["batch"]["kind"] == "batch"
+    for group in ("case", "control"):
+        entry = probe["batch"][group]
+        if entry is not None:
+            assert 0 <= entry["balanced_accuracy"] <= 1 and entry["chance"] == 0.5
+    assert "r2" in probe["pct_counts_mt"]["case"]
