@@ -226,8 +226,9 @@ class TopKSAE(SparseAutoencoder):
             return pre.new_zeros(())
         k_aux = min(self.config.aux_k, n_dead)
         masked = pre.masked_fill(~dead, float("-inf"))
+        # raw pre-activations, not ReLU'd (as SAELens does): a dead latent whose pre-activation
+        # is negative still gets a gradient that moves it towards the residual error
         vals, idx = torch.topk(masked, k_aux, dim=1)
-        vals = F.relu(vals)
         err_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum")
         # normalised by the error's own variance so the scale does not depend on progress
         denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)

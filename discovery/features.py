@@ -1,0 +1,271 @@
+"""Feature extraction: sparse autoencoders on a classifier's activations, and their quality.
+
+Steps (:func:`extract_features` runs them in order):
+
+1. :func:`collect_activations`: run the classifier over every cell and stream the activations at
+   one hook point (``pooled``, or one position of a ``layer{i}.resid``) into an on-disk
+   :class:`models.activation_store.ActivationStore`.
+2. Fit an SAE (``models.sae``; TopK by default) on the training donors' activations, one per seed.
+3. :func:`sae_quality`: explained variance, L0, dead and dense fractions; and with the SAE's
+   reconstruction spliced into the model at the hook (``run_with_hooks``): prediction agreement,
+   change in loss, and test-donor AUROC next to the model's own.
+4. :func:`encode_cells`: feature activations of every cell -> ``obsm['X_sae_<hook>']``.
+5. :func:`match_features`: stability across seeds — decoder directions matched by Hungarian
+   assignment on cosine similarity; a feature's stability is its best-match cosine, averaged over
+   the other seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import roc_auc_score
+
+from discovery.classifier import encode
+from discovery.contract import InputError, case_mask, get_keys
+from models.activation_store import ActivationStore
+from models.sae import SparseAutoencoder, build_sae
+from models.sae_training import SAETrainConfig, train_sae
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SAESpec",
+    "collect_activations",
+    "encode_cells",
+    "match_features",
+    "sae_quality",
+    "splice_hook",
+    "train_saes",
+]
+
+
+@dataclass
+class SAESpec:
+    """Which SAE to fit where: hook point, architecture and sizes, training, seeds."""
+
+    hook: str = "pooled"
+    architecture: str = "topk"
+    d_sae: int = 256
+    k: int = 8
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 40, "lr": 2e-3,
+                                                           "batch_size": 128})
+
+    def sae_kwargs(self, d_in: int, seed: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {"d_in": d_in, "d_sae": self.d_sae, "seed": seed}
+        if self.architecture in ("topk", "batchtopk"):
+            kw["k"] = self.k
+            kw["dead_after"] = 5_000
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hook": self.hook, "architecture": self.architecture, "d_sae": self.d_sae,
+                "k": self.k, "seeds": list(self.seeds), "train": dict(self.train)}
+
+
+def _select(act: torch.Tensor, hook: str) -> torch.Tensor:
+    """(cells, d) from a hook activation: per-token activations use the [CLS] position."""
+    if act.ndim == 3:
+        return act[:, 0]
+    if act.ndim != 2:
+        msg = f"hook {hook!r} has activations of shape {tuple(act.shape)}; need (cells, d)"
+        raise InputError(msg)
+    return act
+
+
+@torch.no_grad()
+def collect_activations(
+    adata: ad.AnnData,
+    model: torch.nn.Module,
+    store_dir: str | Path,
+    *,
+    hook: str = "pooled",
+    batch_size: int = 1024,
+) -> ActivationStore:
+    """Stream the activations of every cell at ``hook`` into an on-disk store.
+
+    Reads log-normalised ``X`` over the model's genes. Writes nothing to ``adata``; the store
+    goes to ``store_dir`` (``acts.f32`` + ``meta.json``), rows in ``adata`` order.
+    """
+    if hook not in model.hook_names:
+        msg = f"hook {hook!r} is not a hook point of this model; choose from {model.hook_names}"
+        raise InputError(msg)
+    x = encode(adata, list(model.config.gene_names))
+    model.eval()
+    writer = None
+    for i in range(0, len(x), batch_size):
+        _, cache = model.run_with_cache(x[i:i + batch_size], [hook])
+        act = _select(cache[hook], hook)
+        if writer is None:
+            writer = ActivationStore.create(store_dir, act.shape[1], hook=hook)
+        writer.append(act)
+    return writer.close()
+
+
+def splice_hook(sae: SparseAutoencoder, hook: str):  # noqa: ANN201 - a hook function
+    """A hook function replacing the activation at ``hook`` by the SAE's reconstruction."""
+
+    def fn(act: torch.Tensor, name: str) -> torch.Tensor:
+        if act.ndim == 3:
+            out = act.clone()
+            out[:, 0] = sae.decode(sae.encode(act[:, 0]))
+            return out
+        return sae.decode(sae.encode(act))
+
+    return fn
+
+
+def train_saes(
+    store: ActivationStore,
+    spec: SAESpec,
+    *,
+    train_rows: np.ndarray | None = None,
+    quiet: bool = False,
+) -> list[tuple[SparseAutoencoder, Any]]:
+    """Fit one SAE per seed on ``store`` (rows ``train_rows`` only, when given)."""
+    acts = store.read() if train_rows is None else store.read()[torch.from_numpy(train_rows)]
+    out = []
+    for seed in spec.seeds:
+        sae = build_sae(spec.architecture, **spec.sae_kwargs(store.d, seed))
+        sae.fit_normalisation(acts)
+        cfg = SAETrainConfig(seed=seed, **spec.train)
+        gen = torch.Generator().manual_seed(seed)
+
+        def data(epoch: int, acts=acts, gen=gen, bs=cfg.batch_size):
+            perm = torch.randperm(len(acts), generator=gen)
+            for i in range(0, len(acts), bs):
+                yield acts[perm[i:i + bs]]
+
+        n_batches = -(-len(acts) // cfg.batch_size)
+        hist = train_sae(sae, data, cfg, n_batches_per_epoch=n_batches, quiet=quiet)
+        out.append((sae, hist))
+    return out
+
+
+@torch.no_grad()
+def encode_cells(
+    adata: ad.AnnData,
+    model: torch.nn.Module,
+    sae: SparseAutoencoder,
+    *,
+    hook: str = "pooled",
+    key_added: str | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Feature activations of every cell, ``(cells, d_sae)``.
+
+    Reads log-normalised ``X``. Writes ``obsm[key_added]`` (default ``X_sae_<hook>``) and
+    ``uns[key_added]['params']`` (hook, architecture, sizes).
+    """
+    x = encode(adata, list(model.config.gene_names))
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        _, cache = model.run_with_cache(x[i:i + batch_size], [hook])
+        chunks.append(sae.encode(_select(cache[hook], hook)))
+    acts = torch.cat(chunks).numpy().astype(np.float32)
+    key = key_added or f"X_sae_{hook.replace('.', '_')}"
+    adata.obsm[key] = acts
+    adata.uns[key] = {"params": {"hook": hook, **sae.config.to_dict()}}
+    return acts
+
+
+@torch.no_grad()
+def sae_quality(
+    adata: ad.AnnData,
+    model: torch.nn.Module,
+    sae: SparseAutoencoder,
+    *,
+    hook: str = "pooled",
+    split: str = "test",
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Reconstruction and spliced-in metrics of an SAE on one split's cells.
+
+    Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; L0 = mean number of
+    active latents; dead = share of latents never active on these cells; dense = share active on
+    more than half of them. Spliced: the model run with the reconstruction in place of the
+    activation: agreement of predicted classes, change in BCE loss, and donor-level AUROC.
+
+    Reads ``obs['split']``, the label and donor columns, log-normalised ``X``. Writes nothing.
+    """
+    from discovery.classifier import evaluate
+
+    keys = get_keys(adata)
+    m = (adata.obs["split"] == split).to_numpy()
+    sub = adata[m]
+    x = encode(sub, list(model.config.gene_names))
+    y = torch.from_numpy(case_mask(sub, keys).astype(np.float32))
+    se = tot = 0.0
+    fired = torch.zeros(sae.config.d_sae)
+    l0 = 0.0
+    logits, logits_sp = [], []
+    acts_all = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        out, cache = model.run_with_cache(xb, [hook])
+        a = _select(cache[hook], hook)
+        acts_all.append(a)
+        f = sae.encode(a)
+        recon = sae.decode(f)
+        se += float((recon - a).pow(2).sum())
+        fired += (f > 0).float().sum(0)
+        l0 += float((f > 0).float().sum())
+        logits.append(out.logits)
+        logits_sp.append(model.run_with_hooks(xb, {hook: splice_hook(sae, hook)}).logits)
+    acts_all = torch.cat(acts_all)
+    tot = float((acts_all - acts_all.mean(0)).pow(2).sum())
+    lg, lgs = torch.cat(logits), torch.cat(logits_sp)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    n = len(x)
+    p_sp = torch.sigmoid(lgs).numpy().astype(np.float64)
+    full = np.zeros(adata.n_obs)
+    full[m] = p_sp
+    spliced_eval = evaluate(adata, full, split=split, keys=keys)
+    model_p = np.zeros(adata.n_obs)
+    model_p[m] = torch.sigmoid(lg).numpy()
+    model_eval = evaluate(adata, model_p, split=split, keys=keys)
+    return {
+        "split": split,
+        "n_cells": n,
+        "explained_variance": 1.0 - se / tot,
+        "l0": l0 / n,
+        "dead_fraction": float((fired == 0).float().mean()),
+        "dense_fraction": float((fired > 0.5 * n).float().mean()),
+        "agreement": float(((lg > 0) == (lgs > 0)).float().mean()),
+        "loss": float(bce(lg, y)),
+        "loss_spliced": float(bce(lgs, y)),
+        "delta_loss": float(bce(lgs, y) - bce(lg, y)),
+        "donor_auroc": model_eval["donor_auroc"],
+        "donor_auroc_spliced": spliced_eval["donor_auroc"],
+        "cell_auroc": float(roc_auc_score(y.numpy(), lg.numpy())),
+        "cell_auroc_spliced": float(roc_auc_score(y.numpy(), lgs.numpy())),
+    }
+
+
+def match_features(decoders: list[np.ndarray]) -> np.ndarray:
+    """Stability of each feature of the first SAE across the others.
+
+    ``decoders``: one ``(d_sae, d_in)`` decoder matrix per seed. For each other seed, features are
+    matched one-to-one (Hungarian assignment maximising total cosine similarity); a feature's
+    stability is its matched cosine averaged over the other seeds. Returns ``(d_sae,)``.
+    """
+    if len(decoders) < 2:
+        return np.full(decoders[0].shape[0], np.nan)
+    ref = decoders[0] / np.linalg.norm(decoders[0], axis=1, keepdims=True)
+    scores = []
+    for other in decoders[1:]:
+        o = other / np.linalg.norm(other, axis=1, keepdims=True)
+        cos = ref @ o.T
+        rows, cols = linear_sum_assignment(-cos)
+        s = np.zeros(ref.shape[0])
+        s[rows] = cos[rows, cols]
+        scores.append(s)
+    return np.mean(scores, axis=0)
