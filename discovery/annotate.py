@@ -155,8 +155,8 @@ def gene_signature(
     adata: ad.AnnData,
     model: torch.nn.Module,
     sae: SparseAutoencoder,
-    acts: np.ndarray,
     *,
+    acts: np.ndarray,
     hook: str = "pooled",
     home: np.ndarray | None = None,
     n_cells: int = 64,
@@ -233,8 +233,8 @@ def annotate_features(
     adata: ad.AnnData,
     model: torch.nn.Module,
     sae: SparseAutoencoder,
-    acts: np.ndarray,
     *,
+    acts: np.ndarray,
     hook: str = "pooled",
     feature_prefix: str = "F",
     stability: np.ndarray | None = None,
@@ -252,7 +252,7 @@ def annotate_features(
     donors = donor_association(adata, acts, home, keys=keys)
     conf = confound_scores(adata, acts, home, keys=keys)
     log.info("gene signatures for %d features", acts.shape[1])
-    attrib = gene_signature(adata, model, sae, acts, hook=hook, home=home)
+    attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=home)
     x = encode(adata, list(genes)).numpy()
     rows = []
     is_case = case_mask(adata, keys)

@@ -8,6 +8,7 @@ loads ``.h5ad`` files and counts CSV/TSV + metadata CSV pairs.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -351,13 +352,15 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
 def get_keys(adata: ad.AnnData) -> Keys:
     """The validated keys stored by :func:`discovery.preprocess.preprocess`."""
     try:
-        return Keys.from_dict(adata.uns["discovery"]["keys"])
+        raw = adata.uns["discovery"]["keys"]
     except KeyError as err:
         msg = (
             "adata has no validated keys in uns['discovery']['keys']; run "
             "`discovery.preprocess.preprocess(adata, keys)` first."
         )
         raise InputError(msg) from err
+    # stored as a JSON string: h5ad turns lists into arrays and cannot hold None
+    return Keys.from_dict(json.loads(raw) if isinstance(raw, str) else dict(raw))
 
 
 def case_mask(adata: ad.AnnData, keys: Keys | None = None) -> np.ndarray:

@@ -53,9 +53,11 @@ class SAESpec:
 
     hook: str = "pooled"
     architecture: str = "topk"
-    d_sae: int = 256
+    d_sae: int = 128
     k: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: extra architecture settings (e.g. aux_coeff, aux_k, dead_after, l1_coeff)
+    sae: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 40, "lr": 2e-3,
                                                            "batch_size": 128})
 
@@ -63,12 +65,13 @@ class SAESpec:
         kw: dict[str, Any] = {"d_in": d_in, "d_sae": self.d_sae, "seed": seed}
         if self.architecture in ("topk", "batchtopk"):
             kw["k"] = self.k
-            kw["dead_after"] = 5_000
-        return kw
+            kw["dead_after"] = 2_000
+        return {**kw, **self.sae}
 
     def to_dict(self) -> dict[str, Any]:
         return {"hook": self.hook, "architecture": self.architecture, "d_sae": self.d_sae,
-                "k": self.k, "seeds": list(self.seeds), "train": dict(self.train)}
+                "k": self.k, "seeds": list(self.seeds), "sae": dict(self.sae),
+                "train": dict(self.train)}
 
 
 def _select(act: torch.Tensor, hook: str) -> torch.Tensor:
@@ -189,7 +192,9 @@ def sae_quality(
 ) -> dict[str, float]:
     """Reconstruction and spliced-in metrics of an SAE on one split's cells.
 
-    Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; L0 = mean number of
+    Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, computed in the SAE's
+    normalised space (each dimension standardised; in raw space one outlier dimension would
+    decide it) and reported in raw space too (``explained_variance_raw``); L0 = mean number of
     active latents; dead = share of latents never active on these cells; dense = share active on
     more than half of them. Spliced: the model run with the reconstruction in place of the
     activation: agreement of predicted classes, change in BCE loss, and donor-level AUROC.
@@ -203,7 +208,7 @@ def sae_quality(
     sub = adata[m]
     x = encode(sub, list(model.config.gene_names))
     y = torch.from_numpy(case_mask(sub, keys).astype(np.float32))
-    se = tot = 0.0
+    se = se_raw = 0.0
     fired = torch.zeros(sae.config.d_sae)
     l0 = 0.0
     logits, logits_sp = [], []
@@ -215,13 +220,16 @@ def sae_quality(
         acts_all.append(a)
         f = sae.encode(a)
         recon = sae.decode(f)
-        se += float((recon - a).pow(2).sum())
+        se += float((sae.normalise(recon) - sae.normalise(a)).pow(2).sum())
+        se_raw += float((recon - a).pow(2).sum())
         fired += (f > 0).float().sum(0)
         l0 += float((f > 0).float().sum())
         logits.append(out.logits)
         logits_sp.append(model.run_with_hooks(xb, {hook: splice_hook(sae, hook)}).logits)
     acts_all = torch.cat(acts_all)
-    tot = float((acts_all - acts_all.mean(0)).pow(2).sum())
+    tot_raw = float((acts_all - acts_all.mean(0)).pow(2).sum())
+    an = sae.normalise(acts_all)
+    tot = float((an - an.mean(0)).pow(2).sum())
     lg, lgs = torch.cat(logits), torch.cat(logits_sp)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     n = len(x)
@@ -236,6 +244,7 @@ def sae_quality(
         "split": split,
         "n_cells": n,
         "explained_variance": 1.0 - se / tot,
+        "explained_variance_raw": 1.0 - se_raw / tot_raw,
         "l0": l0 / n,
         "dead_fraction": float((fired == 0).float().mean()),
         "dense_fraction": float((fired > 0.5 * n).float().mean()),

@@ -14,6 +14,7 @@ Every step records its parameters in ``uns[...]['params']``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -195,7 +196,7 @@ def preprocess(
     config = config or PreprocessConfig()
     adata = adata.copy() if copy else adata
     keys = validate(adata, keys)
-    adata.uns["discovery"] = {"keys": keys.to_dict()}
+    adata.uns["discovery"] = {"keys": json.dumps(keys.to_dict())}
     qc_metrics(adata)
     log.info("normalising %d cells", adata.n_obs)
     normalize(adata, target_sum=config.target_sum)

@@ -86,8 +86,23 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     baselines: tuple[str, ...] = ("wilcoxon", "pseudobulk", "logreg_l1")
     model: ModelConfig = field(default_factory=lambda: ModelConfig())
+    features: dict[str, Any] = field(default_factory=dict)
+
+    def sae_spec(self):  # noqa: ANN201 - discovery.features.SAESpec
+        from discovery.features import SAESpec
+
+        allowed = set(SAESpec.__dataclass_fields__)
+        bad = set(self.features) - allowed
+        if bad:
+            msg = f"unknown features settings {sorted(bad)}; known: {sorted(allowed)}"
+            raise InputError(msg)
+        kw = dict(self.features)
+        if "seeds" in kw:
+            kw["seeds"] = tuple(kw["seeds"])
+        return SAESpec(**kw)
 
     def __post_init__(self) -> None:
+        self.sae_spec()  # validate early
         if self.preset not in PRESETS:
             msg = f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
             raise InputError(msg)
@@ -102,6 +117,7 @@ class PipelineConfig:
             "preprocess": self.preprocess.to_dict(),
             "baselines": list(self.baselines),
             "model": self.model.to_dict(),
+            "features": dict(self.features),
         }
 
     @classmethod
@@ -111,7 +127,8 @@ class PipelineConfig:
         if unknown:
             msg = f"unknown config sections {sorted(unknown)}; known: {sorted(known)}"
             raise InputError(msg)
-        kw: dict[str, Any] = {k: v for k, v in d.items() if k in ("preset", "seed", "baselines")}
+        kw: dict[str, Any] = {k: v for k, v in d.items()
+                              if k in ("preset", "seed", "baselines", "features")}
         if "keys" in d:
             kw["keys"] = Keys.from_dict(d["keys"])
         if "model" in d:
@@ -133,6 +150,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "cohort": {"n_donors": 24, "cells_per_donor": 120, "n_genes": 1000},
         "preprocess": {"n_top_genes": 600},
+        "model": {"kind": "mlp", "train": {"epochs": 15}},
+        "features": {"seeds": [0, 1], "train": {"epochs": 15, "lr": 2e-3, "batch_size": 128}},
     },
 }
 

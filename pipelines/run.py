@@ -10,6 +10,10 @@ outputs are unchanged is skipped on a rerun):
 5. ``model``: the classifier (transformer or MLP) trained on train donors, early-stopped on val
    donors, evaluated on test donors -> ``model/`` (safetensors + config.json),
    ``model/metrics.json`` (metrics, training speed, shortcut probe), ``obs['case_prob']``.
+6. ``features``: activations at the SAE hook streamed to disk, one SAE per seed fitted on the
+   training donors' cells, quality metrics (test donors, reconstruction spliced into the model),
+   cross-seed stability, and annotation of the first seed's features -> ``features/``,
+   ``obsm['X_sae_<hook>']``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class RunResult:
     yardstick: pd.DataFrame | None
     model: Any = None
     metrics: dict[str, Any] | None = None
+    features: dict[str, Any] | None = None
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -74,7 +79,7 @@ def run_pipeline(
     """Run every stage into ``out``; see the module docstring."""
     config = config or PipelineConfig()
     rd = RunDir(out)
-    stages = tqdm(total=5, desc="discovery run", disable=quiet, unit="stage")
+    stages = tqdm(total=6, desc="discovery run", disable=quiet, unit="stage")
 
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
@@ -150,8 +155,69 @@ def run_pipeline(
     stages.set_postfix_str("model")
     model, metrics = train_stage(rd, adata, config, quiet=quiet)
     stages.update()
+
+    # 6. features ------------------------------------------------------------------------------
+    stages.set_postfix_str("features")
+    feats = features_stage(rd, adata, model, config, quiet=quiet)
+    stages.update()
     stages.close()
-    return RunResult(rd, adata, rankings, yard, model, metrics)
+    return RunResult(rd, adata, rankings, yard, model, metrics, feats)
+
+
+def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineConfig, *,
+                   quiet: bool = False) -> dict[str, Any]:
+    """Fit SAEs at the configured hook, measure them, annotate the features."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from discovery import annotate, features
+    from models.sae import load_sae
+
+    spec = config.sae_spec()
+    params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
+        "params_hash")}
+    fdir = rd.path / "features"
+    key = f"X_sae_{spec.hook.replace('.', '_')}"
+    if rd.is_done("features", params) and key in adata.obsm:
+        log.info("features: reusing %s", fdir)
+        return {"quality": json.loads((fdir / "quality.json").read_text()),
+                "sae": load_sae(fdir / "sae_seed{}".format(spec.seeds[0])),
+                "annotations": pd.read_json(fdir / "annotations.json")}
+    with rd.stage("features", params) as outputs:
+        store_dir = rd.path / ".activations"
+        shutil.rmtree(store_dir, ignore_errors=True)
+        store = features.collect_activations(adata, model, store_dir, hook=spec.hook)
+        train_rows = np.flatnonzero((adata.obs["split"] == "train").to_numpy())
+        fitted = features.train_saes(store, spec, train_rows=train_rows, quiet=quiet)
+        quality = {}
+        for seed, (sae, hist) in zip(spec.seeds, fitted):
+            q = features.sae_quality(adata, model, sae, hook=spec.hook)
+            q["train_samples_per_second"] = round(hist.samples_per_second, 1)
+            quality[f"seed{seed}"] = q
+            sae.save(fdir / f"sae_seed{seed}")
+            outputs.append(f"features/sae_seed{seed}/sae.safetensors")
+        stability = features.match_features(
+            [s.decoder_directions.detach().numpy() for s, _ in fitted])
+        primary = fitted[0][0]
+        acts = features.encode_cells(adata, model, primary, hook=spec.hook)
+        table = annotate.annotate_features(adata, model, primary, acts=acts, hook=spec.hook,
+                                           feature_prefix=f"{spec.hook}:F", stability=stability)
+        summary = {
+            "hook": spec.hook, "spec": spec.to_dict(), "per_seed": quality,
+            "median_stability": float(np.nanmedian(stability)) if len(fitted) > 1 else None,
+            "n_features": int(len(table)), "n_dead": int((table["frac_active"] == 0).sum()),
+            "n_donor_q05": int((table["donor_q"] < 0.05).sum()),
+            "n_confounded": int(table["confounded_by"].notna().sum()),
+        }
+        write_json(fdir / "quality.json", summary)
+        atomic_write(fdir / "annotations.json",
+                     lambda p: table.to_json(p, orient="records", indent=1))
+        atomic_write(rd.path / "adata.h5ad", lambda p: adata.write_h5ad(p, compression="gzip"))
+        shutil.rmtree(store_dir, ignore_errors=True)
+        outputs += ["features/quality.json", "features/annotations.json", "adata.h5ad"]
+    return {"quality": summary, "sae": primary, "annotations": table}
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,

@@ -7,6 +7,7 @@ import json
 import anndata as ad
 import pytest
 
+from discovery.contract import get_keys
 from discovery.simulate import simulate
 from pipelines.cli import main
 
@@ -69,8 +70,9 @@ def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["baselines"]["status"] == "done"
     done = ad.read_h5ad(out / "adata.h5ad")
-    assert done.uns["discovery"]["keys"]["case"] == "alz"
-    assert list(done.uns["discovery"]["keys"]["covariate_keys"]) == ["sex", "age"]
+    keys = get_keys(done)
+    assert keys.case == "alz"
+    assert keys.covariate_keys == ("sex", "age")
 
 
 def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.contract import InputError, Keys
+from discovery.contract import InputError, Keys, get_keys
 from discovery.preprocess import PreprocessConfig, preprocess, select_genes, split_donors
 
 
@@ -18,7 +18,7 @@ def test_counts_kept_and_x_log_normalised(raw_small):
     np.testing.assert_allclose(x, expected, rtol=1e-4, atol=1e-5)
     assert {"pct_counts_mt", "total_counts", "n_genes_by_counts"} <= set(raw_small.obs)
     assert raw_small.uns["preprocess"]["params"]["target_sum"] == 1e4
-    assert raw_small.uns["discovery"]["keys"]["case"] == "AD"
+    assert get_keys(raw_small).case == "AD"
 
 
 def test_copy_returns_new_object(raw_small):
