@@ -183,7 +183,7 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
     if rd.is_done("features", params) and key in adata.obsm:
         log.info("features: reusing %s", fdir)
         return {"quality": json.loads((fdir / "quality.json").read_text()),
-                "sae": load_sae(fdir / "sae_seed{}".format(spec.seeds[0])),
+                "sae": load_sae(fdir / f"sae_seed{spec.seeds[0]}"),
                 "annotations": pd.read_json(fdir / "annotations.json")}
     with rd.stage("features", params) as outputs:
         store_dir = rd.path / ".activations"

@@ -71,8 +71,12 @@ def test_confound_scores_separate_label_from_batch():
 
 
 @pytest.fixture(scope="module")
-def fitted(_pp_small):
-    a = _pp_small.copy()
+def fitted():
+    from discovery.preprocess import preprocess
+    from discovery.simulate import simulate
+
+    a = simulate("alzheimers", seed=2, n_donors=24, cells_per_donor=150, n_genes=800)
+    preprocess(a)
     res = classifier.train(a, kind="mlp", arch=dict(d_model=64, d_ff=128),
                            train_config=TrainConfig(epochs=15, patience=15), quiet=True)
     return a, res.model
