@@ -266,6 +266,7 @@ def annotate_features(
         top_set = None
         if not enr.empty and enr.iloc[0]["q"] < 0.05:
             top_set = enr.iloc[0].to_dict()
+        sig_corr = float(np.mean(corr[order[:10]])) if active.any() else 0.0
         d = donors.iloc[f]
         c = conf.iloc[f]
         row = {
@@ -289,6 +290,8 @@ def annotate_features(
             "signature": sig,
             "signature_weights": [float(attrib[f, i]) for i in order[:SIGNATURE_TOP]],
             "correlated_genes": genes[np.argsort(-corr, kind="stable")[:10]].tolist(),
+            # +1: the feature fires where its signature genes are high; -1: where they are low
+            "signature_sign": 1 if sig_corr >= 0 else -1,
             "enrichment": [] if enr.empty else enr.head(5).to_dict("records"),
             "top_set": None if top_set is None else top_set["set"],
             "top_set_category": None if top_set is None else top_set["category"],
@@ -310,10 +313,11 @@ def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
                 "total_counts": "library-size-explained"}.get(conf or "", "artifact gene set")
         return f"artifact · {what} ({genes})"
     parts = [row["home_cell_type"]]
+    low = "low " if row.get("signature_sign", 1) < 0 else ""
     if row.get("top_set"):
-        parts.append(f"{row['top_set']} ({genes})")
+        parts.append(f"{low}{row['top_set']} ({genes})")
     else:
-        parts.append(f"program ({genes})")
+        parts.append(f"{low}program ({genes})")
     if row["donor_q"] is not None and row["donor_q"] < 0.05:
         parts.append(f"{'up' if row['donor_effect'] > 0 else 'down'} in {case}")
     return " · ".join(parts)

@@ -53,12 +53,12 @@ class SAESpec:
 
     hook: str = "pooled"
     architecture: str = "topk"
-    d_sae: int = 128
-    k: int = 8
+    d_sae: int = 256
+    k: int = 48
     seeds: tuple[int, ...] = (0, 1, 2)
     #: extra architecture settings (e.g. aux_coeff, aux_k, dead_after, l1_coeff)
     sae: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 40, "lr": 2e-3,
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "lr": 2e-3,
                                                            "batch_size": 128})
 
     def sae_kwargs(self, d_in: int, seed: int) -> dict[str, Any]:

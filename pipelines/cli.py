@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", type=Path,
                    help=".h5ad (raw counts), or a run directory's adata.h5ad; default: bundled")
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument("--model", choices=["transformer", "mlp"], default="transformer")
+    p.add_argument("--model", choices=["transformer", "mlp"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--config", type=Path, help="YAML/JSON config file")

@@ -38,7 +38,10 @@ class ModelConfig:
     :data:`discovery.classifier.DEFAULT_TRAIN` for that architecture.
     """
 
-    kind: str = "transformer"
+    #: the MLP is the default: on the bundled cohort it is 26x faster to train, orders the
+    #: held-out donors better (donor AUROC 0.97 vs 0.92) and its representation is rich enough
+    #: for the sparse autoencoders to separate the planted programs (benchmarks/results/)
+    kind: str = "mlp"
     arch: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
