@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     config.baselines = ()
     res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
-                       genes_in_rows=args.genes_in_rows, quiet=args.quiet)
+                       genes_in_rows=args.genes_in_rows, quiet=args.quiet, stop_after="model")
     if not args.quiet:
         _print_model_summary(res.metrics)
     return 0

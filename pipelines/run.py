@@ -75,8 +75,14 @@ def run_pipeline(
     config: PipelineConfig | None = None,
     genes_in_rows: bool = False,
     quiet: bool = False,
+    stop_after: str | None = None,
 ) -> RunResult:
-    """Run every stage into ``out``; see the module docstring."""
+    """Run every stage into ``out`` (or up to and including ``stop_after``); see the module
+    docstring."""
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     config = config or PipelineConfig()
     rd = RunDir(out)
     stages = tqdm(total=6, desc="discovery run", disable=quiet, unit="stage")
@@ -155,6 +161,9 @@ def run_pipeline(
     stages.set_postfix_str("model")
     model, metrics = train_stage(rd, adata, config, quiet=quiet)
     stages.update()
+    if stop_after == "model":
+        stages.close()
+        return RunResult(rd, adata, rankings, yard, model, metrics)
 
     # 6. features ------------------------------------------------------------------------------
     stages.set_postfix_str("features")

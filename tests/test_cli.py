@@ -118,3 +118,17 @@ def test_benchmark_command_writes_markdown(tmp_path):
     assert rc == 0
     text = out.read_text()
     assert "| alzheimers | pseudobulk |" in text and "| null | pseudobulk |" in text
+
+
+def test_train_command_stops_after_the_model(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["train", "--out", str(out), "--preset", "quick", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["model"]["status"] == "done"
+    assert "features" not in manifest["stages"]
+    assert {"config.json", "model.safetensors", "metrics.json"} <= {
+        p.name for p in (out / "model").iterdir()}
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert {"cell_auroc", "donor_auroc", "accuracy", "ece"} <= set(metrics["test"])
+    assert "batch" in metrics["shortcut_probe"]
+    assert "Writing model shards" not in capsys.readouterr().err
