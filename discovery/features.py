@@ -94,26 +94,46 @@ def collect_activations(
     store_dir: str | Path,
     *,
     hook: str = "pooled",
+    position: str = "cls",
     batch_size: int = 1024,
 ) -> ActivationStore:
     """Stream the activations of every cell at ``hook`` into an on-disk store.
 
-    Reads log-normalised ``X`` over the model's genes. Writes nothing to ``adata``; the store
-    goes to ``store_dir`` (``acts.f32`` + ``meta.json``), rows in ``adata`` order.
+    ``position``: for per-token hooks of the transformer, ``"cls"`` stores the [CLS] row of each
+    cell (rows in ``adata`` order); ``"tokens"`` stores one row per real gene token, and the
+    store's ``tokens.npy`` holds (cell index, gene index) for each row. Hooks without a token
+    axis always give one row per cell. Reads log-normalised ``X`` over the model's genes. Writes
+    nothing to ``adata``; the store goes to ``store_dir`` (``acts.f32`` + ``meta.json``).
     """
+    if position not in ("cls", "tokens"):
+        msg = f"position must be 'cls' or 'tokens', got {position!r}"
+        raise InputError(msg)
     if hook not in model.hook_names:
         msg = f"hook {hook!r} is not a hook point of this model; choose from {model.hook_names}"
         raise InputError(msg)
     x = encode(adata, list(model.config.gene_names))
     model.eval()
     writer = None
+    token_index = []
     for i in range(0, len(x), batch_size):
-        _, cache = model.run_with_cache(x[i:i + batch_size], [hook])
-        act = _select(cache[hook], hook)
+        xb = x[i:i + batch_size]
+        _, cache = model.run_with_cache(xb, [hook])
+        act = cache[hook]
+        if position == "tokens" and act.ndim == 3:
+            ids, _, real = model.tokenize(xb)
+            cell = torch.arange(i, i + len(xb))[:, None].expand_as(ids)
+            act = act[:, 1:][real]
+            token_index.append(torch.stack([cell[real], ids[real]], dim=1))
+        else:
+            act = _select(act, hook)
         if writer is None:
-            writer = ActivationStore.create(store_dir, act.shape[1], hook=hook)
+            writer = ActivationStore.create(store_dir, act.shape[1], hook=hook,
+                                            position=position)
         writer.append(act)
-    return writer.close()
+    store = writer.close()
+    if token_index:
+        np.save(Path(store_dir) / "tokens.npy", torch.cat(token_index).numpy())
+    return store
 
 
 def splice_hook(sae: SparseAutoencoder, hook: str):  # noqa: ANN201 - a hook function

@@ -88,7 +88,8 @@ def test_sae_pipeline_on_cohort(fitted, tmp_path):
     _, cache = model.run_with_cache(classifier.encode(a[:5], list(model.config.gene_names)),
                                     ["pooled"])
     torch.testing.assert_close(store.read(0, 5), cache["pooled"])
-    spec = features.SAESpec(d_sae=64, k=16, seeds=(0, 1), train={"epochs": 80, "batch_size": 64})
+    spec = features.SAESpec(architecture="topk", d_sae=64, k=16, seeds=(0, 1),
+                            train={"epochs": 80, "batch_size": 64})
     rows = np.flatnonzero((a.obs["split"] == "train").to_numpy())
     fitted_saes = features.train_saes(store, spec, train_rows=rows, quiet=True)
     sae = fitted_saes[0][0]
@@ -108,3 +109,26 @@ def test_sae_pipeline_on_cohort(fitted, tmp_path):
     assert len(sig) > 0
     assert set(sig["home_cell_type"]) & {"Microglia", "Astrocytes", "Oligodendrocytes",
                                          "Excitatory neurons"}
+
+
+def test_per_token_activations_of_the_transformer(tmp_path, _pp_small):
+    from models import CLASSIFIERS
+
+    cfg_cls, model_cls = CLASSIFIERS["transformer"]
+    genes = _pp_small.var_names[_pp_small.var["highly_variable"].to_numpy()].tolist()
+    torch.manual_seed(0)
+    model = model_cls(cfg_cls(gene_names=genes, d_model=16, n_heads=2, d_ff=32,
+                              max_tokens=8)).eval()
+    a = _pp_small[:50].copy()
+    store = features.collect_activations(a, model, tmp_path / "tok", hook="layer0.resid",
+                                         position="tokens")
+    tokens = np.load(tmp_path / "tok" / "tokens.npy")
+    assert len(store) == len(tokens) and store.d == 16
+    x = classifier.encode(a, genes)
+    _, cache = model.run_with_cache(x[:1], ["layer0.resid"])
+    ids, _, real = model.tokenize(x[:1])
+    first = tokens[:, 0] == 0
+    np.testing.assert_array_equal(tokens[first, 1], ids[0][real[0]].numpy())
+    torch.testing.assert_close(store.read(0, int(first.sum())), cache["layer0.resid"][0, 1:][real[0]])
+    cls = features.collect_activations(a, model, tmp_path / "cls", hook="layer0.resid")
+    assert len(cls) == a.n_obs
