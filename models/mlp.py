@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 
-from models.hooks import HookedMixin, HookPoint
-from models.layers import Block, HookedLayerNorm
-from models.transformer import CellClassifierOutput, _loss
+from models.base import CellClassifierBase, CellClassifierOutput
+from models.layers import Block
 
 __all__ = ["ExpressionMLPConfig", "ExpressionMLPForCellClassification"]
 
@@ -44,41 +43,26 @@ class ExpressionMLPConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class ExpressionMLPForCellClassification(HookedMixin, PreTrainedModel):
+class ExpressionMLPForCellClassification(CellClassifierBase):
     """Case-vs-control classifier on a cell's expression vector."""
 
     config_class = ExpressionMLPConfig
     base_model_prefix = "expression_mlp"
-    main_input_name = "expr"
 
     def __init__(self, config: ExpressionMLPConfig) -> None:
         super().__init__(config)
-        n_genes, d = len(config.gene_names), config.d_model
-        if n_genes == 0:
-            msg = "ExpressionMLPConfig.gene_names is empty; the model needs a gene vocabulary"
-            raise ValueError(msg)
+        n_genes, d = self._n_genes(), config.d_model
         self.embed = nn.Linear(n_genes, d)
         self.input_drop = nn.Dropout(config.input_dropout)
         self.blocks = nn.ModuleList(
             Block(d, config.d_ff, None, config.dropout, config.layer_norm_eps)
             for _ in range(config.n_layers)
         )
-        self.ln_f = HookedLayerNorm(d, config.layer_norm_eps)
-        self.head = nn.Linear(d, 1)
+        self._add_head(d, config.layer_norm_eps)
         # per-gene standardisation fitted on the training cells (saved with the weights)
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("gene_std", torch.ones(n_genes))
-        self.hook_embed = HookPoint()
-        self.hook_pooled = HookPoint()
-        self.hook_logits = HookPoint()
-        self.post_init()
-        self.setup_hooks()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self._finish_init()
 
     def forward(self, expr: torch.Tensor, labels: torch.Tensor | None = None,
                 sample_weight: torch.Tensor | None = None) -> CellClassifierOutput:
@@ -86,6 +70,4 @@ class ExpressionMLPForCellClassification(HookedMixin, PreTrainedModel):
         h = self.hook_embed(self.embed(self.input_drop(z)))
         for block in self.blocks:
             h = block(h)
-        pooled = self.hook_pooled(self.ln_f(h))
-        logits = self.hook_logits(self.head(pooled).squeeze(-1))
-        return CellClassifierOutput(loss=_loss(logits, labels, sample_weight), logits=logits)
+        return self._classify(h, labels, sample_weight)

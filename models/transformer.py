@@ -28,25 +28,14 @@ Hook points (``model.hook_names``): ``embed``, ``layer{i}.ln1.scale``, ``layer{i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import PretrainedConfig
 
-from models.hooks import HookedMixin, HookPoint
-from models.layers import Block, HookedLayerNorm
+from models.base import CellClassifierBase, CellClassifierOutput
+from models.layers import Block
 
-__all__ = ["CellClassifierOutput", "GeneTransformerConfig", "GeneTransformerForCellClassification"]
-
-
-@dataclass
-class CellClassifierOutput(ModelOutput):
-    """``logits: (cells,)`` case logits; ``loss`` when labels were given."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+__all__ = ["GeneTransformerConfig", "GeneTransformerForCellClassification"]
 
 
 class GeneTransformerConfig(PretrainedConfig):
@@ -85,41 +74,24 @@ class GeneTransformerConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class GeneTransformerForCellClassification(HookedMixin, PreTrainedModel):
+class GeneTransformerForCellClassification(CellClassifierBase):
     """Case-vs-control classifier over gene tokens; input ``expr: (cells, n_genes)``."""
 
     config_class = GeneTransformerConfig
     base_model_prefix = "gene_transformer"
-    main_input_name = "expr"
 
     def __init__(self, config: GeneTransformerConfig) -> None:
         super().__init__(config)
-        n_genes, d = len(config.gene_names), config.d_model
-        if n_genes == 0:
-            msg = "GeneTransformerConfig.gene_names is empty; the model needs a gene vocabulary"
-            raise ValueError(msg)
+        n_genes, d = self._n_genes(), config.d_model
         self.gene_emb = nn.Embedding(n_genes + 1, d)  # index n_genes is [CLS]
         self.value_emb = nn.Linear(1, d)
         self.blocks = nn.ModuleList(
             Block(d, config.d_ff, config.n_heads, config.dropout, config.layer_norm_eps)
             for _ in range(config.n_layers)
         )
-        self.ln_f = HookedLayerNorm(d, config.layer_norm_eps)
-        self.head = nn.Linear(d, 1)
+        self._add_head(d, config.layer_norm_eps)
         self.register_buffer("gene_scale", torch.ones(n_genes))
-        self.hook_embed = HookPoint()
-        self.hook_pooled = HookPoint()
-        self.hook_logits = HookPoint()
-        self.post_init()
-        self.setup_hooks()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+        self._finish_init()
 
     def tokenize(self, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``expr: (cells, n_genes)`` -> (gene ids, relative values, is_real), each (cells, tokens)."""
@@ -143,16 +115,4 @@ class GeneTransformerForCellClassification(HookedMixin, PreTrainedModel):
         mask = torch.cat([torch.ones_like(real[:, :1]), real], dim=1)
         for block in self.blocks:
             h = block(h, mask)
-        pooled = self.hook_pooled(self.ln_f(h)[:, 0])
-        logits = self.hook_logits(self.head(pooled).squeeze(-1))
-        return CellClassifierOutput(loss=_loss(logits, labels, sample_weight), logits=logits)
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor | None,
-          weight: torch.Tensor | None) -> torch.Tensor | None:
-    if labels is None:
-        return None
-    per = nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
-    if weight is None:
-        return per.mean()
-    return (per * weight).sum() / weight.sum()
+        return self._classify(h, labels, sample_weight)
