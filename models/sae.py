@@ -151,7 +151,11 @@ class SparseAutoencoder(nn.Module):
     # --------------------------------------------------------------------------- API
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations ``(n, d_sae)`` of raw activations ``x: (n, d_in)``."""
-        return (self.normalise(x) - self.b_dec) @ self.W_enc + self.b_enc
+        return self._pre_n(self.normalise(x))
+
+    def _pre_n(self, x_n: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations of already normalised activations."""
+        return (x_n - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``(n, d_sae)`` (dense tensor, mostly zeros)."""
@@ -236,13 +240,16 @@ class TopKSAE(SparseAutoencoder):
         denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)
         return (err_hat - err_n.detach()).pow(2).mean() / denom
 
+    def _code(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-activations -> (dense activations, normalised-space reconstruction)."""
+        vals, idx = self._topk(pre)
+        return torch.zeros_like(pre).scatter_(1, idx, vals), self._decode_sparse(vals, idx)
+
     def forward(self, x: torch.Tensor) -> SAEOutput:
         x_n = self.normalise(x)
-        pre = (x_n - self.b_dec) @ self.W_enc + self.b_enc
-        vals, idx = self._topk(pre)
-        x_n_hat = self._decode_sparse(vals, idx)
+        pre = self._pre_n(x_n)
+        acts, x_n_hat = self._code(pre)
         mse = _recon_mse(x_n_hat, x_n)
-        acts = torch.zeros_like(pre).scatter_(1, idx, vals)
         if self.training:
             self._track_firing(acts)
         aux = self._aux_loss(pre, x_n - x_n_hat)
@@ -270,21 +277,16 @@ class BatchTopKSAE(TopKSAE):
                 self.threshold.copy_(lo if self.threshold == 0 else m * self.threshold + (1 - m) * lo)
         return acts
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.pre_acts(x)
+    def _jump(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)  # JumpReLU at the learned threshold
 
-    def forward(self, x: torch.Tensor) -> SAEOutput:
-        x_n = self.normalise(x)
-        pre = (x_n - self.b_dec) @ self.W_enc + self.b_enc
-        acts = self._batch_topk(pre) if self.training else pre * (pre > self.threshold)
-        x_n_hat = acts @ self.W_dec + self.b_dec
-        mse = _recon_mse(x_n_hat, x_n)
-        if self.training:
-            self._track_firing(acts)
-        aux = self._aux_loss(pre, x_n - x_n_hat)
-        loss = mse + self.config.aux_coeff * aux
-        return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._jump(self.pre_acts(x))
+
+    def _code(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the batch rule while training, the learned threshold at inference
+        acts = self._batch_topk(pre) if self.training else self._jump(pre)
+        return acts, acts @ self.W_dec + self.b_dec
 
 
 class ReLUSAE(SparseAutoencoder):
@@ -295,7 +297,7 @@ class ReLUSAE(SparseAutoencoder):
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         x_n = self.normalise(x)
-        acts = F.relu((x_n - self.b_dec) @ self.W_enc + self.b_enc)
+        acts = F.relu(self._pre_n(x_n))
         x_n_hat = acts @ self.W_dec + self.b_dec
         mse = _recon_mse(x_n_hat, x_n)
         if self.training:
