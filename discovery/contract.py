@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from models.configs import check_known
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -67,10 +69,7 @@ class Keys:
         d = dict(d)
         d["covariate_keys"] = tuple(d.get("covariate_keys") or ())
         d["controls"] = tuple(d.get("controls") or ())
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            msg = f"unknown key settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            raise InputError(msg)
+        check_known(d, cls.__dataclass_fields__, "key settings", error=InputError)
         return cls(**d)
 
 

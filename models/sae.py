@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from models.configs import check_known
+
 __all__ = [
     "SAE_REGISTRY",
     "BatchTopKSAE",
@@ -65,11 +67,7 @@ class _BaseConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> _BaseConfig:
         d = {k: v for k, v in d.items() if k != "architecture"}
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(d) - allowed
-        if unknown:
-            msg = f"unknown {cls.__name__} settings {sorted(unknown)}; known: {sorted(allowed)}"
-            raise ValueError(msg)
+        check_known(d, (f.name for f in fields(cls)), f"{cls.__name__} settings")
         return cls(**d)
 
 

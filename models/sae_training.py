@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from models.configs import check_known
 from models.sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,7 @@ class SAETrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAETrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            msg = f"unknown SAE training settings {sorted(unknown)}"
-            raise ValueError(msg)
+        check_known(d, cls.__dataclass_fields__, "SAE training settings")
         return cls(**d)
 
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.configs import check_known
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainHistory", "class_balance_weights", "train_classifier"]
@@ -63,10 +65,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            msg = f"unknown training settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            raise ValueError(msg)
+        check_known(d, cls.__dataclass_fields__, "training settings")
         return cls(**d)
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from discovery.contract import InputError, Keys
 from discovery.preprocess import PreprocessConfig
+from models.configs import check_known
 from models.training import TrainConfig
 
 __all__ = ["PRESETS", "CohortConfig", "PipelineConfig", "load_config"]
@@ -71,10 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        unknown = set(d) - {"kind", "arch", "train"}
-        if unknown:
-            msg = f"unknown model settings {sorted(unknown)}; known: ['arch', 'kind', 'train']"
-            raise InputError(msg)
+        check_known(d, ("kind", "arch", "train"), "model settings", error=InputError)
         return cls(**d)
 
 
@@ -94,11 +92,8 @@ class PipelineConfig:
     def sae_spec(self):  # noqa: ANN201 - discovery.features.SAESpec
         from discovery.features import SAESpec
 
-        allowed = set(SAESpec.__dataclass_fields__)
-        bad = set(self.features) - allowed
-        if bad:
-            msg = f"unknown features settings {sorted(bad)}; known: {sorted(allowed)}"
-            raise InputError(msg)
+        check_known(self.features, SAESpec.__dataclass_fields__, "features settings",
+                    error=InputError)
         kw = dict(self.features)
         if "seeds" in kw:
             kw["seeds"] = tuple(kw["seeds"])
@@ -125,11 +120,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            msg = f"unknown config sections {sorted(unknown)}; known: {sorted(known)}"
-            raise InputError(msg)
+        check_known(d, (f.name for f in fields(cls)), "config sections", error=InputError)
         kw: dict[str, Any] = {k: v for k, v in d.items()
                               if k in ("preset", "seed", "baselines", "features")}
         if "keys" in d:
@@ -138,11 +129,8 @@ class PipelineConfig:
             kw["model"] = ModelConfig.from_dict(d["model"])
         for name, klass in (("cohort", CohortConfig), ("preprocess", PreprocessConfig)):
             if name in d:
-                allowed = {f.name for f in fields(klass)}
-                bad = set(d[name]) - allowed
-                if bad:
-                    msg = f"unknown {name} settings {sorted(bad)}; known: {sorted(allowed)}"
-                    raise InputError(msg)
+                check_known(d[name], (f.name for f in fields(klass)), f"{name} settings",
+                            error=InputError)
                 kw[name] = klass(**d[name])
         return cls(**kw)
 
