@@ -28,6 +28,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipelines.rundir import write_text  # noqa: E402
+
 
 def _acts(run_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
     import anndata as ad
@@ -142,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {sps:,.0f} | {sps / base_sps:.2f} | {ev:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     return 0
 
 

@@ -26,6 +26,7 @@ from discovery import classifier  # noqa: E402
 from discovery.contract import case_mask  # noqa: E402
 from discovery.preprocess import preprocess  # noqa: E402
 from discovery.simulate import simulate  # noqa: E402
+from pipelines.rundir import write_text  # noqa: E402
 
 
 def _baseline(adata) -> dict:
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               "the baseline's counts one pass of lbfgs over the training cells.", ""]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     return 0
 
 

@@ -25,6 +25,7 @@ import anndata as ad  # noqa: E402
 from discovery import annotate, classifier, features  # noqa: E402
 from discovery.simulate import truth  # noqa: E402
 from models.sae import load_sae  # noqa: E402
+from pipelines.rundir import write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {n} | {c} | {a} |" for n, c, a in artifacts]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     return 0
 
 

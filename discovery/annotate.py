@@ -160,17 +160,18 @@ def gene_signature(
     hook: str = "pooled",
     home: np.ndarray | None = None,
     n_cells: int = 64,
+    expr: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Gradient x (input - reference) attribution of each feature to each gene.
 
     For feature f: mean over its ``n_cells`` top-activating cells of
     (expr_g - ref_g) * d pre_f / d expr_g, the pre-activation taken through the model and the SAE
     encoder; ref = mean expression of the cells of f's home cell type where f is silent (all cells
-    when ``home`` is None). Reads log-normalised ``X`` and the cell-type column. Returns
-    ``(features, genes)``.
+    when ``home`` is None). Reads log-normalised ``X`` (unless ``expr``, its encoding over the
+    model's genes, is given) and the cell-type column. Returns ``(features, genes)``.
     """
     genes = list(model.config.gene_names)
-    x_all = encode(adata, genes)
+    x_all = encode(adata, genes) if expr is None else expr
     ct = adata.obs[get_keys(adata).cell_type_key].astype(str).to_numpy()
     out = np.zeros((acts.shape[1], len(genes)), dtype=np.float32)
     model.eval()
@@ -252,8 +253,11 @@ def annotate_features(
     donors = donor_association(adata, acts, home, keys=keys)
     conf = confound_scores(adata, acts, home, keys=keys)
     log.info("gene signatures for %d features", acts.shape[1])
-    attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=home)
-    x = encode(adata, list(genes)).numpy()
+    expr = encode(adata, list(genes))
+    attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=home, expr=expr)
+    x = expr.numpy()
+    in_type = {c: ct == c for c in np.unique(home)}
+    x_by_type = {c: x[m] for c, m in in_type.items()}  # sliced once per cell type, not per feature
     rows = []
     is_case = case_mask(adata, keys)
     for f in range(acts.shape[1]):
@@ -261,7 +265,8 @@ def annotate_features(
         active = a > 0
         order = np.argsort(-attrib[f], kind="stable")
         sig = genes[order[:SIGNATURE_TOP]].tolist()
-        corr = _expr_correlation(x[ct == home[f]], a[ct == home[f]]) if active.any() else np.zeros(len(genes))
+        corr = (_expr_correlation(x_by_type[home[f]], a[in_type[home[f]]]) if active.any()
+                else np.zeros(len(genes)))
         enr = enrichment(sig, list(genes)) if active.any() else pd.DataFrame()
         top_set = None
         if not enr.empty and enr.iloc[0]["q"] < 0.05:

@@ -151,14 +151,13 @@ def train(
     torch.manual_seed(train_config.seed)
     cfg_cls, model_cls = CLASSIFIERS[kind]
     model = model_cls(cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})}))
+    xt = x[torch.from_numpy(tr)]
     if hasattr(model, "gene_scale"):
         # typical non-zero level of each gene in the training cells (token choice, Geneformer-like)
-        xt = x[torch.from_numpy(tr)]
         nz = (xt > 0).float()
         scale = (xt.sum(0) / nz.sum(0).clamp(min=1)).clamp(min=1e-3)
         model.gene_scale.copy_(scale)
     if hasattr(model, "gene_mean"):
-        xt = x[torch.from_numpy(tr)]
         model.gene_mean.copy_(xt.mean(0))
         model.gene_std.copy_(xt.std(0).clamp(min=1e-2))
 
@@ -251,8 +250,8 @@ def pooled_representation(adata: ad.AnnData, model: torch.nn.Module, *,
                           batch_size: int = 1024) -> np.ndarray:
     """Activations at the ``pooled`` hook, ``(cells, d_model)``."""
     x = encode(adata, list(model.config.gene_names))
-    reps = [model.run_with_cache(x[i:i + batch_size], ["pooled"])[1]["pooled"]
-            for i in range(0, len(x), batch_size)]
+    reps = [cache["pooled"] for _, _, cache in
+            model.iter_cache(x, ["pooled"], batch_size=batch_size)]
     return torch.cat(reps).numpy()
 
 

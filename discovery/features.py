@@ -115,13 +115,12 @@ def collect_activations(
     model.eval()
     writer = None
     token_index = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        _, cache = model.run_with_cache(xb, [hook])
+    for i, (xb, _, cache) in enumerate(model.iter_cache(x, [hook], batch_size=batch_size)):
         act = cache[hook]
         if position == "tokens" and act.ndim == 3:
             ids, _, real = model.tokenize(xb)
-            cell = torch.arange(i, i + len(xb))[:, None].expand_as(ids)
+            first = i * batch_size
+            cell = torch.arange(first, first + len(xb))[:, None].expand_as(ids)
             act = act[:, 1:][real]
             token_index.append(torch.stack([cell[real], ids[real]], dim=1))
         else:
@@ -193,8 +192,7 @@ def encode_cells(
     """
     x = encode(adata, list(model.config.gene_names))
     chunks = []
-    for i in range(0, len(x), batch_size):
-        _, cache = model.run_with_cache(x[i:i + batch_size], [hook])
+    for _, _, cache in model.iter_cache(x, [hook], batch_size=batch_size):
         chunks.append(sae.encode(_select(cache[hook], hook)))
     acts = torch.cat(chunks).numpy().astype(np.float32)
     key = key_added or f"X_sae_{hook.replace('.', '_')}"
@@ -236,9 +234,7 @@ def sae_quality(
     l0 = 0.0
     logits, logits_sp = [], []
     acts_all = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        out, cache = model.run_with_cache(xb, [hook])
+    for xb, out, cache in model.iter_cache(x, [hook], batch_size=batch_size):
         a = _select(cache[hook], hook)
         acts_all.append(a)
         f = sae.encode(a)

@@ -85,6 +85,16 @@ class HookedMixin:
         with self.hooks(fns):
             return self(inputs, **kw)  # type: ignore[operator]
 
+    def iter_cache(
+        self, inputs: Any, names: Iterable[str], *, batch_size: int
+    ) -> Iterator[tuple[Any, Any, dict[str, torch.Tensor]]]:
+        """:meth:`run_with_cache` over row blocks: yields (block inputs, output, cache)."""
+        names = list(names)
+        for i in range(0, len(inputs), batch_size):
+            block = inputs[i:i + batch_size]
+            out, cache = self.run_with_cache(block, names)
+            yield block, out, cache
+
     def run_with_cache(
         self, inputs: Any, names: Iterable[str] | None = None, *, detach: bool = True, **kw: Any
     ) -> tuple[Any, dict[str, torch.Tensor]]:
