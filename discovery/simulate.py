@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anndata as ad
@@ -352,9 +352,3 @@ def truth(adata: ad.AnnData) -> dict[str, Any]:
     except KeyError as err:
         msg = "adata has no uns['simulation']: it was not made by `discovery simulate`."
         raise KeyError(msg) from err
-
-
-def with_params(name: str, **changes: Any) -> Scenario:
-    """A registered scenario with some parameters changed (for tests and sweeps)."""
-    return replace(SCENARIOS[name], **changes)
-

@@ -18,21 +18,25 @@ outputs are unchanged is skipped on a rerun):
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from discovery import classifier
+from discovery import annotate, classifier, features
 from discovery import simulate as simulate_mod
 from discovery.baselines import rank_genes
 from discovery.contract import Keys, read, validate
 from discovery.preprocess import preprocess
 from discovery.yardstick import score_ranking
+from models.sae import load_sae
 from pipelines.config import PipelineConfig
 from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
 
@@ -176,14 +180,6 @@ def run_pipeline(
 def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineConfig, *,
                    quiet: bool = False) -> dict[str, Any]:
     """Fit SAEs at the configured hook, measure them, annotate the features."""
-    import json
-    import shutil
-
-    import numpy as np
-
-    from discovery import annotate, features
-    from models.sae import load_sae
-
     spec = config.sae_spec()
     params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
         "params_hash")}
@@ -238,8 +234,6 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
     model_dir = rd.path / "model"
     if rd.is_done("model", params) and "case_prob" in adata.obs:
         log.info("model: reusing %s", model_dir)
-        import json
-
         return classifier.load(model_dir), json.loads((model_dir / "metrics.json").read_text())
     with rd.stage("model", params) as outputs:
         tc = mc.train_config()
@@ -251,8 +245,6 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
                                                               seed=config.seed)
         metrics["kind"] = mc.kind
         tmp_dir = model_dir.with_name(".model.tmp")
-        import shutil
-
         shutil.rmtree(tmp_dir, ignore_errors=True)
         trained.save(tmp_dir)
         write_json(tmp_dir / "metrics.json", metrics)
