@@ -88,6 +88,24 @@ class PipelineConfig:
     baselines: tuple[str, ...] = ("wilcoxon", "pseudobulk", "logreg_l1")
     model: ModelConfig = field(default_factory=lambda: ModelConfig())
     features: dict[str, Any] = field(default_factory=dict)
+    #: cohort graphs: GraphSpec settings (node_threshold, edge_threshold, n_boot, batch_size,
+    #: seed) plus n_top (features checked by ablation), cell_graphs (example cell graphs per
+    #: population) and min_cells (smallest population that gets a graph)
+    graphs: dict[str, Any] = field(default_factory=dict)
+
+    def graph_settings(self) -> tuple[Any, dict[str, int]]:
+        """(discovery.graphs.GraphSpec, {"n_top", "cell_graphs", "min_cells"})."""
+        from discovery.graphs import GraphSpec
+
+        extra = {"n_top": 50, "cell_graphs": 1, "min_cells": 20}
+        check_known(self.graphs, [*GraphSpec.__dataclass_fields__, *extra], "graphs settings",
+                    error=InputError)
+        kw = {k: v for k, v in self.graphs.items() if k not in extra}
+        try:
+            spec = GraphSpec(**kw)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"graphs settings: {err}") from err
+        return spec, {k: int(self.graphs.get(k, v)) for k, v in extra.items()}
 
     def sae_spec(self):  # noqa: ANN201 - discovery.features.SAESpec
         from discovery.features import SAESpec
@@ -101,6 +119,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         self.sae_spec()  # validate early
+        self.graph_settings()
         if self.preset not in PRESETS:
             msg = f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
             raise InputError(msg)
@@ -116,13 +135,14 @@ class PipelineConfig:
             "baselines": list(self.baselines),
             "model": self.model.to_dict(),
             "features": dict(self.features),
+            "graphs": dict(self.graphs),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         check_known(d, (f.name for f in fields(cls)), "config sections", error=InputError)
         kw: dict[str, Any] = {k: v for k, v in d.items()
-                              if k in ("preset", "seed", "baselines", "features")}
+                              if k in ("preset", "seed", "baselines", "features", "graphs")}
         if "keys" in d:
             kw["keys"] = Keys.from_dict(d["keys"])
         if "model" in d:
@@ -143,6 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preprocess": {"n_top_genes": 600},
         "model": {"kind": "mlp", "train": {"epochs": 15}},
         "features": {"seeds": [0, 1], "train": {"epochs": 15, "lr": 2e-3, "batch_size": 128}},
+        "graphs": {"n_boot": 50, "n_top": 30},
     },
 }
 

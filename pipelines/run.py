@@ -14,6 +14,10 @@ outputs are unchanged is skipped on a rerun):
    training donors' cells, quality metrics (test donors, reconstruction spliced into the model),
    cross-seed stability, and annotation of the first seed's features -> ``features/``,
    ``obsm['X_sae_<hook>']``.
+7. ``graphs``: one cohort attribution graph per cell type over its case cells (the first seed's
+   SAE), each validated by ablations (predicted vs measured effects, circuit faithfulness),
+   plus example cell graphs -> ``graphs/<population>.json`` (node-link) and ``.graphml``,
+   ``graphs/<population>.validation.json``, ``graphs/cells/``, ``graphs/index.json``.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ from tqdm.auto import tqdm
 
 from discovery import annotate, classifier, features
 from discovery import simulate as simulate_mod
+from discovery.attribution import SAEHook, check_sae_hooks
 from discovery.baselines import rank_genes
-from discovery.contract import Keys, read, validate
+from discovery.contract import InputError, Keys, get_keys, read, validate
+from discovery.graphs import GraphSpec, cohort_graph, population_mask
+from discovery.interventions import validate_graph
 from discovery.preprocess import preprocess
 from discovery.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
+from pipelines.export import export_graph
 from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,7 @@ class RunResult:
     model: Any = None
     metrics: dict[str, Any] | None = None
     features: dict[str, Any] | None = None
+    graphs: dict[str, Any] | None = None
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -89,7 +98,7 @@ def run_pipeline(
         hf_logging.disable_progress_bar()
     config = config or PipelineConfig()
     rd = RunDir(out)
-    stages = tqdm(total=6, desc="discovery run", disable=quiet, unit="stage")
+    stages = tqdm(total=7, desc="discovery run", disable=quiet, unit="stage")
 
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
@@ -173,8 +182,100 @@ def run_pipeline(
     stages.set_postfix_str("features")
     feats = features_stage(rd, adata, model, config, quiet=quiet)
     stages.update()
+    if stop_after == "features":
+        stages.close()
+        return RunResult(rd, adata, rankings, yard, model, metrics, feats)
+
+    # 7. graphs --------------------------------------------------------------------------------
+    stages.set_postfix_str("graphs")
+    graphs = graphs_stage(rd, adata, model, feats, config, quiet=quiet)
+    stages.update()
     stages.close()
-    return RunResult(rd, adata, rankings, yard, model, metrics, feats)
+    return RunResult(rd, adata, rankings, yard, model, metrics, feats, graphs)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def _validation_summary(val: dict[str, Any]) -> dict[str, Any]:
+    ab = val["ablation"]
+    return {"spearman_graph": ab["graph"]["spearman"], "spearman_model": ab["model"]["spearman"],
+            "sign_agreement_model": ab["model"]["sign_agreement"], "n_checked": len(ab["nodes"]),
+            "features_for_faithfulness_0.8": val["features_for_faithfulness_0.8"],
+            "m_full": val["m_full"], "m_empty": val["m_empty"],
+            "circuit_curve": val["circuit_curve"]}
+
+
+def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
+                 config: PipelineConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """Cohort graphs (case cells of each cell type), their validation, example cell graphs."""
+    spec, extra = config.graph_settings()
+    hook = config.sae_spec().hook
+    params = {"graphs": config.graphs, "hook": hook,
+              "features_stage": rd.manifest["stages"]["features"].get("params_hash")}
+    gdir = rd.path / "graphs"
+    if rd.is_done("graphs", params) and (gdir / "index.json").is_file():
+        return json.loads((gdir / "index.json").read_text())
+    with rd.stage("graphs", params) as outputs:
+        saes = [SAEHook(hook, feats["sae"].eval())]
+        try:
+            check_sae_hooks(model, saes)
+        except InputError as err:
+            index = {"hook": hook, "graphs": [], "skipped": str(err)}
+            write_json(gdir / "index.json", index)
+            outputs.append("graphs/index.json")
+            return index
+        ann = feats["annotations"]
+        labels = dict(zip(ann["feature"], ann["label"]))
+        keys = get_keys(adata)
+        logits = np.log(adata.obs["case_prob"].clip(1e-9, 1 - 1e-9)) - np.log(
+            (1 - adata.obs["case_prob"]).clip(1e-9, 1))
+        entries = []
+        cell_types = sorted(adata.obs[keys.cell_type_key].astype(str).unique())
+        for ct in tqdm(cell_types, desc="graphs", disable=quiet, leave=False):
+            mask = population_mask(adata, cell_type=ct, label="case")
+            if mask.sum() < extra["min_cells"]:
+                continue
+            name = f"{ct}, {keys.case} cells"
+            slug = _slug(f"{ct}_case")
+            g = cohort_graph(adata, model, saes, mask=mask, name=name, labels=labels, spec=spec,
+                             quiet=True)
+            val = validate_graph(adata, model, saes, g, mask=mask, n_top=extra["n_top"])
+            summary = _validation_summary(val)
+            g.graph.update({"cell_type": ct, "label": "case", "validation": summary})
+            export_graph(g, gdir / f"{slug}.json")
+            export_graph(g, gdir / f"{slug}.graphml")
+            write_json(gdir / f"{slug}.validation.json", val)
+            files = [f"graphs/{slug}.json", f"graphs/{slug}.graphml",
+                     f"graphs/{slug}.validation.json"]
+            top = np.argsort(-logits[mask].to_numpy())[:extra["cell_graphs"]]
+            cells = adata.obs_names[mask][top]
+            for cell in cells:
+                one = adata.obs_names == cell
+                cg = cohort_graph(adata, model, saes, mask=one, name=f"cell {cell}",
+                                  labels=labels, quiet=True,
+                                  spec=GraphSpec(spec.node_threshold, spec.edge_threshold, 0,
+                                                 spec.batch_size, spec.seed))
+                cg.graph.update({"cell": str(cell), "cell_type": ct})
+                export_graph(cg, gdir / "cells" / f"{_slug(str(cell))}.json")
+                files.append(f"graphs/cells/{_slug(str(cell))}.json")
+            outputs += files
+            entries.append({
+                "name": name, "slug": slug, "cell_type": ct, "label": "case",
+                "n_cells": int(mask.sum()), "n_donors": g.graph["n_donors"],
+                "n_nodes": g.number_of_nodes(), "n_edges": g.number_of_edges(),
+                "replacement_score": g.graph["replacement_score"],
+                "completeness_score": g.graph["completeness_score"],
+                "max_completeness_error": g.graph["max_completeness_error"],
+                "mean_logit": g.graph["mean_logit"],
+                "validation": {k: v for k, v in summary.items() if k != "circuit_curve"},
+                "cell_graphs": [str(c) for c in cells], "files": files,
+            })
+        index = {"hook": hook, "graphs": entries}
+        write_json(gdir / "index.json", index)
+        outputs.append("graphs/index.json")
+    return index
 
 
 def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineConfig, *,
