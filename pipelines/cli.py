@@ -97,6 +97,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("export", help="write a run's attribution graphs as graph files")
+    p.add_argument("run_dir", type=Path, help="run directory (after the graphs stage)")
+    p.add_argument("--format", default="graphml",
+                   help="comma-separated: graphml, gexf, cyjs (Cytoscape.js), json (node-link)")
+    p.add_argument("--graph", default=None,
+                   help="comma-separated graph names (index.json 'slug') [all cohort graphs]")
+    p.add_argument("--cells", action="store_true", help="export the example cell graphs too")
+    p.add_argument("--out", type=Path, default=None, help="output folder [RUN_DIR/exports]")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("graph", help="build (and validate) the attribution graph of a population")
+    p.add_argument("run_dir", type=Path, help="run directory (after the features stage)")
+    p.add_argument("--cell-type", default=None, help="cell type [all cell types]")
+    p.add_argument("--label", choices=["case", "control", "all"], default="case")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None)
+    p.add_argument("--out", type=Path, required=True,
+                   help="graph file (.json, .graphml, .gexf, .cyjs)")
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--no-validate", action="store_true", help="skip the ablation checks")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("perturb", help="in-silico gene perturbation against random-gene nulls")
+    p.add_argument("run_dir", type=Path, help="run directory (after the model stage)")
+    p.add_argument("--genes", required=True, help="comma-separated gene symbols")
+    p.add_argument("--mode", choices=["down", "up", "delete"], default="down")
+    p.add_argument("--factor", type=float, default=None,
+                   help="count multiplier [0.25 for down, 4 for up]")
+    p.add_argument("--cell-type", default=None, help="population cell type [all]")
+    p.add_argument("--label", choices=["case", "control", "all"], default="case")
+    p.add_argument("--n-null", type=int, default=50)
+    p.add_argument("--out", type=Path, default=None, help="write the table as CSV here")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -221,8 +255,97 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export import FORMATS, export_graph, load_graph
+    from pipelines.run import graph_index
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise InputError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    index = graph_index(args.run_dir)
+    wanted = ([g.strip() for g in args.graph.split(",")] if args.graph else
+              [e["slug"] for e in index["graphs"]])
+    known = {e["slug"]: e for e in index["graphs"]}
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        raise InputError(f"no graph named {missing} in {args.run_dir}; available: "
+                         f"{', '.join(known) or 'none'}")
+    out = args.out or args.run_dir / "exports"
+    written = []
+    for slug in wanted:
+        sources = [(slug, args.run_dir / "graphs" / f"{slug}.json")]
+        if args.cells:
+            sources += [(Path(f).stem, args.run_dir / f) for f in known[slug]["files"]
+                        if f.startswith("graphs/cells/")]
+        for name, src in sources:
+            g = load_graph(src)
+            for fmt in formats:
+                written.append(export_graph(g, out / f"{name}{FORMATS[fmt]}", fmt))
+    if not args.quiet:
+        console.print(f"wrote {len(written)} file(s) to {out}")
+    return 0
+
+
+def _population(adata, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    from discovery.graphs import population_mask
+
+    label = None if args.label == "all" else args.label
+    return population_mask(adata, cell_type=args.cell_type, label=label,
+                           split=getattr(args, "split", None))
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from discovery.graphs import GraphSpec, cohort_graph
+    from discovery.interventions import validate_graph
+    from pipelines.export import export_graph
+    from pipelines.run import open_run
+
+    run = open_run(args.run_dir)
+    mask = _population(run.adata, args)
+    name = f"{args.cell_type or 'all cell types'}, {args.label} cells"
+    spec = GraphSpec(node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    g = cohort_graph(run.adata, run.model, run.saes, mask=mask, name=name, labels=run.labels,
+                     spec=spec, quiet=args.quiet)
+    if not args.no_validate:
+        val = validate_graph(run.adata, run.model, run.saes, g, mask=mask, quiet=args.quiet)
+        g.graph["validation"] = {k: v for k, v in val.items() if k != "ablation"}
+        g.graph["validation"]["spearman_model"] = val["ablation"]["model"]["spearman"]
+    export_graph(g, args.out)
+    if not args.quiet:
+        console.print(f"{name}: {g.graph['n_cells']} cells, {g.graph['n_donors']} donors, "
+                      f"{g.number_of_nodes()} nodes, {g.number_of_edges()} edges; replacement "
+                      f"{g.graph['replacement_score']:.3f}, completeness "
+                      f"{g.graph['completeness_score']:.3f} -> {args.out}")
+    return 0
+
+
+def cmd_perturb(args: argparse.Namespace) -> int:
+    from discovery.interventions import perturb_genes
+    from pipelines.run import open_run
+    from pipelines.rundir import atomic_write
+
+    run = open_run(args.run_dir, need_features=False)
+    mask = _population(run.adata, args)
+    genes = [g.strip() for g in args.genes.split(",") if g.strip()]
+    table = perturb_genes(run.adata, run.model, genes, mode=args.mode, factor=args.factor,
+                          mask=mask, n_null=args.n_null)
+    if args.out:
+        atomic_write(args.out, lambda p: table.to_csv(p, index=False))
+    out = Table(title=f"in-silico {args.mode}: change of the case logit "
+                      f"({args.cell_type or 'all cell types'}, {args.label} cells)")
+    for col in ("gene", "effect", "n_cells", "n_donors", "null_mean", "z", "p", "q"):
+        out.add_column(col)
+    for row in table.itertuples(index=False):
+        out.add_row(row.gene, f"{row.effect:+.3f}", str(row.n_cells), str(row.n_donors),
+                    f"{row.null_mean:+.3f}", f"{row.z:.2f}", f"{row.p:.3g}", f"{row.q:.3g}")
+    Console().print(out)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
-            "benchmark": cmd_benchmark}
+            "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
+            "perturb": cmd_perturb}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

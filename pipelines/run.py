@@ -50,7 +50,7 @@ from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunResult", "run_pipeline"]
+__all__ = ["OpenRun", "RunResult", "graph_index", "open_run", "run_pipeline"]
 
 
 @dataclass
@@ -63,6 +63,53 @@ class RunResult:
     metrics: dict[str, Any] | None = None
     features: dict[str, Any] | None = None
     graphs: dict[str, Any] | None = None
+
+
+@dataclass
+class OpenRun:
+    """A finished run loaded back: annotated data, model, SAE hooks and feature labels."""
+
+    path: Path
+    adata: ad.AnnData
+    model: Any
+    saes: list[SAEHook]
+    labels: dict[str, str]
+
+
+def _require(path: Path, what: str, stage: str) -> Path:
+    if not path.exists():
+        msg = (f"{path} not found: {what} is written by the '{stage}' stage; run "
+               f"`discovery run --out {path.parent if path.is_absolute() else '<RUN_DIR>'}` first")
+        raise InputError(msg)
+    return path
+
+
+def open_run(run_dir: str | Path, *, need_features: bool = True) -> OpenRun:
+    """Load a run directory's ``adata.h5ad``, ``model/`` and (first-seed) SAE for analysis."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        msg = f"run directory not found: {path}"
+        raise InputError(msg)
+    manifest = json.loads(_require(path / "manifest.json", "the manifest", "input").read_text())
+    adata = ad.read_h5ad(_require(path / "adata.h5ad", "the annotated data", "preprocess"))
+    model = classifier.load(_require(path / "model", "the model", "model"))
+    saes: list[SAEHook] = []
+    labels: dict[str, str] = {}
+    if need_features:
+        fdir = _require(path / "features", "the SAEs", "features")
+        quality = json.loads((fdir / "quality.json").read_text())
+        seed = quality["spec"]["seeds"][0]
+        saes = [SAEHook(quality["hook"], load_sae(fdir / f"sae_seed{seed}").eval())]
+        ann = pd.read_json(fdir / "annotations.json")
+        labels = dict(zip(ann["feature"], ann["label"]))
+    del manifest
+    return OpenRun(path, adata, model, saes, labels)
+
+
+def graph_index(run_dir: str | Path) -> dict[str, Any]:
+    """``graphs/index.json`` of a run (clear error when the graphs stage has not run)."""
+    p = _require(Path(run_dir) / "graphs" / "index.json", "the graph index", "graphs")
+    return json.loads(p.read_text())
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,

@@ -44,6 +44,27 @@ def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path):
     adata = ad.read_h5ad(out / "adata.h5ad")
     assert "split" in adata.obs and "counts" in adata.layers
     assert (out / "baselines" / "rankings.csv.gz").exists()
+    # graphs: one per cell type with enough case cells, validated, exported on request
+    index = json.loads((out / "graphs" / "index.json").read_text())
+    assert index["hook"] == "pooled" and len(index["graphs"]) >= 3
+    mg = next(e for e in index["graphs"] if e["cell_type"] == "Microglia")
+    assert mg["max_completeness_error"] < 1e-4
+    assert mg["validation"]["spearman_graph"] > 0.99  # one SAE at pooled: exact
+    assert (out / "graphs" / "microglia_case.graphml").exists()
+    assert main(["export", str(out), "--format", "gexf,cyjs", "--graph", "microglia_case",
+                 "--cells", "--quiet"]) == 0
+    assert (out / "exports" / "microglia_case.gexf").exists()
+    assert (out / "exports" / f"{mg['cell_graphs'][0]}.cyjs").exists()
+    assert main(["export", str(out), "--format", "dot", "--quiet"]) == 2
+    assert main(["export", str(out), "--graph", "nope", "--quiet"]) == 2
+    assert main(["graph", str(out), "--cell-type", "Astrocytes", "--label", "control",
+                 "--out", str(tmp_path / "astro.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "astro.json").read_text())["graph"]["n_cells"] > 0
+    assert main(["graph", str(out), "--cell-type", "Pericytes", "--out",
+                 str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert main(["perturb", str(out), "--genes", "TREM2,APOE", "--cell-type", "Microglia",
+                 "--n-null", "5", "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    assert (tmp_path / "p.csv").read_text().startswith("gene,effect")
     # rerun: unchanged stages are reused, run id kept
     mtime = (out / "adata.h5ad").stat().st_mtime_ns
     assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
