@@ -49,6 +49,7 @@ __all__ = [
     "attribute_block",
     "check_sae_hooks",
     "gene_attribution",
+    "integrated_gradients",
 ]
 
 #: hook points whose activations are multiplicative factors, frozen by the linearisation
@@ -217,12 +218,17 @@ def _jacobian(out: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
     """``(B, d_out, *leaf.shape[1:])``: d out[b, j] / d leaf[b], cells independent in the block."""
     d_out = out.shape[1]
     eye = torch.eye(d_out, dtype=out.dtype).unsqueeze(1).expand(d_out, *out.shape).contiguous()
-    try:
-        (g,) = torch.autograd.grad(out, leaf, grad_outputs=eye, is_grads_batched=True,
-                                   retain_graph=True)
-    except RuntimeError:  # an op without a batching rule: one backward pass per row
-        g = torch.stack([torch.autograd.grad(out, leaf, grad_outputs=eye[j],
-                                             retain_graph=True)[0] for j in range(d_out)])
+    if leaf.ndim == 2:  # vectorised backward passes (measured faster for the MLP)
+        try:
+            (g,) = torch.autograd.grad(out, leaf, grad_outputs=eye, is_grads_batched=True,
+                                       retain_graph=True)
+            return g.transpose(0, 1)
+        except RuntimeError:  # an op without a batching rule
+            pass
+    # one backward pass per output row, all cells of the block at once (3x faster than the
+    # vectorised form for the transformer's token sequences)
+    g = torch.stack([torch.autograd.grad(out, leaf, grad_outputs=eye[j],
+                                         retain_graph=True)[0] for j in range(d_out)])
     return g.transpose(0, 1)
 
 
@@ -319,3 +325,41 @@ def gene_attribution(
         biases.append(block.bias[0][:, 0].numpy())
         logits.append(block.logits.numpy())
     return np.concatenate(contrib), np.concatenate(biases), np.concatenate(logits)
+
+
+def integrated_gradients(
+    model: torch.nn.Module, x: torch.Tensor, *, baseline: torch.Tensor | None = None,
+    steps: int = 50, batch_size: int = 256,
+) -> np.ndarray:
+    """Integrated Gradients of the case logit w.r.t. the expression input, ``(cells, n_genes)``.
+
+    Trapezoid rule over ``steps`` points on the straight path from ``baseline`` (default: the
+    MLP's training mean expression, or zero expression for the transformer, whose unexpressed
+    genes are absent tokens) to ``x``. For the transformer the path moves token values only
+    (which genes are tokens is decided by ``x``), as a gradient through the input can.
+    """
+    model.eval()
+    if baseline is None:
+        baseline = (model.gene_mean.expand_as(x) if hasattr(model, "gene_mean")
+                    else torch.zeros_like(x))
+    alphas = torch.linspace(0, 1, steps + 1, dtype=x.dtype)
+    w = torch.full((steps + 1,), 1.0 / steps, dtype=x.dtype)
+    w[0] = w[-1] = 0.5 / steps
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb, bb = x[i:i + batch_size], baseline[i:i + batch_size]
+        total = torch.zeros_like(xb)
+        for a, wa in zip(alphas, w):
+            point = (bb + a * (xb - bb)).detach().requires_grad_(True)
+            if hasattr(model, "tokenize"):  # keep x's token set along the path
+                point = _keep_tokens(point, xb)
+            (g,) = torch.autograd.grad(model(point).logits.sum(), point)
+            total += wa * g
+        out.append((total * (xb - bb)).detach().numpy())
+    return np.concatenate(out)
+
+
+def _keep_tokens(point: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Along an IG path for the transformer, genes expressed in ``x`` stay (barely) expressed,
+    so the token set does not change with the path position."""
+    return torch.where(x > 0, point.clamp(min=1e-6), point)

@@ -148,21 +148,6 @@ def _edit_hooks(saes: list[SAEHook], edits: Iterable[FeatureEdit],
     return fns
 
 
-def _edited_logits(model: torch.nn.Module, x: torch.Tensor, saes: list[SAEHook],
-                   edits: list[FeatureEdit], means: dict | None, *, freeze_errors: bool,
-                   batch_size: int) -> np.ndarray:
-    """Case logits under ``edits``; ``freeze_errors``: SAE error nodes fixed at clean values."""
-    if not freeze_errors:
-        return _logits(model, x, _edit_hooks(saes, edits, means), batch_size)
-    out = []
-    with torch.no_grad():
-        for xb, _, cache in model.iter_cache(x, [s.hook for s in saes], batch_size=batch_size):
-            errs = {s.hook: cache[s.hook] - s.sae.decode(s.sae.encode(cache[s.hook]))
-                    for s in saes}
-            out.append(_logits(model, xb, _edit_hooks(saes, edits, means, errs), len(xb)))
-    return np.concatenate(out)
-
-
 @torch.no_grad()
 def _logits(model: torch.nn.Module, x: torch.Tensor, fns: dict, batch_size: int) -> np.ndarray:
     model.eval()
@@ -171,6 +156,63 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, fns: dict, batch_size: int)
         for i in range(0, len(x), batch_size):
             out.append(model(x[i:i + batch_size]).logits)
     return torch.cat(out).double().numpy()
+
+
+class _Evaluator:
+    """Case logits of fixed cells under many edits.
+
+    When every edit is at ``pooled`` (the default SAE hook), the trunk runs once: its ``pooled``
+    activations are cached and each edit only re-runs the SAE and the linear head. Otherwise each
+    evaluation is a full forward pass with hooks.
+    """
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, saes: list[SAEHook],
+                 batch_size: int) -> None:
+        self.model, self.x, self.saes, self.batch_size = model, x, saes, batch_size
+        self.pooled_only = all(s.hook == "pooled" for s in saes)
+        self.pooled = None
+        if self.pooled_only:
+            model.eval()
+            with torch.no_grad():
+                self.pooled = torch.cat([c["pooled"] for _, _, c in model.iter_cache(
+                    x, ["pooled"], batch_size=batch_size)])
+
+    @torch.no_grad()
+    def logits(self, fns: dict) -> np.ndarray:
+        if self.pooled_only and set(fns) <= {"pooled"}:
+            act = self.pooled if "pooled" not in fns else fns["pooled"](self.pooled, "pooled")
+            return self.model.logits_from_pooled(act).double().numpy()
+        return _logits(self.model, self.x, fns, self.batch_size)
+
+    def clean_errors(self) -> dict[str, torch.Tensor]:
+        """SAE error vectors of the clean forward pass, all cells (for ``freeze_errors``)."""
+        if self.pooled_only:
+            s = self.saes[0]
+            return {"pooled": self.pooled - s.sae.decode(s.sae.encode(self.pooled))}
+        out: dict[str, list[torch.Tensor]] = {s.hook: [] for s in self.saes}
+        with torch.no_grad():
+            for _, _, cache in self.model.iter_cache(self.x, list(out),
+                                                     batch_size=self.batch_size):
+                for s in self.saes:
+                    a = cache[s.hook]
+                    out[s.hook].append(a - s.sae.decode(s.sae.encode(a)))
+        return {h: torch.cat(v) for h, v in out.items()}
+
+
+def _edited_logits(ev: _Evaluator, edits: list[FeatureEdit], means: dict | None, *,
+                   freeze_errors: bool) -> np.ndarray:
+    """Case logits under ``edits``; ``freeze_errors``: SAE error nodes fixed at clean values."""
+    if not freeze_errors:
+        return ev.logits(_edit_hooks(ev.saes, edits, means))
+    if ev.pooled_only:
+        return ev.logits(_edit_hooks(ev.saes, edits, means, ev.clean_errors()))
+    errs = ev.clean_errors()
+    out = []
+    for i in range(0, len(ev.x), ev.batch_size):
+        sl = slice(i, i + ev.batch_size)
+        fns = _edit_hooks(ev.saes, edits, means, {h: e[sl] for h, e in errs.items()})
+        out.append(_logits(ev.model, ev.x[sl], fns, ev.batch_size))
+    return np.concatenate(out)
 
 
 def intervene(
@@ -197,9 +239,9 @@ def intervene(
         ref = default_reference(adata, mask) if reference is None else reference
         means = reference_means(adata[ref], model, saes)
     sub = adata[mask]
-    x = _model_input(sub, model)
-    before = _logits(model, x, {}, batch_size)
-    after = _logits(model, x, _edit_hooks(saes, edits, means), batch_size)
+    ev = _Evaluator(model, _model_input(sub, model), saes, batch_size)
+    before = ev.logits({})
+    after = ev.logits(_edit_hooks(saes, edits, means))
     sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
     return pd.DataFrame({"logit": before, "logit_edited": after, "delta": after - before,
                          "p_case": sig(before), "p_case_edited": sig(after)},
@@ -225,9 +267,11 @@ def _circuit_hooks(saes: list[SAEHook], keep: set[str],
 
 
 def circuit_logit(model: torch.nn.Module, x: torch.Tensor, saes: list[SAEHook], keep: set[str],
-                  means: dict[str, dict[str, torch.Tensor]], *, batch_size: int = 1024) -> float:
+                  means: dict[str, dict[str, torch.Tensor]], *, batch_size: int = 1024,
+                  evaluator: _Evaluator | None = None) -> float:
     """Mean case logit over ``x`` with every node outside ``keep`` mean-ablated."""
-    return float(_logits(model, x, _circuit_hooks(saes, keep, means), batch_size).mean())
+    ev = evaluator or _Evaluator(model, x, saes, batch_size)
+    return float(ev.logits(_circuit_hooks(saes, keep, means)).mean())
 
 
 def validate_graph(
@@ -268,15 +312,16 @@ def validate_graph(
         msg = "the graph has no ablation predictions; build it with discovery.graphs.cohort_graph"
         raise InputError(msg)
     preds_tot = graph.graph.get("ablation_predictions_total") or preds
-    clean = _logits(model, x, {}, batch_size).mean()
+    ev = _Evaluator(model, x, saes, batch_size)
+    clean = ev.logits({}).mean()
     feats = [k for k in preds if not k.endswith(":error")]
     top = sorted(feats, key=lambda k: -abs(preds[k]))[:n_top]
     checks = {}
     for check, freeze, pred in (("graph", True, preds), ("model", False, preds_tot)):
         measured = []
         for node in tqdm(top, desc=f"ablations ({check})", disable=quiet, leave=False):
-            lg = _edited_logits(model, x, saes, [FeatureEdit.parse(node, "mean")], means,
-                                freeze_errors=freeze, batch_size=batch_size)
+            lg = _edited_logits(ev, [FeatureEdit.parse(node, "mean")], means,
+                                freeze_errors=freeze)
             measured.append(float(lg.mean() - clean))
         predicted = [pred[k] for k in top]
         checks[check] = {
@@ -290,14 +335,13 @@ def validate_graph(
         }
 
     ranked = sorted(preds, key=lambda k: -abs(preds[k]))
-    m_empty = circuit_logit(model, x, saes, set(), means, batch_size=batch_size)
+    m_empty = circuit_logit(model, x, saes, set(), means, evaluator=ev)
     denom = clean - m_empty
     curve = []
     for n in sorted({min(s, len(ranked)) for s in sizes}):
         circuit = set(ranked[:n])
-        m_c = circuit_logit(model, x, saes, circuit, means, batch_size=batch_size)
-        m_rest = circuit_logit(model, x, saes, set(ranked) - circuit, means,
-                               batch_size=batch_size)
+        m_c = circuit_logit(model, x, saes, circuit, means, evaluator=ev)
+        m_rest = circuit_logit(model, x, saes, set(ranked) - circuit, means, evaluator=ev)
         curve.append({"n_nodes": n,
                       "n_features": sum(not k.endswith(":error") for k in circuit),
                       "includes_error": any(k.endswith(":error") for k in circuit),
@@ -344,7 +388,8 @@ def perturb_genes(
     changed in log-normalised space as ``log1p(expm1(x) * factor)``. The effect of a gene is the
     change of the case logit averaged over the population's cells that express it, per donor
     first, then over donors. Null: ``n_null`` random genes from the same expression bin (mean
-    level x detection rate), perturbed the same way; empirical two-sided p, BH q over ``genes``.
+    level x detection rate; one random set per bin, shared by the tested genes of that bin),
+    perturbed the same way; empirical two-sided p, BH q over ``genes``.
 
     Returns one row per gene: ``gene``, ``effect``, ``n_cells``, ``n_donors``, ``null_mean``,
     ``null_sd``, ``z``, ``p``, ``q``. Reads log-normalised ``X``; writes nothing.
@@ -390,12 +435,16 @@ def perturb_genes(
     rng = np.random.default_rng(seed)
     tested = {pos[g] for g in genes}
     null_cache: dict[int, float] = {}
+    null_picks: dict[int, np.ndarray] = {}  # one null set per expression bin, shared by its genes
     rows = []
     for g in genes:
         j = pos[g]
         eff, n_cells, n_donors = effect(j)
-        pool = np.array([k for k in np.flatnonzero(bins == bins[j]) if k not in tested])
-        picks = rng.choice(pool, size=min(n_null, len(pool)), replace=False) if len(pool) else []
+        if bins[j] not in null_picks:
+            pool = np.array([k for k in np.flatnonzero(bins == bins[j]) if k not in tested])
+            null_picks[bins[j]] = (rng.choice(pool, size=min(n_null, len(pool)), replace=False)
+                                   if len(pool) else np.array([], dtype=int))
+        picks = null_picks[bins[j]]
         for k in picks:
             if int(k) not in null_cache:
                 null_cache[int(k)] = effect(int(k))[0]

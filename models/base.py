@@ -71,6 +71,10 @@ class CellClassifierBase(HookedMixin, PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
+    def logits_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The case logit from a ``pooled`` activation (the head alone; hook ``logits`` runs)."""
+        return self.hook_logits(self.head(pooled).squeeze(-1))
+
     def _classify(self, h: torch.Tensor, labels: torch.Tensor | None,
                   sample_weight: torch.Tensor | None) -> CellClassifierOutput:
         """Final residual stream -> case logit and loss.
