@@ -429,6 +429,12 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                                     f"in {ct} ({'higher' if direction == 'up' else 'lower'} = "
                                     f"more case-like)", "auroc_test": biomarker_auc},
     }
+    batch = cohort.covariates.get("batch")
+    h["donors"] = [{"donor": str(d), "activation": float(v), "case": bool(case.get(d, False)),
+                    "split": str(split.get(d, "")),
+                    "batch": None if batch is None else str(batch.get(d)),
+                    "biomarker": float(score.get(d, np.nan))}
+                   for d, v in dv.items()]
     h["flags"] = _flags(h, ann)
     return h
 

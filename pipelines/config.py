@@ -92,6 +92,15 @@ class PipelineConfig:
     #: seed) plus n_top (features checked by ablation), cell_graphs (example cell graphs per
     #: population) and min_cells (smallest population that gets a graph)
     graphs: dict[str, Any] = field(default_factory=dict)
+    #: hypothesis generation: discovery.hypotheses.HypothesisSpec settings
+    hypotheses: dict[str, Any] = field(default_factory=dict)
+
+    def hypothesis_spec(self):  # noqa: ANN201 - discovery.hypotheses.HypothesisSpec
+        from discovery.hypotheses import HypothesisSpec
+
+        check_known(self.hypotheses, HypothesisSpec.__dataclass_fields__, "hypotheses settings",
+                    error=InputError)
+        return HypothesisSpec(**self.hypotheses)
 
     def graph_settings(self) -> tuple[Any, dict[str, int]]:
         """(discovery.graphs.GraphSpec, {"n_top", "cell_graphs", "min_cells"})."""
@@ -120,6 +129,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         self.sae_spec()  # validate early
         self.graph_settings()
+        self.hypothesis_spec()
         if self.preset not in PRESETS:
             msg = f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
             raise InputError(msg)
@@ -136,13 +146,15 @@ class PipelineConfig:
             "model": self.model.to_dict(),
             "features": dict(self.features),
             "graphs": dict(self.graphs),
+            "hypotheses": dict(self.hypotheses),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         check_known(d, (f.name for f in fields(cls)), "config sections", error=InputError)
         kw: dict[str, Any] = {k: v for k, v in d.items()
-                              if k in ("preset", "seed", "baselines", "features", "graphs")}
+                              if k in ("preset", "seed", "baselines", "features", "graphs",
+                                       "hypotheses")}
         if "keys" in d:
             kw["keys"] = Keys.from_dict(d["keys"])
         if "model" in d:

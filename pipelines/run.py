@@ -18,6 +18,9 @@ outputs are unchanged is skipped on a rerun):
    SAE), each validated by ablations (predicted vs measured effects, circuit faithfulness),
    plus example cell graphs -> ``graphs/<population>.json`` (node-link) and ``.graphml``,
    ``graphs/<population>.validation.json``, ``graphs/cells/``, ``graphs/index.json``.
+8. ``hypotheses``: ranked hypotheses with donor-level evidence, flags and distilled biomarkers,
+   and experimental plans with their rationale chains -> ``hypotheses.json``, ``plans.json``.
+9. ``report``: ``report.html`` (self-contained) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ from discovery.attribution import SAEHook, check_sae_hooks
 from discovery.baselines import rank_genes
 from discovery.contract import InputError, Keys, get_keys, read, validate
 from discovery.graphs import GraphSpec, cohort_graph, population_mask
+from discovery.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
 from discovery.interventions import validate_graph
+from discovery.plans import PRIORITY_FORMULA, make_plans
 from discovery.preprocess import preprocess
 from discovery.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
-from pipelines.export import export_graph
+from pipelines.export import export_graph, load_graph
+from pipelines.report import write_report
 from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class RunResult:
     metrics: dict[str, Any] | None = None
     features: dict[str, Any] | None = None
     graphs: dict[str, Any] | None = None
+    hypotheses: dict[str, Any] | None = None
 
 
 @dataclass
@@ -145,7 +152,7 @@ def run_pipeline(
         hf_logging.disable_progress_bar()
     config = config or PipelineConfig()
     rd = RunDir(out)
-    stages = tqdm(total=7, desc="discovery run", disable=quiet, unit="stage")
+    stages = tqdm(total=9, desc="discovery run", disable=quiet, unit="stage")
 
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
@@ -237,8 +244,53 @@ def run_pipeline(
     stages.set_postfix_str("graphs")
     graphs = graphs_stage(rd, adata, model, feats, config, quiet=quiet)
     stages.update()
+
+    # 8. hypotheses and plans -------------------------------------------------------------------
+    stages.set_postfix_str("hypotheses")
+    hyps = hypotheses_stage(rd, adata, model, feats, rankings, metrics, config, quiet=quiet)
+    stages.update()
+
+    # 9. report --------------------------------------------------------------------------------
+    stages.set_postfix_str("report")
+    with rd.stage("report", {"hypotheses": rd.manifest["stages"]["hypotheses"]["params_hash"]}) \
+            as outputs:
+        outputs += write_report(rd.path)
+    stages.update()
     stages.close()
-    return RunResult(rd, adata, rankings, yard, model, metrics, feats, graphs)
+    return RunResult(rd, adata, rankings, yard, model, metrics, feats, graphs, hyps)
+
+
+def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
+                     rankings: pd.DataFrame, metrics: dict[str, Any], config: PipelineConfig,
+                     *, quiet: bool = False) -> dict[str, Any]:
+    """Hypotheses from the run's graphs and features, and plans for them."""
+    spec = config.hypothesis_spec()
+    params = {"hypotheses": spec.to_dict(), "seed": config.seed,
+              "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
+    hpath, ppath = rd.path / "hypotheses.json", rd.path / "plans.json"
+    if rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file():
+        return {"hypotheses": json.loads(hpath.read_text())["hypotheses"],
+                "plans": json.loads(ppath.read_text())["plans"]}
+    with rd.stage("hypotheses", params) as outputs:
+        index = graph_index(rd.path)
+        graphs = {e["slug"]: load_graph(rd.path / "graphs" / f"{e['slug']}.json")
+                  for e in index["graphs"]}
+        keys = get_keys(adata)
+        hook = config.sae_spec().hook
+        hyps = propose_hypotheses(
+            adata, model, SAEHook(hook, feats["sae"].eval()), graphs, feats["annotations"],
+            rankings=rankings, model_test_auroc=metrics.get("test", {}).get("donor_auroc"),
+            spec=spec, seed=config.seed, quiet=quiet)
+        covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
+        plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
+        run_id = rd.manifest["run_id"]
+        write_json(hpath, {"schema_version": 1, "run_id": run_id,
+                           "score_formula": SCORE_FORMULA, "status_rules": STATUS_RULES,
+                           "hypotheses": hyps})
+        write_json(ppath, {"schema_version": 1, "run_id": run_id,
+                           "priority_formula": PRIORITY_FORMULA, "plans": plans})
+        outputs += ["hypotheses.json", "plans.json"]
+    return {"hypotheses": hyps, "plans": plans}
 
 
 def _slug(text: str) -> str:

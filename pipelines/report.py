@@ -1,0 +1,293 @@
+"""Run reports: ``report.html`` (self-contained: inline CSS and PNG figures, no external URL)
+and ``report.md``, written from a run directory's files only.
+
+Sections: cohort and model (held-out donors, shortcut probe), features (SAE quality), baselines
+against planted truth (simulated cohorts), attribution graphs (scores and ablation checks, with
+faithfulness curves), hypotheses (status, evidence, flags, distilled biomarkers, with the score
+formula and status rules), and experimental plans with their full rationale chains.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from discovery.contract import InputError
+from pipelines.rundir import write_text
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;color:#1d2330;line-height:1.45}
+h1,h2,h3{color:#14213d} table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+td,th{border:1px solid #d6dae3;padding:.25rem .5rem;vertical-align:top;text-align:left}
+th{background:#eef1f6} .badge{display:inline-block;padding:0 .45rem;border-radius:.6rem;
+font-size:.8rem;color:#fff} .supported{background:#2a9d8f} .candidate{background:#6c757d}
+.flagged{background:#e76f51} .rejected{background:#343a40} .small{font-size:.85rem;color:#555}
+.plan{border:1px solid #d6dae3;border-radius:.4rem;padding:.6rem 1rem;margin:1rem 0}
+ol.chain li{margin:.3rem 0} code{background:#f3f4f7;padding:0 .2rem}
+"""
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
+            return f"{v:.2g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _figures(hyps: list[dict], validations: dict[str, dict]) -> dict[str, str]:
+    """Inline PNGs: donor-level plots of the top hypotheses, faithfulness curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    top = [h for h in hyps if h.get("donors")][:6]
+    if top:
+        fig, axes = plt.subplots(1, len(top), figsize=(2.6 * len(top), 2.8), squeeze=False)
+        for ax, h in zip(axes[0], top):
+            d = pd.DataFrame(h["donors"])
+            for j, (lab, grp) in enumerate(d.groupby("case")):
+                color = "#e76f51" if lab else "#457b9d"
+                x = j + (grp["split"] == "test").map({True: 0.15, False: -0.15})
+                ax.scatter(x, grp["activation"], s=14, color=color,
+                           marker="o", alpha=0.8)
+            ax.set_xticks([0, 1], ["control", "case"])
+            ax.set_title(f"{h['id']} · {h['cell_type']}", fontsize=8)
+            ax.set_ylabel("donor mean activation", fontsize=7)
+            ax.tick_params(labelsize=7)
+        fig.suptitle("Donor-level activation (left of each group: discovery donors; right: "
+                     "held-out test donors)", fontsize=8)
+        out["donors"] = _png(fig)
+        plt.close(fig)
+    if validations:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for name, val in validations.items():
+            curve = val.get("circuit_curve", [])
+            ax.plot([c["n_features"] for c in curve], [c["faithfulness"] for c in curve],
+                    marker="o", ms=3, label=name)
+        ax.axhline(0.8, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("symlog")
+        ax.set_xlabel("feature nodes in the circuit", fontsize=8)
+        ax.set_ylabel("faithfulness", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+        out["faithfulness"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+class _Doc:
+    """Writes the same content as HTML and Markdown."""
+
+    def __init__(self) -> None:
+        self.h: list[str] = []
+        self.m: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.h.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.m += ["", "#" * level + " " + text, ""]
+
+    def para(self, text: str, cls: str = "") -> None:
+        c = f' class="{cls}"' if cls else ""
+        self.h.append(f"<p{c}>{html.escape(text)}</p>")
+        self.m += [text, ""]
+
+    def table(self, rows: list[dict[str, Any]], cols: list[str] | None = None,
+              raw_html: set[str] | None = None) -> None:
+        if not rows:
+            self.para("(none)")
+            return
+        cols = cols or list(rows[0])
+        raw_html = raw_html or set()
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join(
+            "<tr>" + "".join(
+                f"<td>{r.get(c, '') if c in raw_html else html.escape(_fmt(r.get(c)))}</td>"
+                for c in cols) + "</tr>" for r in rows)
+        self.h.append(f"<table><tr>{head}</tr>{body}</table>")
+        self.m.append("| " + " | ".join(cols) + " |")
+        self.m.append("|" + "|".join("---" for _ in cols) + "|")
+        for r in rows:
+            vals = []
+            for c in cols:
+                v = r.get(c, "")
+                if c in raw_html:
+                    v = r.get(f"{c}_text", "")
+                vals.append(_fmt(v).replace("|", "/"))
+            self.m.append("| " + " | ".join(vals) + " |")
+        self.m.append("")
+
+    def image(self, b64: str, alt: str) -> None:
+        self.h.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"/>')
+        self.m += [f"*(figure in report.html: {alt})*", ""]
+
+    def raw(self, html_text: str, md_text: str) -> None:
+        self.h.append(html_text)
+        self.m += [md_text, ""]
+
+
+def write_report(run_dir: str | Path) -> list[str]:
+    """Write ``report.html`` and ``report.md`` into ``run_dir``; returns their relative paths."""
+    rd = Path(run_dir)
+    manifest = _read(rd / "manifest.json")
+    if manifest is None:
+        msg = f"{rd} is not a run directory (no manifest.json); run `discovery run` first"
+        raise InputError(msg)
+    summary = _read(rd / "input_summary.json") or {}
+    metrics = _read(rd / "model" / "metrics.json")
+    quality = _read(rd / "features" / "quality.json")
+    index = _read(rd / "graphs" / "index.json")
+    hyps_doc = _read(rd / "hypotheses.json")
+    plans_doc = _read(rd / "plans.json")
+    hyps = hyps_doc["hypotheses"] if hyps_doc else []
+    plans = plans_doc["plans"] if plans_doc else []
+    validations = {}
+    for e in (index or {}).get("graphs", []):
+        v = _read(rd / "graphs" / f"{e['slug']}.validation.json")
+        if v:
+            validations[e["cell_type"]] = v
+    figs = _figures(hyps, validations)
+
+    doc = _Doc()
+    doc.heading(f"discovery report · run {manifest['run_id']}", 1)
+    doc.para(f"Created {manifest.get('created')}; config hash {manifest.get('config_hash')}; "
+             f"seed {manifest.get('seed')}. Everything below is read from this run directory.",
+             "small")
+    doc.heading("Cohort and model")
+    keys = summary.get("keys", {})
+    doc.table([{"cells": summary.get("n_cells"), "genes": summary.get("n_genes"),
+                "donors": summary.get("n_donors"), "label": keys.get("label_key"),
+                "case": keys.get("case"), "batch key": keys.get("batch_key")}])
+    if metrics:
+        doc.table([{"split": s, "donors": metrics[s]["n_donors"],
+                    "cell AUROC": metrics[s]["cell_auroc"],
+                    "donor AUROC": metrics[s]["donor_auroc"],
+                    "accuracy": metrics[s]["accuracy"], "ECE": metrics[s]["ece"]}
+                   for s in ("val", "test") if s in metrics])
+        probe = metrics.get("shortcut_probe", {})
+        rows = [{"covariate": k, "kind": v.get("kind"),
+                 "case": (v.get("case") or {}).get("balanced_accuracy", v.get("r2")),
+                 "control": (v.get("control") or {}).get("balanced_accuracy")}
+                for k, v in probe.items() if isinstance(v, dict)]
+        if rows:
+            doc.para("Shortcut probe: how well a linear probe reads each covariate off the "
+                     "model's pooled representation within each label (balanced accuracy for "
+                     "batch, chance 0.5).")
+            doc.table(rows)
+    if quality:
+        doc.heading("Features (sparse autoencoders)")
+        doc.table([{"seed": s, "EV": q["explained_variance"], "L0": q["l0"],
+                    "dead": q["dead_fraction"], "agreement": q["agreement"],
+                    "donor AUROC spliced": q["donor_auroc_spliced"]}
+                   for s, q in quality["per_seed"].items()])
+        doc.para(f"Hook {quality['hook']}; median stability across seeds "
+                 f"{_fmt(quality.get('median_stability'))}; {quality['n_donor_q05']} features "
+                 f"differ between donors at q < 0.05; {quality['n_confounded']} are flagged as "
+                 "confounded.")
+    yard = rd / "baselines" / "yardstick.csv"
+    if yard.is_file():
+        doc.heading("Baselines against the planted truth")
+        y = pd.read_csv(yard)
+        doc.table(y[["method", "program", "precision_at_k", "auprc", "artifact_fd"]]
+                  .to_dict("records"))
+    if index:
+        doc.heading("Attribution graphs")
+        doc.para("One cohort graph per cell type over its case cells: genes -> SAE features -> "
+                 "case logit, exact per cell, mean over donors; checked by ablations.")
+        doc.table([{"population": e["name"], "cells": e["n_cells"], "donors": e["n_donors"],
+                    "nodes": e["n_nodes"], "edges": e["n_edges"],
+                    "replacement": e["replacement_score"],
+                    "completeness": e["completeness_score"],
+                    "ablation Spearman (model)": e["validation"]["spearman_model"],
+                    "features for faithfulness 0.8":
+                        e["validation"]["features_for_faithfulness_0.8"]}
+                   for e in index.get("graphs", [])])
+        if "faithfulness" in figs:
+            doc.image(figs["faithfulness"], "faithfulness of pruned circuits")
+    doc.heading("Hypotheses")
+    if hyps_doc:
+        doc.para(f"Score: {hyps_doc['score_formula']}.", "small")
+        for status, rule in hyps_doc["status_rules"].items():
+            doc.para(f"{status}: {rule}.", "small")
+    rows = []
+    for h in hyps:
+        ev = h["evidence"]
+        badge = f'<span class="badge {h["status"]}">{h["status"]}</span>'
+        rows.append({
+            "rank": h["rank"], "id": h["id"], "status": badge, "status_text": h["status"],
+            "kind": h["kind"], "cell type": h["cell_type"], "direction": h["direction"],
+            "top genes": ", ".join(g["symbol"] for g in h["genes"][:6]),
+            "score": h["score"], "attribution": ev["attribution"],
+            "ablation Δlogit": ev["ablation_delta"], "donor q": ev["donor_level"]["q"],
+            "replicated": ev["replication"]["replicated"],
+            "biomarker AUROC (test)": ev["replication"]["biomarker_auroc_test"],
+            "flags": "; ".join(f"{f['kind']}: {f['by']}" for f in h["flags"]) or "–",
+        })
+    doc.table(rows, raw_html={"status"})
+    for h in hyps[:10]:
+        doc.heading(f"{h['id']} · {h['cell_type']} · {h['status']}", 3)
+        doc.para(h["statement"])
+        feats = ", ".join(f"{f} ({h['feature_labels'].get(f, f)})" for f in h["features"])
+        doc.para(f"Features: {feats}. Distilled biomarker: {h['biomarker']['definition']}.",
+                 "small")
+    if "donors" in figs:
+        doc.image(figs["donors"], "donor-level activation of the top hypotheses")
+    doc.heading("Experimental plans")
+    if plans_doc:
+        doc.para(f"Priority: {plans_doc['priority_formula']}.", "small")
+    for p in plans:
+        chain_h = "".join(
+            f"<li><b>{html.escape(st['step'])}</b>: {html.escape(st['claim'])}"
+            f"<br/><span class='small'>refs: {html.escape(', '.join(st['refs']['nodes']) or '–')}"
+            f"</span></li>" for st in p["rationale"])
+        chain_m = "\n".join(f"{i}. **{st['step']}**: {st['claim']} (refs: "
+                            f"{', '.join(st['refs']['nodes']) or '–'})"
+                            for i, st in enumerate(p["rationale"], 1))
+        ctrl = "; ".join(p["controls"])
+        doc.raw(
+            f"<div class='plan'><h3>{html.escape(p['id'])} · {html.escape(p['title'])}</h3>"
+            f"<p class='small'>for {html.escape(p['hypothesis'])} · priority "
+            f"{p['priority']:.3f} · {html.escape(p['modality'])}</p>"
+            f"<p><b>Design.</b> {html.escape(p['design'])}</p>"
+            f"<p><b>Expected.</b> {html.escape(p['expected_outcome'])}</p>"
+            f"<p><b>Falsified if.</b> {html.escape(p['falsified_if'])}</p>"
+            f"<p><b>Controls.</b> {html.escape(ctrl)}</p>"
+            f"<p><b>Why it was proposed.</b></p><ol class='chain'>{chain_h}</ol>"
+            f"<p class='small'>Method source: {html.escape(p['source'])}</p></div>",
+            f"### {p['id']} · {p['title']}\n\nfor {p['hypothesis']} · priority "
+            f"{p['priority']:.3f} · {p['modality']}\n\n**Design.** {p['design']}\n\n"
+            f"**Expected.** {p['expected_outcome']}\n\n**Falsified if.** {p['falsified_if']}\n\n"
+            f"**Controls.** {ctrl}\n\n**Why it was proposed.**\n\n{chain_m}\n\n"
+            f"Method source: {p['source']}")
+    html_text = ("<!doctype html><html lang='en'><head><meta charset='utf-8'/>"
+                 f"<title>discovery report {html.escape(manifest['run_id'])}</title>"
+                 f"<style>{_CSS}</style></head><body>" + "\n".join(doc.h) + "</body></html>")
+    write_text(rd / "report.html", html_text)
+    write_text(rd / "report.md", "\n".join(doc.m).strip() + "\n")
+    return ["report.html", "report.md"]
