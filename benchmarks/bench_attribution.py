@@ -39,8 +39,8 @@ from discovery.attribution import SAEHook, gene_attribution  # noqa: E402
 from discovery.classifier import encode  # noqa: E402
 from discovery.graphs import GraphSpec, cohort_graph, population_mask  # noqa: E402
 from discovery.interventions import validate_graph  # noqa: E402
-from pipelines.rundir import write_text  # noqa: E402
 from pipelines.run import open_run  # noqa: E402
+from pipelines.rundir import write_text  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

@@ -28,8 +28,44 @@ __all__ = ["METHODS", "BenchmarkResult", "run_benchmark", "to_markdown"]
 
 RankingMethod = Callable[..., pd.DataFrame]
 
-#: name -> ranking method; later issues add the interpretability method here
+def discovery_method(adata, *, seed: int) -> pd.DataFrame:  # noqa: ANN001
+    """The interpretability method: model -> SAE features -> graphs -> hypotheses -> ranking.
+
+    Genes of unflagged hypotheses in rank order per (cell type, direction)
+    (:func:`discovery.hypotheses.hypotheses_to_ranking`); the hypotheses ride along in
+    ``ranking.attrs['hypotheses']`` for the status counts.
+    """
+    import tempfile
+
+    from discovery.hypotheses import hypotheses_to_ranking
+    from pipelines.config import PipelineConfig
+    from pipelines.run import analyse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = analyse(adata, tmp, config=PipelineConfig(seed=seed), quiet=True)
+    ranking = hypotheses_to_ranking(res["hypotheses"])
+    ranking.attrs["hypotheses"] = res["hypotheses"]
+    return ranking
+
+
+#: name -> ranking method
 METHODS: dict[str, RankingMethod] = {name: partial(rank_genes, method=name) for name in BASELINES}
+METHODS["discovery"] = discovery_method
+
+
+def _hypothesis_counts(hyps: list[dict], tr: dict) -> dict[str, float]:
+    """Status counts, and how hypotheses that carry planted artifact genes were treated."""
+    art = {g for a in tr["artifacts"].values() for g in a["genes"]}
+    carrying = [h for h in hyps
+                if len({g["symbol"] for g in h["genes"][:10]} & art) >= 3]
+    return {
+        "n_supported": sum(h["status"] == "supported" for h in hyps),
+        "n_flagged": sum(h["status"] == "flagged" for h in hyps),
+        "artifact_hyps": len(carrying),
+        "artifact_hyps_flagged": sum(h["status"] == "flagged" for h in carrying),
+        "batch_flagged": int(any(h["status"] == "flagged" and any(
+            f["by"] == "batch" and f["kind"] == "confounded" for f in h["flags"]) for h in hyps)),
+    }
 
 
 class BenchmarkResult:
@@ -43,10 +79,14 @@ class BenchmarkResult:
         """Mean over seeds and programs, per method x scenario."""
         prog = (self.programs.groupby(["scenario", "method"])
                 .agg(precision_at_10=("precision_at_k", "mean"), auprc=("auprc", "mean")))
-        runs = (self.runs.groupby(["scenario", "method"])
-                .agg(artifact_fd=("artifact_fd", "mean"), n_q05=("n_q05", "mean"),
-                     seeds_with_q05=("n_q05", lambda s: int((s > 0).sum())),
-                     seconds=("seconds", "mean")))
+        agg = {"artifact_fd": ("artifact_fd", "mean"), "n_q05": ("n_q05", "mean"),
+               "seeds_with_q05": ("n_q05", lambda s: int((s > 0).sum())),
+               "seconds": ("seconds", "mean")}
+        if "n_supported" in self.runs:
+            agg.update(n_supported=("n_supported", "mean"),
+                       seeds_with_supported=("n_supported", lambda s: int((s > 0).sum())),
+                       seeds_batch_flagged=("batch_flagged", "sum"))
+        runs = self.runs.groupby(["scenario", "method"]).agg(**agg)
         return prog.join(runs, how="outer").reset_index()
 
 
@@ -82,10 +122,13 @@ def run_benchmark(
             scores.insert(0, "scenario", scenario)
             prog_rows.append(scores)
             q = ranking.loc[ranking["direction"] == "up", "qval"]
+            hyps = ranking.attrs.get("hypotheses")
             run_rows.append({
                 "scenario": scenario, "seed": seed, "method": name,
                 "artifact_fd": int(scores["artifact_fd"].iloc[0]),
-                "n_q05": int((q < 0.05).sum()) if q.notna().any() else np.nan,
+                "n_q05": (int((q < 0.05).sum()) if q.notna().any() and hyps is None
+                          else np.nan),
+                **(_hypothesis_counts(hyps, tr) if hyps is not None else {}),
                 "seconds": seconds,
             })
     return BenchmarkResult(pd.concat(prog_rows, ignore_index=True), pd.DataFrame(run_rows))
@@ -118,7 +161,11 @@ def to_markdown(result: BenchmarkResult, *, command: str = "") -> str:
         "artifact_fd = planted artifact genes (technical batch program, mitochondrial genes) in "
         "the top 20 of every (cell type, direction) list, summed; n_q05 = up-ranked genes with "
         "q < 0.05 summed over cell types (methods that give q-values; Wilcoxon's are cell-level); "
-        "seeds_with_q05 = seeds with any such gene.",
+        "seeds_with_q05 = seeds with any such gene. For `discovery` (model -> SAE features -> "
+        "attribution graphs -> hypotheses; genes of unflagged hypotheses in rank order): "
+        "n_supported = hypotheses with status supported, seeds_batch_flagged = seeds in which "
+        "a hypothesis was flagged as confounded by batch, artifact_hyps(_flagged) = hypotheses "
+        "with >= 3 planted artifact genes in their top 10 (and how many of them were flagged).",
         "",
         "## Summary (mean over seeds)",
         "",

@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="skip the ablation checks")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
+    p.add_argument("run_dir", type=Path, help="run directory")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("batch", help="run many cohorts / configurations from a batch file")
+    p.add_argument("batch_file", type=Path, help="YAML/JSON: out, defaults, runs (name, "
+                   "scenario | data, seed, keys, config)")
+    p.add_argument("--out", type=Path, default=None, help="root folder [the file's 'out']")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("perturb", help="in-silico gene perturbation against random-gene nulls")
     p.add_argument("run_dir", type=Path, help="run directory (after the model stage)")
     p.add_argument("--genes", required=True, help="comma-separated gene symbols")
@@ -343,9 +353,33 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    paths = write_report(args.run_dir)
+    if not args.quiet:
+        console.print("wrote " + ", ".join(str(args.run_dir / p) for p in paths))
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from pipelines.batch import run_batch
+
+    records = run_batch(args.batch_file, out=args.out, quiet=args.quiet)
+    table = Table(title=f"batch {args.batch_file}")
+    for col in ("run", "status", "seconds", "result"):
+        table.add_column(col)
+    for r in records:
+        result = (f"{r['n_hypotheses']} hypotheses, {r['n_supported']} supported"
+                  if r["status"] == "done" else r["error"])
+        table.add_row(r["name"], r["status"], str(r["seconds"]), result)
+    Console().print(table)
+    return 0 if all(r["status"] == "done" for r in records) else 1
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
-            "perturb": cmd_perturb}
+            "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

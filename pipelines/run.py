@@ -56,7 +56,7 @@ from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenRun", "RunResult", "graph_index", "open_run", "run_pipeline"]
+__all__ = ["OpenRun", "RunResult", "analyse", "graph_index", "open_run", "run_pipeline"]
 
 
 @dataclass
@@ -258,6 +258,30 @@ def run_pipeline(
     stages.update()
     stages.close()
     return RunResult(rd, adata, rankings, yard, model, metrics, feats, graphs, hyps)
+
+
+def analyse(adata: ad.AnnData, out: str | Path, *, config: PipelineConfig | None = None,
+            rankings: pd.DataFrame | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Stages model -> features -> graphs -> hypotheses on an already preprocessed AnnData.
+
+    For benchmarks and scripted studies that prepare the data themselves; ``out`` becomes a run
+    directory (manifest, model, features, graphs, hypotheses.json, plans.json). Returns
+    ``{"hypotheses": [...], "plans": [...]}``.
+    """
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    config = config or PipelineConfig()
+    rd = RunDir(out)
+    rd.init(config=config.to_dict(), seed=config.seed, input_desc={"kind": "in-memory AnnData"})
+    if rankings is None and config.baselines:
+        rankings = pd.concat([rank_genes(adata, m, seed=config.seed) for m in config.baselines],
+                             ignore_index=True)
+    model, metrics = train_stage(rd, adata, config, quiet=quiet)
+    feats = features_stage(rd, adata, model, config, quiet=quiet)
+    graphs_stage(rd, adata, model, feats, config, quiet=quiet)
+    return hypotheses_stage(rd, adata, model, feats, rankings, metrics, config, quiet=quiet)
 
 
 def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],

@@ -1,0 +1,181 @@
+"""Hypotheses, plans, reports and batches: status rules, rationale refs, offline reports."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from discovery.hypotheses import (
+    HypothesisSpec,
+    _partial_r2,
+    _status_and_score,
+    hypotheses_to_ranking,
+)
+from discovery.plans import load_assays
+from pipelines.cli import main
+from pipelines.export import load_graph
+
+
+def _hyp(**over) -> dict:
+    h = {
+        "id": "H1", "rank": 1, "cell_type": "Microglia", "direction": "up",
+        "genes": [{"symbol": g, "weight": 1.0 - i / 10} for i, g in enumerate("ABCDE")],
+        "features": ["pooled:F1"], "feature_labels": {"pooled:F1": "x"}, "flags": [],
+        "evidence": {
+            "attribution": 0.3, "attribution_weight": 1.0, "ablation_delta": -1.0,
+            "ablation_predicted": -1.0,
+            "donor_level": {"effect": 1.0, "t": 8.0, "p": 1e-8, "q": 1e-7, "n_donors": 36},
+            "stability": 0.6,
+            "replication": {"effect": 1.0, "p_one_sided": 0.001, "same_direction": True,
+                            "replicated": True, "biomarker_auroc_test": 0.9},
+            "cross_check": {"agreement": 0.8, "in_silico_hits": 3},
+            "confounds": {},
+        },
+    }
+    h.update(over)
+    return h
+
+
+def test_status_rules():
+    spec = HypothesisSpec()
+    h = _hyp()
+    _status_and_score(h, 0.3, spec)
+    assert h["status"] == "supported" and h["kind"] == "biomarker"
+    assert 0 < h["score"] <= 1
+    # a technical confound is never supported, however strong the statistics
+    f = _hyp(flags=[{"kind": "confounded", "by": "batch", "strength": 0.9, "detail": "d"}])
+    _status_and_score(f, 0.3, spec)
+    assert f["status"] == "flagged" and f["score"] < 0.3 * h["score"]
+    # no replication on held-out donors -> candidate
+    c = _hyp()
+    c["evidence"]["replication"]["replicated"] = False
+    _status_and_score(c, 0.3, spec)
+    assert c["status"] == "candidate"
+    # unstable across SAE seeds -> candidate; an informational flag does not change status
+    u = _hyp(flags=[{"kind": "artifact_genes", "by": "Heat shock", "strength": 0, "detail": ""}])
+    u["evidence"]["stability"] = 0.1
+    _status_and_score(u, 0.3, spec)
+    assert u["status"] == "candidate"
+    weak = _hyp()
+    weak["evidence"]["donor_level"]["q"] = 0.2
+    _status_and_score(weak, 0.3, spec)
+    assert weak["status"] == "candidate" and weak["score"] < h["score"]
+
+
+def test_partial_r2_separates_label_from_batch():
+    rng = np.random.default_rng(0)
+    n = 40
+    label = np.repeat([0.0, 1.0], n // 2)
+    batch = label.copy()
+    batch[:4], batch[-4:] = 1.0, 0.0  # 8 donors in the "wrong" batch
+    y_batch = 2 * batch + rng.normal(0, 0.1, n)
+    r2_b, r2_l = _partial_r2(y_batch, label, batch[:, None])
+    assert r2_b > 0.5 and r2_l < 0.05
+    y_label = 2 * label + rng.normal(0, 0.1, n)
+    r2_b, r2_l = _partial_r2(y_label, label, batch[:, None])
+    assert r2_l > 0.5 and r2_b < 0.05
+
+
+def test_ranking_leaves_out_flagged_and_keeps_order():
+    a = _hyp(status="supported")
+    b = _hyp(id="H2", rank=2, status="flagged",
+             genes=[{"symbol": "FOS", "weight": 1.0}, {"symbol": "JUN", "weight": 0.5}])
+    c = _hyp(id="H3", rank=3, status="candidate",
+             genes=[{"symbol": "B", "weight": 1.0}, {"symbol": "Z", "weight": 0.9}])
+    for h, s in ((a, 0.9), (b, 0.5), (c, 0.4)):
+        h["score"] = s
+    r = hypotheses_to_ranking([c, b, a])
+    assert "FOS" not in set(r["gene"])
+    assert r["gene"].tolist() == ["A", "B", "C", "D", "E", "Z"]  # B kept at its first place
+    assert r["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert "FOS" in set(hypotheses_to_ranking([a, b], include_flagged=True)["gene"])
+
+
+def test_assay_catalog_is_complete_and_cited():
+    assays = load_assays()
+    assert len(assays) >= 8
+    for a in assays:
+        for field in ("id", "name", "modality", "tests", "readout", "cost_tier", "time_tier",
+                      "prerequisites", "kinds", "directions", "statuses", "design", "expected",
+                      "falsified_if", "source"):
+            assert field in a, (a["id"], field)
+        assert re.search(r"doi:10\.\d{4,}/", a["source"]), a["id"]
+        assert "http" not in json.dumps(a)
+    # every combination of kind x direction x status except rejected has an assay
+    for kind in ("biomarker", "mechanism"):
+        for direction in ("up", "down"):
+            for status in ("supported", "candidate", "flagged"):
+                assert any(kind in a["kinds"] and direction in a["directions"]
+                           and status in a["statuses"] for a in assays), (kind, direction, status)
+
+
+TINY = {
+    "cohort": {"n_donors": 12, "cells_per_donor": 40, "n_genes": 400},
+    "preprocess": {"n_top_genes": 300},
+    "model": {"kind": "mlp", "train": {"epochs": 4}},
+    "features": {"seeds": [0], "d_sae": 64, "k": 12, "train": {"epochs": 4}},
+    "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10},
+}
+
+
+def test_batch_records_failures_and_keeps_other_reports(tmp_path, capsys):
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(json.dumps({
+        "out": "out",
+        "defaults": TINY,
+        "runs": [{"name": "missing_file", "data": "nope.h5ad"},
+                 {"name": "good", "scenario": "alzheimers", "seed": 1},
+                 {"name": "bad_keys", "scenario": "alzheimers",
+                  "keys": {"label_key": "no_such_column"}}],
+    }))
+    rc = main(["batch", str(batch), "--quiet"])
+    assert rc == 1  # some runs failed
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    status = {r["name"]: r for r in index["runs"]}
+    assert status["good"]["status"] == "done"
+    assert status["missing_file"]["status"] == "failed"
+    assert "not found" in status["missing_file"]["error"]
+    assert status["bad_keys"]["status"] == "failed"
+    assert "no_such_column" in status["bad_keys"]["error"]
+    good = tmp_path / "out" / "good"
+    report = (good / "report.html").read_text()
+    assert "<table>" in report and "Experimental plans" in report
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "good/report.html" in page and "failed" in page
+    # plans: every rationale step's refs resolve to nodes of the hypothesis's exported graph
+    hyps = json.loads((good / "hypotheses.json").read_text())["hypotheses"]
+    plans = json.loads((good / "plans.json").read_text())["plans"]
+    assert hyps and plans
+    by_id = {h["id"]: h for h in hyps}
+    for p in plans:
+        assert p["rationale"], p["id"]
+        h = by_id[p["hypothesis"]]
+        g = load_graph(good / "graphs" / f"{h['population_graph']}.json")
+        refs = [n for st in p["rationale"] for n in st["refs"]["nodes"]]
+        assert refs, p["id"]
+        assert all(n in g for n in refs), [n for n in refs if n not in g]
+        assert p["id"] in h["plans"]
+        for field in ("design", "expected_outcome", "falsified_if", "controls", "priority"):
+            assert p[field], (p["id"], field)
+    for h in hyps:
+        assert h["status"] in ("supported", "candidate", "flagged")
+        assert h["genes"] == sorted(h["genes"], key=lambda g: -g["weight"])
+        assert {"attribution", "ablation_delta", "donor_level", "stability",
+                "replication"} <= set(h["evidence"])
+
+
+def test_report_is_self_contained(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TINY))
+    assert main(["run", "--out", str(out), "--config", str(cfg), "--quiet"]) == 0
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--quiet"]) == 0
+    text = (out / "report.html").read_text()
+    assert not re.search(r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text)  # no external URL
+    assert not re.search(r"""(?i)(src|href)\s*=\s*["'](?!data:|#)""", text)
+    assert "data:image/png;base64," in text
+    assert (out / "report.md").read_text().startswith("# discovery report")
+    assert main(["report", str(tmp_path / "nope"), "--quiet"]) == 2
