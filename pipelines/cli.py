@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="skip the ablation checks")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("app", help="start the Streamlit app on a run directory")
+    p.add_argument("run_dir", nargs="?", type=Path, default=None,
+                   help="run directory [the newest under --root]")
+    p.add_argument("--root", type=Path, default=None, help="folder of run directories [runs]")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on [127.0.0.1; 0.0.0.0 to share on a network]")
+
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--quiet", action="store_true")
@@ -353,6 +361,28 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.is_file():
+        raise InputError(f"app.py not found next to the package ({app}); run from a checkout")
+    env = dict(os.environ)
+    if args.run_dir is not None:
+        if not (args.run_dir / "manifest.json").is_file():
+            raise InputError(f"{args.run_dir} is not a run directory (no manifest.json); create "
+                             "one with `discovery run --out RUN_DIR`")
+        env["DISCOVERY_RUN"] = str(args.run_dir.resolve())
+    if args.root is not None:
+        env["DISCOVERY_RUNS_ROOT"] = str(args.root.resolve())
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.address, "--server.headless", "true",
+           "--browser.gatherUsageStats", "false"]
+    console.print(f"discovery app on http://{args.address}:{args.port}  (Ctrl+C to stop)")
+    return subprocess.call(cmd, env=env)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import write_report
 
@@ -379,7 +409,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
-            "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch}
+            "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch,
+            "app": cmd_app}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -431,6 +431,7 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
             [s.decoder_directions.detach().numpy() for s, _ in fitted])
         primary = fitted[0][0]
         acts = features.encode_cells(adata, model, primary, hook=spec.hook)
+        _umap(adata, seed=config.seed)
         table = annotate.annotate_features(adata, model, primary, acts=acts, hook=spec.hook,
                                            feature_prefix=f"{spec.hook}:F", stability=stability)
         summary = {
@@ -447,6 +448,17 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
         shutil.rmtree(store_dir, ignore_errors=True)
         outputs += ["features/quality.json", "features/annotations.json", "adata.h5ad"]
     return {"quality": summary, "sae": primary, "annotations": table}
+
+
+def _umap(adata: ad.AnnData, *, seed: int) -> None:
+    """``obsm['X_umap']`` (PCA of log-normalised expression -> kNN -> UMAP) for the app."""
+    import scanpy as sc
+
+    tmp = ad.AnnData(X=adata.X, obs=adata.obs[[]].copy())
+    sc.pp.pca(tmp, n_comps=min(30, tmp.n_vars - 1, tmp.n_obs - 1), random_state=seed)
+    sc.pp.neighbors(tmp, n_neighbors=15, random_state=seed)
+    sc.tl.umap(tmp, random_state=seed)
+    adata.obsm["X_umap"] = tmp.obsm["X_umap"].astype(np.float32)
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,

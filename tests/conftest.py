@@ -37,3 +37,25 @@ def _pp_small(_raw_small: ad.AnnData) -> ad.AnnData:
 def pp_small(_pp_small: ad.AnnData) -> ad.AnnData:
     """The small cohort after :func:`discovery.preprocess.preprocess`, fresh copy per test."""
     return _pp_small.copy()
+
+
+#: a tiny but complete pipeline configuration (every stage runs; seconds, not minutes)
+TINY = {
+    "cohort": {"n_donors": 12, "cells_per_donor": 40, "n_genes": 400},
+    "preprocess": {"n_top_genes": 300},
+    "model": {"kind": "mlp", "train": {"epochs": 4}},
+    "features": {"seeds": [0], "d_sae": 64, "k": 12, "train": {"epochs": 4}},
+    "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished run directory of the whole pipeline on a tiny simulated cohort (read-only:
+    copy it before changing files)."""
+    from pipelines.config import load_config
+    from pipelines.run import run_pipeline
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_pipeline(out, config=load_config(overrides=TINY), quiet=True)
+    return out

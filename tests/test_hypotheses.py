@@ -17,6 +17,8 @@ from discovery.plans import load_assays
 from pipelines.cli import main
 from pipelines.export import load_graph
 
+from .conftest import TINY
+
 
 def _hyp(**over) -> dict:
     h = {
@@ -111,15 +113,6 @@ def test_assay_catalog_is_complete_and_cited():
                            and status in a["statuses"] for a in assays), (kind, direction, status)
 
 
-TINY = {
-    "cohort": {"n_donors": 12, "cells_per_donor": 40, "n_genes": 400},
-    "preprocess": {"n_top_genes": 300},
-    "model": {"kind": "mlp", "train": {"epochs": 4}},
-    "features": {"seeds": [0], "d_sae": 64, "k": 12, "train": {"epochs": 4}},
-    "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10},
-}
-
-
 def test_batch_records_failures_and_keeps_other_reports(tmp_path, capsys):
     batch = tmp_path / "batch.yaml"
     batch.write_text(json.dumps({
@@ -166,11 +159,11 @@ def test_batch_records_failures_and_keeps_other_reports(tmp_path, capsys):
                 "replication"} <= set(h["evidence"])
 
 
-def test_report_is_self_contained(tmp_path):
+def test_report_is_self_contained(tiny_run, tmp_path):
+    import shutil
+
     out = tmp_path / "run"
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(TINY))
-    assert main(["run", "--out", str(out), "--config", str(cfg), "--quiet"]) == 0
+    shutil.copytree(tiny_run, out)
     (out / "report.html").unlink()
     assert main(["report", str(out), "--quiet"]) == 0
     text = (out / "report.html").read_text()

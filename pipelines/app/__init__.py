@@ -1,0 +1,1 @@
+"""The Streamlit app's data access and page modules (the frame is ``app.py``)."""

@@ -1,0 +1,85 @@
+"""Shared widgets: the interactive (offline) attribution-graph view and node details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import pandas as pd
+import streamlit as st
+
+__all__ = ["graph_view", "node_details", "subgraph_around"]
+
+_KIND_COLOUR = {"gene": "#457b9d", "feature": "#e9c46a", "error": "#adb5bd", "output": "#e76f51"}
+
+
+def _stylesheet() -> list[dict[str, Any]]:
+    return [
+        {"selector": "node", "style": {"label": "data(short)", "font-size": "9px",
+                                       "background-color": "data(colour)",
+                                       "width": "data(size)", "height": "data(size)"}},
+        {"selector": "node.ref", "style": {"border-width": 3, "border-color": "#d62828"}},
+        {"selector": "node:selected", "style": {"border-width": 4, "border-color": "#000"}},
+        {"selector": "edge", "style": {"width": "data(width)", "line-color": "data(colour)",
+                                       "target-arrow-color": "data(colour)",
+                                       "target-arrow-shape": "triangle",
+                                       "curve-style": "bezier", "opacity": 0.7}},
+    ]
+
+
+def subgraph_around(g: nx.DiGraph, nodes: list[str], *, genes_per_feature: int = 5) -> nx.DiGraph:
+    """The referenced nodes, the logit, and each referenced feature's strongest gene inputs."""
+    keep = {n for n in nodes if n in g}
+    if "output" in g:
+        keep.add("output")
+    for n in list(keep):
+        if g.nodes[n].get("kind") == "feature":
+            ins = sorted(g.in_edges(n, data="weight"), key=lambda e: -abs(e[2]))
+            keep |= {u for u, _, _ in ins[:genes_per_feature]}
+    return g.subgraph(keep).copy()
+
+
+def graph_view(g: nx.DiGraph, *, highlight: set[str] | None = None, key: str,
+               height: str = "520px") -> list[str]:
+    """Render ``g`` with Cytoscape.js (bundled with st-cytoscape: no network); returns the ids
+    of the selected nodes."""
+    from st_cytoscape import cytoscape
+
+    highlight = highlight or set()
+    wmax = max((abs(d["weight"]) for _, _, d in g.edges(data=True)), default=1.0) or 1.0
+    elements = []
+    for n, d in g.nodes(data=True):
+        label = str(d.get("label", n))
+        elements.append({"data": {
+            "id": n, "short": label if len(label) <= 24 else label[:22] + "…",
+            "colour": _KIND_COLOUR.get(d.get("kind"), "#999"),
+            "size": 34 if d.get("kind") == "output" else 22 if d.get("kind") == "feature" else 16,
+        }, "classes": "ref" if n in highlight else ""})
+    for u, v, d in g.edges(data=True):
+        w = float(d["weight"])
+        elements.append({"data": {"id": f"{u}->{v}", "source": u, "target": v,
+                                  "width": 0.5 + 5 * abs(w) / wmax,
+                                  "colour": "#2a9d8f" if w > 0 else "#d62828"}})
+    layout = {"name": "breadthfirst", "directed": True, "spacingFactor": 1.1,
+              "animationDuration": 0}
+    sel = cytoscape(elements, _stylesheet(), height=height, layout=layout,
+                    selection_type="single", key=key)
+    return list((sel or {}).get("nodes", []))
+
+
+def node_details(g: nx.DiGraph, node: str) -> None:
+    """Attributes and strongest incoming / outgoing edges of one node."""
+    d = dict(g.nodes[node])
+    st.markdown(f"**{node}** · {d.get('kind')} · {d.get('label', '')}")
+    st.dataframe(pd.DataFrame([{k: v for k, v in d.items() if not isinstance(v, dict | list)}]),
+                 hide_index=True)
+    cols = st.columns(2)
+    for col, title, edges in ((cols[0], "incoming", g.in_edges(node, data=True)),
+                              (cols[1], "outgoing", g.out_edges(node, data=True))):
+        rows = sorted(({"from": u, "to": v, "weight": e["weight"],
+                        "95% CI": f"[{e.get('ci_low', float('nan')):.3g}, "
+                                  f"{e.get('ci_high', float('nan')):.3g}]",
+                        "donor sign agreement": e.get("donor_sign_agreement")}
+                       for u, v, e in edges), key=lambda r: -abs(r["weight"]))[:15]
+        col.caption(f"{title} edges (strongest {len(rows)})")
+        col.dataframe(pd.DataFrame(rows), hide_index=True)

@@ -1,0 +1,128 @@
+"""The Streamlit app: every page on a fixture run (AppTest), feedback that reads back, and a
+feedback store that loses no row under concurrent writers."""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from discovery.contract import InputError
+from discovery.feedback import FeedbackItem, FeedbackStore
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["hypotheses", "plan", "features", "graph", "feedback", "reports"]
+
+
+@pytest.fixture
+def app(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_RUN", str(tiny_run))
+    monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_overview_page(app):
+    _ok(app)
+    assert app.title[0].value == "Overview"
+    labels = {m.label for m in app.metric}
+    assert {"cells", "donors", "genes"} <= labels
+    assert len(app.dataframe) >= 3  # model metrics, SAE quality, graphs
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(app, page):
+    app.switch_page(f"pipelines/app/pages/{page}.py")
+    app.run()
+    _ok(app)
+    assert app.title[0].value
+
+
+def test_hypotheses_page_filters(app, tiny_run):
+    import json
+
+    app.switch_page("pipelines/app/pages/hypotheses.py")
+    app.run()
+    hyps = json.loads((tiny_run / "hypotheses.json").read_text())["hypotheses"]
+    assert len(app.dataframe[0].value) == len(hyps)
+    app.slider[0].set_value(1.0).run()  # minimum score 1.0 hides everything
+    assert len(app.dataframe[0].value) == 0
+
+
+def test_plan_page_shows_the_rationale(app, tiny_run):
+    import json
+
+    plans = json.loads((tiny_run / "plans.json").read_text())["plans"]
+    app.switch_page("pipelines/app/pages/plan.py")
+    app.run()
+    _ok(app)
+    text = " ".join(m.value for m in app.markdown)
+    first = plans[0]
+    assert first["rationale"][0]["claim"] in text
+    assert "Falsified if" in text and first["falsified_if"] in text
+
+
+def test_feedback_is_written_and_read_back(app, tmp_path):
+    app.switch_page("pipelines/app/pages/feedback.py")
+    app.run()
+    app.radio(key="fb_kind").set_value("feature").run()
+    target = app.selectbox(key="fb_target").options[0]
+    app.text_area(key="fb_note").input("dissociation stress genes: a batch artifact")
+    app.text_input(key="fb_author").input("Ada Lovelace")
+    app.selectbox(key="fb_reason").set_value("technical_artifact")
+    app.button[0].click().run()
+    _ok(app)
+    assert any("Saved as feedback" in s.value for s in app.success)
+    rows = FeedbackStore(f"sqlite:///{tmp_path / 'fb.sqlite'}").items()
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["author"] == "Ada Lovelace" and row["reason"] == "technical_artifact"
+    assert row["target_kind"] == "feature" and row["verdict"] == "disagree"
+    assert row["target_id"] in target
+    assert len(app.dataframe[-1].value) == 1  # the table on the page shows it
+
+
+def test_feedback_without_a_name_is_refused(app, tmp_path):
+    app.switch_page("pipelines/app/pages/feedback.py")
+    app.run()
+    app.button[0].click().run()
+    assert any("enter your name" in e.value for e in app.error)
+    assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.sqlite'}").items().empty
+
+
+def _write_rows(args: tuple[str, int]) -> int:
+    url, writer = args
+    store = FeedbackStore(url)
+    for j in range(50):
+        store.add(FeedbackItem("run1", "feature", f"pooled:F{j}", "disagree", "confounder",
+                               f"writer{writer}", note=f"{writer}-{j}"))
+    return writer
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fb.sqlite'}"
+    FeedbackStore(url)
+    with ProcessPoolExecutor(8) as ex:
+        assert sorted(ex.map(_write_rows, [(url, i) for i in range(8)])) == list(range(8))
+    rows = FeedbackStore(url).items("run1")
+    assert len(rows) == 400
+    assert set(rows["note"]) == {f"{i}-{j}" for i in range(8) for j in range(50)}
+
+
+def test_store_schema_is_versioned_and_validates(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    assert store.version == 2
+    again = FeedbackStore(store.url)  # reopening applies no migration twice
+    assert again.version == 2
+    with pytest.raises(InputError, match="reason must be one of"):
+        FeedbackItem("r", "feature", "pooled:F1", "disagree", "because", "me")
+    with pytest.raises(InputError, match="verdict"):
+        FeedbackItem("r", "feature", "pooled:F1", "maybe", "other", "me")
