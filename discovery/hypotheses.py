@@ -611,9 +611,11 @@ def _statement(h: dict[str, Any], case: str) -> str:
     return (f"In {h['cell_type']}, the model's {case} call relies on {what} "
             f"({ev['attribution']:.0%} of the attribution to the case logit; ablating "
             f"{'it' if n == 1 else 'them'} moves the logit by {ev['ablation_delta']:+.2f}), "
-            f"{'more' if dl['effect'] > 0 else 'less'} active in {case} donors (donor-level "
-            f"effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, {dl['n_donors']} donors; {rep_txt}); "
-            f"the genes that track {'it' if n == 1 else 'them'} across donors ({genes}) are "
+            + (f"{'more' if dl['effect'] > 0 else 'less'} active in {case} donors (donor-level "
+               f"effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, {dl['n_donors']} donors; "
+               f"{rep_txt}); " if np.isfinite(dl["effect"]) else
+               f"not testable at donor level ({dl['n_donors']} donors with enough cells); ")
+            + f"the genes that track {'it' if n == 1 else 'them'} across donors ({genes}) are "
             f"{'higher' if h['direction'] == 'up' else 'lower'} in {case}.{flag}")
 
 

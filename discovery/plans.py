@@ -38,9 +38,9 @@ def load_assays() -> list[dict[str, Any]]:
 
 def _marker(cell_type: str) -> str:
     for gs in gene_sets(category="marker"):
-        if gs.name == cell_type and gs.genes:
+        if cell_type in (gs.name, gs.cell_type) and gs.genes:
             return gs.genes[0]
-    return f"a {cell_type} marker"
+    return f"a marker of {cell_type}"
 
 
 def _fill(text: str, facts: dict[str, Any]) -> str:

@@ -378,7 +378,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         env["DISCOVERY_RUNS_ROOT"] = str(args.root.resolve())
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.address, "--server.headless", "true",
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     console.print(f"discovery app on http://{args.address}:{args.port}  (Ctrl+C to stop)")
     return subprocess.call(cmd, env=env)
 
