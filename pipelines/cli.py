@@ -128,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on [127.0.0.1; 0.0.0.0 to share on a network]")
 
+    p = sub.add_parser("feedback", help="record an expert's verdict on a feature or hypothesis")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--target", required=True, help="feature (pooled:F12), hypothesis (H3) or plan")
+    p.add_argument("--verdict", choices=["agree", "disagree"], required=True)
+    p.add_argument("--reason", required=True,
+                   help="technical_artifact (or: batch, artifact), confounder, known_biology, "
+                        "wrong_cell_type, implausible_direction, other")
+    p.add_argument("--note", default="", help="why, in words")
+    p.add_argument("--by", default=None, help="your name [the login name]")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("refine", help="child run that no longer relies on rejected features")
+    p.add_argument("run_dir", type=Path, help="parent run directory (with feedback)")
+    p.add_argument("--out", type=Path, required=True, help="child run directory")
+    p.add_argument("--mode", choices=["ablate", "retrain"], default="ablate")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
     p.add_argument("run_dir", type=Path, help="run directory")
     p.add_argument("--quiet", action="store_true")
@@ -383,6 +400,62 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+REASON_ALIASES = {"batch": "technical_artifact", "artifact": "technical_artifact",
+                  "technical": "technical_artifact", "confound": "confounder",
+                  "known": "known_biology", "cell_type": "wrong_cell_type",
+                  "direction": "implausible_direction"}
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import json
+    import re
+
+    from discovery.feedback import FeedbackItem, FeedbackStore, default_url
+
+    manifest = args.run_dir / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"{args.run_dir} is not a run directory (no manifest.json)")
+    run_id = json.loads(manifest.read_text())["run_id"]
+    target = args.target.strip()
+    kind = ("hypothesis" if re.fullmatch(r"H\d+", target) else
+            "plan" if re.fullmatch(r"P\d+", target) else
+            "feature" if re.fullmatch(r".+:F\d+", target) else None)
+    if kind is None:
+        raise InputError(f"target {target!r} is neither a feature (pooled:F12), a hypothesis "
+                         "(H3) nor a plan (P2)")
+    reason = REASON_ALIASES.get(args.reason, args.reason)
+    note = args.note or (f"reason given as {args.reason!r}" if reason != args.reason else "")
+    store = FeedbackStore(default_url(args.run_dir))
+    fid = store.add(FeedbackItem(run_id, kind, target, args.verdict, reason, args.by or "",
+                                 note=note, client="cli"))
+    if not args.quiet:
+        console.print(f"feedback #{fid}: {args.verdict} on {kind} {target} ({reason})")
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from pipelines.refine import refine_run
+
+    res = refine_run(args.run_dir, args.out, mode=args.mode, quiet=args.quiet)
+    b, a = res["before"], res["after"]
+    table = Table(title=f"refine ({res['mode']}): {', '.join(res['suppressed'])} suppressed")
+    for col in ("", "before", "after"):
+        table.add_column(col)
+    for k, label in (("test_donor_auroc", "test donor AUROC"),
+                     ("balanced_donor_auroc", "batch-balanced donor AUROC"),
+                     ("within_batch_cell_auroc", "within-batch cell AUROC"),
+                     ("covariate_attribution_share", f"attribution via {res['covariate']} features"),
+                     ("n_flagged", "flagged hypotheses")):
+        table.add_row(label, f"{b.get(k, float('nan')):.3f}" if isinstance(b.get(k), float)
+                      else str(b.get(k)), f"{a.get(k, float('nan')):.3f}"
+                      if isinstance(a.get(k), float) else str(a.get(k)))
+    Console().print(table)
+    if res["proposed_similar"]:
+        console.print("similar features to review: " + ", ".join(
+            p["feature"] for p in res["proposed_similar"][:10]))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import write_report
 
@@ -410,7 +483,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
             "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch,
-            "app": cmd_app}
+            "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

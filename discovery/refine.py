@@ -1,0 +1,251 @@
+"""Expert feedback that changes what the model relies on.
+
+An expert marks a feature (or a hypothesis, i.e. its features) as a ``technical_artifact`` or a
+``confounder``. The reason names directions inside the model — the features' decoder directions
+at the SAE hook — and the model is changed at that place:
+
+- **ablate** (immediately): the directions are mean-ablated at ``pooled`` for every cell: the
+  component of ``pooled`` along the span of the directions is replaced by its training-mean value.
+  Because the head after ``pooled`` is linear this is exact as a weight edit: with ``U`` an
+  orthonormal basis of the span and ``c`` the training mean of ``pooled``, ``w' = w - U U^T w``
+  and ``b' = b + w^T U U^T c``. The child model is an ordinary checkpoint.
+- **retrain** (ablate + retrain, as Sparse Feature Circuits' SHIFT compares): the parent model is
+  fine-tuned with the same projection applied inside the forward pass, plus a penalty on what is
+  left of the named covariate in ``pooled``: for each label, the squared distance between the
+  covariate groups' mean ``pooled`` (normalised by its variance). The trunk cannot route the
+  artifact around the removed directions without paying for it. The projection is then folded
+  into the head as above.
+
+:func:`propose_similar` propagates a verdict to features similar by decoder cosine or by the same
+artifact enrichment (proposals, which the scientist confirms); :func:`fit_check` turns the marked
+examples into a rule applied to every feature ("batch explains this feature better than the
+label", threshold fitted from the marked features).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from discovery.classifier import encode, evaluate
+from discovery.contract import InputError, case_mask, get_keys
+from models.sae import SparseAutoencoder
+
+__all__ = ["balanced_eval", "fit_check", "fold_projection", "propose_similar",
+           "retrain_without", "suppression_basis"]
+
+ACTIONABLE = ("technical_artifact", "confounder")
+
+
+def suppression_basis(sae: SparseAutoencoder, features: list[int]) -> torch.Tensor:
+    """Orthonormal basis ``(d, k)`` of the decoder directions of ``features``."""
+    if not features:
+        msg = "no features to suppress"
+        raise InputError(msg)
+    dirs = sae.decoder_directions.detach()[features].T.double()  # (d, k)
+    q, r = torch.linalg.qr(dirs)
+    keep = r.diagonal().abs() > 1e-8 * r.diagonal().abs().max()
+    return q[:, keep].float()
+
+
+def _pooled_mean(adata: Any, model: torch.nn.Module) -> torch.Tensor:
+    x = encode(adata[(adata.obs["split"] == "train").to_numpy()], list(model.config.gene_names))
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([c["pooled"] for _, _, c in model.iter_cache(x, ["pooled"],
+                                                                      batch_size=1024)]).mean(0)
+
+
+@torch.no_grad()
+def fold_projection(model: torch.nn.Module, basis: torch.Tensor,
+                    center: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` whose head ignores ``pooled`` along ``basis`` (mean-ablation)."""
+    child = copy.deepcopy(model)
+    w = child.head.weight.data[0].double()  # (d,)
+    u = basis.double()
+    proj = u @ (u.T @ w)
+    child.head.weight.data[0] = (w - proj).to(child.head.weight.dtype)
+    child.head.bias.data[0] += float(proj @ center.double())
+    return child
+
+
+def _projection_hook(basis: torch.Tensor, center: torch.Tensor):  # noqa: ANN202
+    def fn(act: torch.Tensor, name: str) -> torch.Tensor:
+        d = act - center
+        return act - (d @ basis) @ basis.T
+
+    return fn
+
+
+def retrain_without(
+    adata: Any,
+    model: torch.nn.Module,
+    basis: torch.Tensor,
+    *,
+    covariate: str | None,
+    epochs: int = 8,
+    lr: float = 5e-4,
+    penalty: float = 1.0,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Fine-tune ``model`` with ``basis`` projected out of ``pooled`` and the covariate penalised.
+
+    Training donors only; the epoch with the best validation AUROC (with the projection) is kept;
+    the projection is folded into the head of the returned model. Returns (model, history).
+    """
+    keys = get_keys(adata)
+    split = adata.obs["split"].to_numpy()
+    x = encode(adata, list(model.config.gene_names))
+    y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
+    cov = None
+    if covariate and covariate in adata.obs:
+        cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
+    center = _pooled_mean(adata, model)
+    child = copy.deepcopy(model)
+    hook = {"pooled": _projection_hook(basis, center)}
+    tr = torch.from_numpy(np.flatnonzero(split == "train"))
+    va = split == "val"
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(child.parameters(), lr=lr, weight_decay=0.01)
+    pos = float(y[tr].mean())
+    w_pos, w_neg = 0.5 / max(pos, 1e-6), 0.5 / max(1 - pos, 1e-6)
+    best, best_state, hist = -math.inf, copy.deepcopy(child.state_dict()), []
+    bs = 256
+    for epoch in range(epochs):
+        child.train()
+        perm = tr[torch.randperm(len(tr), generator=gen)]
+        tot_pen = 0.0
+        for i in range(0, len(perm), bs):
+            idx = perm[i:i + bs]
+            cache: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, name: str, cache=cache) -> None:
+                cache["pooled"] = act
+
+            with child.hooks({**hook}), child.hooks({"pooled": grab}):
+                out = child(x[idx])
+            wts = torch.where(y[idx] > 0.5, w_pos, w_neg)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                out.logits, y[idx], weight=wts)
+            if cov is not None and penalty > 0:
+                p = cache["pooled"]
+                var = p.var(0).sum().clamp(min=1e-6)
+                pen = p.new_zeros(())
+                for lab in (0.0, 1.0):
+                    m = y[idx] == lab
+                    groups = cov[idx][m]
+                    if m.sum() < 4 or groups.unique().numel() < 2:
+                        continue
+                    pm = p[m]
+                    mu = pm.mean(0)
+                    for gval in groups.unique():
+                        gm = groups == gval
+                        if gm.sum() >= 2:
+                            pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
+                loss = loss + penalty * pen / var
+                tot_pen += float(pen / var)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(child.parameters(), 1.0)
+            opt.step()
+        child.eval()
+        with torch.no_grad(), child.hooks(hook):
+            lv = child(x[torch.from_numpy(np.flatnonzero(va))]).logits
+        auc = float(roc_auc_score(y[torch.from_numpy(va)].numpy(), lv.numpy()))
+        hist.append({"epoch": epoch, "val_auroc": auc, "penalty": tot_pen})
+        if auc > best:
+            best, best_state = auc, copy.deepcopy(child.state_dict())
+    child.load_state_dict(best_state)
+    child.eval()
+    new_center = _pooled_mean(adata, child)
+    return fold_projection(child, basis, new_center), {"epochs": hist, "best_val_auroc": best}
+
+
+def balanced_eval(adata: Any, probs: np.ndarray, *, split: str = "test") -> dict[str, Any]:
+    """Metrics on a batch-balanced held-out set.
+
+    Donors of ``split`` are subsampled (deterministically, by donor id) so that every batch holds
+    as many case as control donors; donor-level AUROC on that subset, plus the mean of the
+    within-batch cell-level AUROCs over all held-out cells (batches with both labels).
+    """
+    keys = get_keys(adata)
+    if not keys.batch_key:
+        return {"note": "no batch column; the batch-balanced set is the whole split",
+                **evaluate(adata, probs, split=split, keys=keys)}
+    obs = adata.obs
+    m = (obs["split"] == split).to_numpy()
+    donors = obs.loc[m, [keys.donor_key, keys.batch_key]].astype(str)
+    donors["case"] = case_mask(adata, keys)[m]
+    d = donors.groupby(keys.donor_key).first()
+    keep = []
+    for _, grp in d.groupby(keys.batch_key):
+        cases = sorted(grp.index[grp["case"]])
+        ctrls = sorted(grp.index[~grp["case"]])
+        n = min(len(cases), len(ctrls))
+        keep += cases[:n] + ctrls[:n]
+    within = []
+    is_case = case_mask(adata, keys)
+    for _, idx in obs[m].groupby(keys.batch_key, observed=True).indices.items():
+        rows = np.flatnonzero(m)[idx]
+        if len(set(is_case[rows])) == 2:
+            within.append(float(roc_auc_score(is_case[rows], probs[rows])))
+    out: dict[str, Any] = {"n_balanced_donors": len(keep),
+                           "within_batch_cell_auroc": float(np.mean(within)) if within
+                           else float("nan")}
+    if len(keep) >= 2 and len({d.loc[k, "case"] for k in keep}) == 2:
+        dm = pd.Series(probs[m]).groupby(donors[keys.donor_key].to_numpy()).mean()
+        out["balanced_donor_auroc"] = float(roc_auc_score(
+            [bool(d.loc[k, "case"]) for k in keep], dm.loc[keep].to_numpy()))
+    else:
+        out["balanced_donor_auroc"] = float("nan")
+    return out
+
+
+def propose_similar(sae: SparseAutoencoder, annotations: pd.DataFrame, marked: list[int], *,
+                    min_cosine: float = 0.5) -> list[dict[str, Any]]:
+    """Features similar to the marked ones: decoder cosine >= ``min_cosine`` or the same
+    artifact gene set in their enrichment. Proposals only; the scientist confirms."""
+    dirs = sae.decoder_directions.detach().numpy()
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    ann = annotations.set_index("index")
+    sets = {i: ann.loc[i, "top_set"] for i in marked if i in ann.index}
+    out = []
+    for j in range(dirs.shape[0]):
+        if j in marked or ann.loc[j, "frac_active"] == 0:
+            continue
+        cos = float(max(dirs[j] @ dirs[i] for i in marked))
+        same_set = (ann.loc[j, "top_set_category"] == "artifact"
+                    and ann.loc[j, "top_set"] in set(sets.values()))
+        if cos >= min_cosine or same_set:
+            out.append({"feature": str(ann.loc[j, "feature"]), "index": int(j),
+                        "cosine": cos, "same_artifact_set": bool(same_set),
+                        "label": str(ann.loc[j, "label"])})
+    return sorted(out, key=lambda r: -r["cosine"])
+
+
+def fit_check(annotations: pd.DataFrame, marked: list[int], *,
+              covariate: str = "batch") -> dict[str, Any]:
+    """Turn marked examples into a rule for every feature: ``r2_<covariate> > r2_label`` and
+    ``r2_<covariate> >= t``, with t the smallest value among the marked features (so every
+    marked example passes). Returns the rule, its threshold and the features it flags."""
+    col = f"r2_{covariate}"
+    if col not in annotations:
+        return {"rule": None, "why": f"annotations have no {col} column"}
+    ann = annotations.set_index("index")
+    vals = [float(ann.loc[i, col] or 0.0) for i in marked if i in ann.index]
+    if not vals:
+        return {"rule": None, "why": "no marked feature in the annotations"}
+    t = min(vals)
+    r2 = ann[col].fillna(0.0).astype(float)
+    lab = ann["r2_label"].fillna(0.0).astype(float)
+    hits = ann.index[(r2 >= t) & (r2 > lab) & (ann["frac_active"] > 0)]
+    return {"rule": f"{col} > r2_label and {col} >= {t:.4f}", "covariate": covariate,
+            "threshold": t, "flags": [str(ann.loc[i, "feature"]) for i in hits
+                                      if i not in marked]}
