@@ -50,3 +50,35 @@ if run is not None:
     if not actions.empty:
         st.subheader("What feedback caused")
         st.dataframe(actions, hide_index=True)
+    st.subheader("Act on it: refine the model")
+    st.caption("A child run in which the features named by 'disagree' feedback with reason "
+               "technical artifact or confounder are suppressed — ablate only, or ablate and "
+               "retrain — with graphs, hypotheses and a before/after comparison.")
+    with st.form("refine"):
+        mode = st.radio("Mode", ["ablate", "retrain"], horizontal=True, key="rf_mode")
+        child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
+        go = st.form_submit_button("Create the child run")
+    if go:
+        from pipelines.refine import refine_run
+
+        try:
+            with st.spinner("Refining: model, features, graphs, hypotheses ..."):
+                res = refine_run(run, run.parent / child_name, mode=mode, quiet=True)
+        except Exception as err:  # noqa: BLE001 - shown to the user, not a traceback
+            st.error(str(err))
+        else:
+            b, a = res["before"], res["after"]
+            st.success(f"Child run {child_name} ({mode}): {', '.join(res['suppressed'])} "
+                       "suppressed.")
+            keys = [("test_donor_auroc", "test donor AUROC"),
+                    ("balanced_donor_auroc", "batch-balanced donor AUROC"),
+                    ("within_batch_cell_auroc", "within-batch cell AUROC"),
+                    ("covariate_attribution_share",
+                     f"attribution via {res['covariate']}-explained features"),
+                    ("n_flagged", "flagged hypotheses")]
+            st.dataframe([{"": label, "before": b.get(k), "after": a.get(k)}
+                          for k, label in keys], hide_index=True)
+            st.dataframe(res["ranking"], hide_index=True)
+            if res["proposed_similar"]:
+                st.info("Similar features to review: " + ", ".join(
+                    p["feature"] for p in res["proposed_similar"][:10]))

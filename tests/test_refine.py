@@ -1,0 +1,115 @@
+"""Feedback that explains why, acted on: suppression is exact, the loop runs from the CLI and
+the app, runs are linked, and every step is in the audit trail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from discovery.classifier import encode
+from discovery.feedback import FeedbackStore, default_url
+from discovery.refine import _pooled_mean, _projection_hook, fold_projection, suppression_basis
+from pipelines.cli import main
+from pipelines.run import open_run
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def parent(tiny_run, tmp_path):
+    out = tmp_path / "parent"
+    shutil.copytree(tiny_run, out)
+    (out / "feedback.sqlite").unlink(missing_ok=True)
+    return out
+
+
+def _batch_feature(run: Path) -> str:
+    ann = pd.read_json(run / "features" / "annotations.json")
+    ann = ann[ann["frac_active"] > 0]
+    conf = ann[ann["confounded_by"].notna()]
+    return str((conf if len(conf) else ann).iloc[0]["feature"])
+
+
+def test_folded_head_edit_equals_mean_ablation_along_the_directions(tiny_run):
+    run = open_run(tiny_run)
+    model, sae = run.model, run.saes[0].sae
+    basis = suppression_basis(sae, [0, 3, 5])
+    assert torch.allclose(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5)
+    center = _pooled_mean(run.adata, model)
+    folded = fold_projection(model, basis, center)
+    x = encode(run.adata[:200], list(model.config.gene_names))
+    with torch.no_grad():
+        hooked = model.run_with_hooks(x, {"pooled": _projection_hook(basis, center)}).logits
+        np.testing.assert_allclose(folded(x).logits.numpy(), hooked.numpy(), atol=1e-4)
+        # the head no longer reads the suppressed directions at all
+        assert folded.head.weight.data[0] @ basis == pytest.approx(0.0, abs=1e-5)
+
+
+def test_feedback_and_refine_from_the_cli(parent, tmp_path, capsys):
+    feature = _batch_feature(parent)
+    assert main(["refine", str(parent), "--out", str(tmp_path / "child"), "--quiet"]) == 2
+    assert "no actionable feedback" in capsys.readouterr().err
+    assert main(["feedback", str(parent), "--target", feature, "--verdict", "disagree",
+                 "--reason", "batch", "--note", "dissociation stress genes", "--by", "Ada",
+                 "--quiet"]) == 0
+    assert main(["feedback", str(parent), "--target", "nonsense", "--verdict", "agree",
+                 "--reason", "other", "--quiet"]) == 2
+    child = tmp_path / "child"
+    assert main(["refine", str(parent), "--out", str(child), "--mode", "ablate",
+                 "--quiet"]) == 0
+    manifest = json.loads((child / "manifest.json").read_text())
+    parent_id = json.loads((parent / "manifest.json").read_text())["run_id"]
+    assert manifest["parent_run"] == parent_id
+    assert manifest["feedback"]["suppressed"] == [feature]
+    res = json.loads((child / "refine.json").read_text())
+    assert res["parent_run"] == parent_id and res["mode"] == "ablate"
+    for side in ("before", "after"):
+        assert {"test_donor_auroc", "balanced_donor_auroc", "covariate_attribution_share",
+                "program_ranks"} <= set(res[side])
+    # the suppressed feature no longer feeds the case logit in any child graph
+    for e in json.loads((child / "graphs" / "index.json").read_text())["graphs"]:
+        g = json.loads((child / "graphs" / f"{e['slug']}.json").read_text())
+        w = [ed["weight"] for ed in g["edges"] if ed["source"] == feature
+             and ed["target"] == "output"]
+        assert all(abs(v) < 1e-3 for v in w), (e["slug"], w)
+    assert (child / "hypotheses.json").is_file() and (child / "report.html").is_file()
+    # audit trail: the feedback, and each step it caused, linked to the child run
+    store = FeedbackStore(default_url(parent))
+    assert store.items(parent_id)["note"].tolist() == ["dissociation stress genes"]
+    actions = store.actions(parent_id)
+    assert ["refine:start", "propagate:proposed", "generalise:check", "model:ablate",
+            "child:done"] == actions["action"].tolist()
+    assert actions["child_run"].dropna().str.endswith("child").all()
+
+
+def test_refine_loop_from_the_app(parent, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_RUN", str(parent))
+    monkeypatch.delenv("DISCOVERY_FEEDBACK_URL", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pipelines/app/pages/feedback.py")
+    at.run()
+    at.radio(key="fb_kind").set_value("feature").run()
+    feature = _batch_feature(parent)
+    at.selectbox(key="fb_target").set_value(feature)
+    at.selectbox(key="fb_reason").set_value("technical_artifact")
+    at.text_input(key="fb_author").input("Ada")
+    at.button[0].click().run()
+    assert any("Saved as feedback" in s.value for s in at.success)
+    at.radio(key="rf_mode").set_value("ablate")
+    at.text_input(key="rf_name").input("child-from-app")
+    at.button[1].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Child run child-from-app" in s.value for s in at.success), \
+        [e.value for e in at.error]
+    child = parent.parent / "child-from-app"
+    assert json.loads((child / "manifest.json").read_text())["parent_run"]
+    actions = FeedbackStore(default_url(parent)).actions()
+    assert "child:done" in set(actions["action"])
