@@ -451,14 +451,18 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
 
 
 def _umap(adata: ad.AnnData, *, seed: int) -> None:
-    """``obsm['X_umap']`` (PCA of log-normalised expression -> kNN -> UMAP) for the app."""
+    """``obsm['X_umap']`` (PCA of log-normalised expression -> UMAP) for the app.
+
+    umap-learn directly on the PCA (scanpy's ``pp.neighbors`` path breaks on SciPy sparse
+    arrays in the installed versions).
+    """
     import scanpy as sc
+    import umap
 
     tmp = ad.AnnData(X=adata.X, obs=adata.obs[[]].copy())
     sc.pp.pca(tmp, n_comps=min(30, tmp.n_vars - 1, tmp.n_obs - 1), random_state=seed)
-    sc.pp.neighbors(tmp, n_neighbors=15, random_state=seed)
-    sc.tl.umap(tmp, random_state=seed)
-    adata.obsm["X_umap"] = tmp.obsm["X_umap"].astype(np.float32)
+    reducer = umap.UMAP(n_neighbors=min(15, tmp.n_obs - 1), random_state=seed, n_jobs=1)
+    adata.obsm["X_umap"] = reducer.fit_transform(tmp.obsm["X_pca"]).astype(np.float32)
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
