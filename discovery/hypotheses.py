@@ -85,8 +85,8 @@ TECHNICAL = ("batch", "pct_counts_mt", "total_counts")
 class HypothesisSpec:
     """Settings of hypothesis generation (defaults documented in the module docstring)."""
 
-    min_share: float = 0.01
-    max_per_population: int = 10
+    min_share: float = 0.03
+    max_per_population: int = 6
     merge_cosine: float = 0.5
     merge_genes: int = 5
     n_genes: int = 20

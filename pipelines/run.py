@@ -411,6 +411,10 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
     key = f"X_sae_{spec.hook.replace('.', '_')}"
     if rd.is_done("features", params) and key in adata.obsm:
         log.info("features: reusing %s", fdir)
+        if "X_umap" not in adata.obsm:  # runs made before the app needed it
+            _umap(adata, seed=config.seed)
+            atomic_write(rd.path / "adata.h5ad",
+                         lambda p: adata.write_h5ad(p, compression="gzip"))
         return {"quality": json.loads((fdir / "quality.json").read_text()),
                 "sae": load_sae(fdir / f"sae_seed{spec.seeds[0]}"),
                 "annotations": pd.read_json(fdir / "annotations.json")}
