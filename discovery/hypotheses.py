@@ -45,6 +45,7 @@ R = 1 if replicated (0.5 if same direction only), S = stability, G = cross-check
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +284,19 @@ def propose_hypotheses(
     ``rankings``: the baseline rankings (cross-check panel). Reads log-normalised ``X``,
     ``obsm['X_sae_<hook>']``, ``obs['split']`` and the key columns. Writes nothing.
     """
-    spec = spec or HypothesisSpec()
+    # tiny or unbalanced cohorts give empty donor groups: their statistics are NaN by design
+    # (status candidate, statement "not testable"), not a numerical accident worth a warning
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _propose(adata, model, sae, graphs, annotations, rankings=rankings,
+                        model_test_auroc=model_test_auroc, spec=spec or HypothesisSpec(),
+                        seed=seed, quiet=quiet)
+
+
+def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
+             graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame, *,
+             rankings: pd.DataFrame | None, model_test_auroc: float | None,
+             spec: HypothesisSpec, seed: int, quiet: bool) -> list[dict[str, Any]]:
     key = f"X_sae_{sae.hook.replace('.', '_')}"
     if key not in adata.obsm:
         from discovery.features import encode_cells
