@@ -150,7 +150,7 @@ def retrain_without(
                         if gm.sum() >= 2:
                             pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
                 loss = loss + penalty * pen / var
-                tot_pen += float(pen / var)
+                tot_pen += float(pen.detach() / var.detach())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(child.parameters(), 1.0)
