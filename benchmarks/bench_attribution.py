@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.repeats)
     t_big, g_big = _median_time(lambda: cohort_graph(a, model, saes, mask=held, quiet=True),
                                 args.repeats)
-    val1 = validate_graph(a, model, saes, g_mg, mask=mg, n_top=50)
+    val1 = validate_graph(a, model, saes, graph=g_mg, mask=mg, n_top=50)
 
     with tempfile.TemporaryDirectory() as tmp:
         store = features.collect_activations(a, model, tmp, hook="layer0.resid")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     two = [SAEHook("layer0.resid", sae0.eval()), *saes]
     t_two, g_two = _median_time(lambda: cohort_graph(a, model, two, mask=mg, quiet=True,
                                                      spec=GraphSpec()), 1)
-    val2 = validate_graph(a, model, two, g_two, mask=mg, n_top=50)
+    val2 = validate_graph(a, model, two, graph=g_two, mask=mg, n_top=50)
 
     lines = [
         f"# Attribution on `{args.run_dir}` ({model.config.model_type}, 2 CPU cores)", "",

@@ -268,9 +268,9 @@ def propose_hypotheses(
     adata: ad.AnnData,
     model: torch.nn.Module,
     sae: SAEHook,
+    *,
     graphs: dict[str, nx.DiGraph],
     annotations: pd.DataFrame,
-    *,
     rankings: pd.DataFrame | None = None,
     model_test_auroc: float | None = None,
     spec: HypothesisSpec | None = None,
@@ -288,13 +288,14 @@ def propose_hypotheses(
     # (status candidate, statement "not testable"), not a numerical accident worth a warning
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _propose(adata, model, sae, graphs, annotations, rankings=rankings,
+        return _propose(adata, model, sae, graphs=graphs, annotations=annotations,
+                        rankings=rankings,
                         model_test_auroc=model_test_auroc, spec=spec or HypothesisSpec(),
                         seed=seed, quiet=quiet)
 
 
-def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
-             graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame, *,
+def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
+             graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame,
              rankings: pd.DataFrame | None, model_test_auroc: float | None,
              spec: HypothesisSpec, seed: int, quiet: bool) -> list[dict[str, Any]]:
     key = f"X_sae_{sae.hook.replace('.', '_')}"
@@ -524,7 +525,7 @@ def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, s
                                     "agreement": float(np.mean(agree))}
     # measured ablation of all the hypothesis's features in its population
     edits = [FeatureEdit.parse(f, "mean") for f in h["features"]]
-    res = intervene(adata, model, [sae], edits, mask=pop)
+    res = intervene(adata, model, [sae], edits=edits, mask=pop)
     per_donor = res["delta"].groupby(cohort.donor[pop]).mean()
     h["evidence"]["ablation_delta"] = float(per_donor.mean())
 

@@ -219,8 +219,8 @@ def intervene(
     adata: ad.AnnData,
     model: torch.nn.Module,
     saes: list[SAEHook],
-    edits: Iterable[FeatureEdit],
     *,
+    edits: Iterable[FeatureEdit],
     mask: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     batch_size: int = 1024,
@@ -266,8 +266,9 @@ def _circuit_hooks(saes: list[SAEHook], keep: set[str],
     return fns
 
 
-def circuit_logit(model: torch.nn.Module, x: torch.Tensor, saes: list[SAEHook], keep: set[str],
-                  means: dict[str, dict[str, torch.Tensor]], *, batch_size: int = 1024,
+def circuit_logit(model: torch.nn.Module, x: torch.Tensor, saes: list[SAEHook], *,
+                  keep: set[str], means: dict[str, dict[str, torch.Tensor]],
+                  batch_size: int = 1024,
                   evaluator: _Evaluator | None = None) -> float:
     """Mean case logit over ``x`` with every node outside ``keep`` mean-ablated."""
     ev = evaluator or _Evaluator(model, x, saes, batch_size)
@@ -278,8 +279,8 @@ def validate_graph(
     adata: ad.AnnData,
     model: torch.nn.Module,
     saes: list[SAEHook],
-    graph: nx.DiGraph,
     *,
+    graph: nx.DiGraph,
     mask: np.ndarray,
     reference: np.ndarray | None = None,
     n_top: int = 50,
@@ -335,13 +336,14 @@ def validate_graph(
         }
 
     ranked = sorted(preds, key=lambda k: -abs(preds[k]))
-    m_empty = circuit_logit(model, x, saes, set(), means, evaluator=ev)
+    m_empty = circuit_logit(model, x, saes, keep=set(), means=means, evaluator=ev)
     denom = clean - m_empty
     curve = []
     for n in sorted({min(s, len(ranked)) for s in sizes}):
         circuit = set(ranked[:n])
-        m_c = circuit_logit(model, x, saes, circuit, means, evaluator=ev)
-        m_rest = circuit_logit(model, x, saes, set(ranked) - circuit, means, evaluator=ev)
+        m_c = circuit_logit(model, x, saes, keep=circuit, means=means, evaluator=ev)
+        m_rest = circuit_logit(model, x, saes, keep=set(ranked) - circuit, means=means,
+                               evaluator=ev)
         curve.append({"n_nodes": n,
                       "n_features": sum(not k.endswith(":error") for k in circuit),
                       "includes_error": any(k.endswith(":error") for k in circuit),

@@ -343,7 +343,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     g = cohort_graph(run.adata, run.model, run.saes, mask=mask, name=name, labels=run.labels,
                      spec=spec, quiet=args.quiet)
     if not args.no_validate:
-        val = validate_graph(run.adata, run.model, run.saes, g, mask=mask, quiet=args.quiet)
+        val = validate_graph(run.adata, run.model, run.saes, graph=g, mask=mask,
+                             quiet=args.quiet)
         g.graph["validation"] = {k: v for k, v in val.items() if k != "ablation"}
         g.graph["validation"]["spearman_model"] = val["ablation"]["model"]["spearman"]
     export_graph(g, args.out)

@@ -302,7 +302,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         keys = get_keys(adata)
         hook = config.sae_spec().hook
         hyps = propose_hypotheses(
-            adata, model, SAEHook(hook, feats["sae"].eval()), graphs, feats["annotations"],
+            adata, model, SAEHook(hook, feats["sae"].eval()), graphs=graphs,
+            annotations=feats["annotations"],
             rankings=rankings, model_test_auroc=metrics.get("test", {}).get("donor_auroc"),
             spec=spec, seed=config.seed, quiet=quiet)
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
@@ -364,7 +365,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
             slug = _slug(f"{ct}_case")
             g = cohort_graph(adata, model, saes, mask=mask, name=name, labels=labels, spec=spec,
                              quiet=True)
-            val = validate_graph(adata, model, saes, g, mask=mask, n_top=extra["n_top"])
+            val = validate_graph(adata, model, saes, graph=g, mask=mask, n_top=extra["n_top"])
             summary = _validation_summary(val)
             g.graph.update({"cell_type": ct, "label": "case", "validation": summary})
             export_graph(g, gdir / f"{slug}.json")

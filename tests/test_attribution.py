@@ -171,12 +171,12 @@ def test_ablations_move_the_logit_the_way_the_graph_says(trained):
     mask = population_mask(a, cell_type="Microglia", label="case")
     # one SAE at 'pooled': the head is linear, so predictions are exact
     g1 = cohort_graph(a, model, saes[1:], mask=mask, quiet=True, spec=GraphSpec(n_boot=0))
-    v1 = validate_graph(a, model, saes[1:], g1, mask=mask, n_top=20)
+    v1 = validate_graph(a, model, saes[1:], graph=g1, mask=mask, n_top=20)
     np.testing.assert_allclose(v1["ablation"]["graph"]["predicted"],
                                v1["ablation"]["graph"]["measured"], rtol=1e-3, atol=1e-4)
     # two SAE layers: layer-0 features act through the nonlinear layer 1 -> a real check
     g2 = cohort_graph(a, model, saes, mask=mask, quiet=True, spec=GraphSpec(n_boot=0))
-    v2 = validate_graph(a, model, saes, g2, mask=mask, n_top=30)
+    v2 = validate_graph(a, model, saes, graph=g2, mask=mask, n_top=30)
     assert v2["ablation"]["model"]["spearman"] > 0.8
     assert v2["ablation"]["graph"]["spearman"] > 0.7
     assert v2["ablation"]["model"]["sign_agreement"] >= 0.8
@@ -193,14 +193,14 @@ def test_ablations_move_the_logit_the_way_the_graph_says(trained):
 def test_interventions(trained):
     a, model, saes = trained
     mask = population_mask(a, cell_type="Microglia")
-    none = intervene(a, model, saes, [], mask=mask)
+    none = intervene(a, model, saes, edits=[], mask=mask)
     assert np.abs(none["delta"]).max() == 0
-    same = intervene(a, model, saes, [FeatureEdit("pooled", 3, "scale", 1.0)], mask=mask)
+    same = intervene(a, model, saes, edits=[FeatureEdit("pooled", 3, "scale", 1.0)], mask=mask)
     assert np.abs(same["delta"]).max() < 1e-4  # decode(encode) + error is the activation
     # zeroing the error node and every feature at pooled gives the SAE's constant everywhere
     edits = [FeatureEdit("pooled", i, "zero") for i in range(64)] + [
         FeatureEdit("pooled", None, "zero")]
-    flat = intervene(a, model, saes, edits, mask=mask)
+    flat = intervene(a, model, saes, edits=edits, mask=mask)
     assert flat["logit_edited"].std() < 1e-5
     # steering: scaling a feature by 2 changes the logit by exactly its direct effect once more
     # (one SAE at pooled, linear head); graph weights are means over donors of donor means
@@ -208,13 +208,14 @@ def test_interventions(trained):
     feats = [n for n, d in g.nodes(data=True) if d["kind"] == "feature"]
     top = max(feats, key=lambda n: abs(g.edges[n, "output"]["weight"])
               if g.has_edge(n, "output") else 0)
-    steer = intervene(a, model, saes[1:], [FeatureEdit.parse(top, "scale", 2.0)], mask=mask)
+    steer = intervene(a, model, saes[1:], edits=[FeatureEdit.parse(top, "scale", 2.0)],
+                      mask=mask)
     per_donor = steer["delta"].groupby(a.obs.loc[steer.index, "donor"].to_numpy()).mean()
     assert per_donor.mean() == pytest.approx(g.edges[top, "output"]["weight"], rel=1e-3)
     with pytest.raises(InputError, match="not a feature"):
         FeatureEdit.parse("pooled-F3")
     with pytest.raises(InputError, match="no SAE at hook"):
-        intervene(a, model, saes, [FeatureEdit("layer1.resid", 0)], mask=mask)
+        intervene(a, model, saes, edits=[FeatureEdit("layer1.resid", 0)], mask=mask)
     with pytest.raises(InputError, match="edit mode"):
         FeatureEdit("pooled", 0, "delete")
 
