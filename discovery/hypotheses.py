@@ -5,8 +5,8 @@ the case cells of one cell type cases. It is built only from measured facts:
 
 1. **Candidates**: in each cell type's cohort graph (case cells), the features whose direct
    effect on the case logit is at least ``min_share`` of the total |attribution| into the logit
-   (SAE error included). A feature found in several populations is kept where its share is
-   largest. Candidates of one population are merged into a supernode when their decoder
+   (SAE error included). A feature can be a candidate in several cell types (one direction of
+   the model may carry a different program in each). Candidates of one population are merged into a supernode when their decoder
    directions have cosine >= ``merge_cosine``, or when they are enriched for the same gene set,
    and their donor-level effects point the same way; and, once their genes are known (step 2),
    when they share >= ``merge_genes`` of their top 10 genes in the same direction (a feature with
@@ -34,7 +34,8 @@ the case cells of one cell type cases. It is built only from measured facts:
 Status (the only place it is decided): ``flagged`` when a technical covariate explains the
 hypothesis's donor-level signal better than the label (or its main feature is annotated as
 confounded) — never ``supported``; ``supported`` when donor-level q < 0.05, it replicates on test
-donors, its stability >= ``min_stability`` and it is not flagged; otherwise ``candidate``
+donors, its genes' distilled biomarker reaches AUROC >= ``min_gene_auroc`` on test donors, its
+stability >= ``min_stability`` and it is not flagged; otherwise ``candidate``
 (``rejected`` is set by expert feedback). Score, in [0, 1]:
 
 ``score = 0.30 A + 0.25 D + 0.15 R + 0.15 S + 0.15 G``, times 0.25 when flagged, with
@@ -72,7 +73,9 @@ SCORE_FORMULA = ("score = 0.30·A + 0.25·D + 0.15·R + 0.15·S + 0.15·G (× 0.
                  "across SAE seeds, G = cross-check agreement")
 STATUS_RULES = {
     "supported": "donor-level q < 0.05 (discovery donors), replicates on held-out test donors "
-                 "(same direction, one-sided p < 0.05), stability ≥ min_stability, not flagged",
+                 "(same direction, one-sided p < 0.05), its genes' distilled biomarker reaches "
+                 "AUROC ≥ min_gene_auroc (0.7) on test donors, stability ≥ min_stability, not "
+                 "flagged",
     "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
                "the label, or one of its features is annotated as explained by batch / QC in "
                "the hypothesis's cell type; never supported",
@@ -93,6 +96,8 @@ class HypothesisSpec:
     n_genes: int = 20
     alpha: float = 0.05
     min_stability: float = 0.4
+    #: the program genes must carry the signal too: test-donor AUROC of the distilled biomarker
+    min_gene_auroc: float = 0.7
     biomarker_auroc: float = 0.8
     n_perturb: int = 5
     n_null: int = 30
@@ -218,9 +223,14 @@ def _welch(values: pd.Series, case: pd.Series) -> dict[str, float]:
             "n_case": int(c.sum()), "n_control": int((~c).sum())}
 
 
-def _candidates(graphs: dict[str, nx.DiGraph], spec: HypothesisSpec) -> dict[str, dict]:
-    """feature id -> best population (cell type, share, weight, prediction)."""
-    best: dict[str, dict] = {}
+def _candidates(graphs: dict[str, nx.DiGraph],
+                spec: HypothesisSpec) -> dict[str, dict[str, dict]]:
+    """cell type -> {feature id -> its share, weight and predicted ablation in that population}.
+
+    A feature can be a candidate in several cell types: the same direction in the model may
+    carry a different program in each (its genes are found per cell type).
+    """
+    out: dict[str, dict[str, dict]] = {}
     for name, g in graphs.items():
         ct = g.graph.get("cell_type")
         if ct is None or "output" not in g:
@@ -233,13 +243,12 @@ def _candidates(graphs: dict[str, nx.DiGraph], spec: HypothesisSpec) -> dict[str
         feats.sort(key=lambda t: -abs(t[1]))
         for u, w in feats[: spec.max_per_population]:
             share = abs(w) / total
-            if share < spec.min_share:
-                continue
-            if u not in best or share > best[u]["share"]:
-                best[u] = {"cell_type": ct, "graph": name, "share": share, "weight": w,
-                           "predicted_ablation": g.nodes[u].get("predicted_ablation"),
-                           "mean_logit": g.graph.get("mean_logit")}
-    return best
+            if share >= spec.min_share:
+                out.setdefault(ct, {})[u] = {
+                    "cell_type": ct, "graph": name, "share": share, "weight": w,
+                    "predicted_ablation": g.nodes[u].get("predicted_ablation"),
+                    "mean_logit": g.graph.get("mean_logit")}
+    return out
 
 
 def _group(feats: list[str], sae: SAEHook, ann: pd.DataFrame, effects: dict[str, float],
@@ -306,13 +315,10 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
     acts = np.asarray(adata.obsm[key])
     cohort = _Cohort(adata, model, spec.min_cells_per_donor)
     ann = annotations.set_index("feature", drop=False)
-    cands = _candidates(graphs, spec)
-    by_ct: dict[str, list[str]] = {}
-    for f, c in cands.items():
-        by_ct.setdefault(c["cell_type"], []).append(f)
     disc = cohort.donor_split.isin(["train", "val"])
     hyps: list[dict[str, Any]] = []
-    for ct, feats in sorted(by_ct.items()):
+    for ct, cands in sorted(_candidates(graphs, spec).items()):
+        feats = list(cands)
         effects = {}
         for f in feats:
             dv = cohort.donor_values(acts[:, int(f.rsplit("F", 1)[1])], ct)
@@ -595,6 +601,8 @@ def _status_and_score(h: dict[str, Any], max_share: float, spec: HypothesisSpec)
     if technical:
         status = "flagged"
     elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
+          and np.isfinite(rep["biomarker_auroc_test"])
+          and rep["biomarker_auroc_test"] >= spec.min_gene_auroc
           and not any(f["kind"] == "single_donor" for f in flags)):
         status = "supported"
     else:
