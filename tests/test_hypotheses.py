@@ -60,6 +60,11 @@ def test_status_rules():
     u["evidence"]["stability"] = 0.1
     _status_and_score(u, 0.3, spec)
     assert u["status"] == "candidate"
+    # the model's feature differs between donors but its genes do not separate held-out donors
+    genes = _hyp()
+    genes["evidence"]["replication"]["biomarker_auroc_test"] = 0.55
+    _status_and_score(genes, 0.3, spec)
+    assert genes["status"] == "candidate" and genes["kind"] == "mechanism"
     weak = _hyp()
     weak["evidence"]["donor_level"]["q"] = 0.2
     _status_and_score(weak, 0.3, spec)
