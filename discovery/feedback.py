@@ -161,15 +161,18 @@ class FeedbackStore:
 
     def add(self, item: FeedbackItem) -> int:
         """Store one item; returns its id."""
-        row = {k: getattr(item, k) for k in ("created", "run_id", "target_kind", "target_id",
-                                             "verdict", "reason", "note", "author", "client")}
+        return self._insert("feedback", {
+            k: getattr(item, k) for k in ("created", "run_id", "target_kind", "target_id",
+                                          "verdict", "reason", "note", "author", "client")})
+
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        """Insert one row (with retries under lock contention); returns its id."""
+        cols = ", ".join(row)
+        stmt = text(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(':' + c for c in row)})")
 
         def run() -> int:
             with self.engine.begin() as conn:
-                res = conn.execute(text(
-                    "INSERT INTO feedback (created, run_id, target_kind, target_id, verdict, "
-                    "reason, note, author, client) VALUES (:created, :run_id, :target_kind, "
-                    ":target_id, :verdict, :reason, :note, :author, :client)"), row)
+                res = conn.execute(stmt, row)
                 return int(res.lastrowid) if res.lastrowid is not None else -1
 
         return self._retry(run)
@@ -177,19 +180,10 @@ class FeedbackStore:
     def log_action(self, run_id: str, action: str, *, feedback_id: int | None = None,
                    detail: str = "", child_run: str | None = None) -> int:
         """Record what a piece of feedback caused (audit trail)."""
-        row = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
-               "action": action, "feedback_id": feedback_id, "detail": detail,
-               "child_run": child_run}
-
-        def run() -> int:
-            with self.engine.begin() as conn:
-                res = conn.execute(text(
-                    "INSERT INTO actions (created, feedback_id, run_id, action, detail, "
-                    "child_run) VALUES (:created, :feedback_id, :run_id, :action, :detail, "
-                    ":child_run)"), row)
-                return int(res.lastrowid) if res.lastrowid is not None else -1
-
-        return self._retry(run)
+        return self._insert("actions", {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
+            "action": action, "feedback_id": feedback_id, "detail": detail,
+            "child_run": child_run})
 
     def items(self, run_id: str | None = None) -> pd.DataFrame:
         """All feedback (of one run when ``run_id`` is given), oldest first."""

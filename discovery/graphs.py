@@ -115,7 +115,8 @@ def default_reference(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
     return ref if ref.any() else same
 
 
-def _model_input(adata: ad.AnnData, model: torch.nn.Module) -> torch.Tensor:
+def model_input(adata: ad.AnnData, model: torch.nn.Module) -> torch.Tensor:
+    """Log-normalised expression over the model's genes, in the model's dtype."""
     dtype = next(model.parameters()).dtype
     return encode(adata, list(model.config.gene_names)).to(dtype)
 
@@ -128,7 +129,7 @@ def reference_means(adata: ad.AnnData, model: torch.nn.Module, saes: list[SAEHoo
     Returns ``{hook: {"features": (d_sae,), "error": (d,)}}`` — the values a mean ablation
     sets a node to.
     """
-    x = _model_input(adata, model)
+    x = model_input(adata, model)
     sums: dict[str, dict[str, torch.Tensor]] = {}
     model.eval()
     for _, _, cache in model.iter_cache(x, [s.hook for s in saes], batch_size=batch_size):
@@ -300,7 +301,7 @@ def cohort_graph(
     ref = reference_means(adata[np.asarray(reference, dtype=bool)], model, saes)
     donors = sub.obs[keys.donor_key].astype(str).to_numpy()
     donor_names, donor_idx = np.unique(donors, return_inverse=True)
-    x = _model_input(sub, model)
+    x = model_input(sub, model)
     genes = list(model.config.gene_names)
     acc = _Accumulator(len(donor_names), saes, len(genes), ref)
     didx = torch.from_numpy(donor_idx.astype(np.int64))

@@ -32,9 +32,8 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from discovery.attribution import SAEHook, check_sae_hooks
-from discovery.classifier import encode
 from discovery.contract import InputError, get_keys
-from discovery.graphs import default_reference, reference_means
+from discovery.graphs import default_reference, model_input, reference_means
 from discovery.stats import bh_fdr
 
 __all__ = [
@@ -74,11 +73,6 @@ class FeatureEdit:
             msg = f"node id {node!r} is not a feature ('HOOK:F12') or error ('HOOK:error') node"
             raise InputError(msg)
         return cls(hook, None if rest == "error" else int(rest[1:]), mode, value)
-
-
-def _model_input(adata: ad.AnnData, model: torch.nn.Module) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
-    return encode(adata, list(model.config.gene_names)).to(dtype)
 
 
 def _splice(sae_hook: SAEHook, edit_f: Callable[[torch.Tensor], torch.Tensor],
@@ -239,7 +233,7 @@ def intervene(
         ref = default_reference(adata, mask) if reference is None else reference
         means = reference_means(adata[ref], model, saes)
     sub = adata[mask]
-    ev = _Evaluator(model, _model_input(sub, model), saes, batch_size)
+    ev = _Evaluator(model, model_input(sub, model), saes, batch_size)
     before = ev.logits({})
     after = ev.logits(_edit_hooks(saes, edits, means))
     sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
@@ -307,7 +301,7 @@ def validate_graph(
     mask = np.asarray(mask, dtype=bool)
     ref = default_reference(adata, mask) if reference is None else reference
     means = reference_means(adata[ref], model, saes)
-    x = _model_input(adata[mask], model)
+    x = model_input(adata[mask], model)
     preds = graph.graph.get("ablation_predictions") or {}
     if not preds:
         msg = "the graph has no ablation predictions; build it with discovery.graphs.cohort_graph"
@@ -417,7 +411,7 @@ def perturb_genes(
     keys = get_keys(adata)
     mask = np.ones(adata.n_obs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     sub = adata[mask]
-    x = _model_input(sub, model)
+    x = model_input(sub, model)
     donors = sub.obs[keys.donor_key].astype(str).to_numpy()
     base = _logits(model, x, {}, batch_size)
     xn = x.double().numpy()

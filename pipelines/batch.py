@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from discovery.contract import InputError
-from pipelines.config import load_config
+from pipelines.config import load_config, merge_overrides
 from pipelines.rundir import write_json, write_text
 
 __all__ = ["run_batch"]
@@ -71,13 +71,6 @@ def _load(path: Path) -> dict[str, Any]:
     return spec
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
               quiet: bool = False) -> list[dict[str, Any]]:
     """Run every entry of ``batch_file``; returns one status record per run (also in index.json)."""
@@ -94,14 +87,14 @@ def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
         t0 = time.perf_counter()
         rec: dict[str, Any] = {"name": r["name"], "dir": r["name"]}
         try:
-            overrides = _merge(dict(spec.get("defaults") or {}), dict(r.get("config") or {}))
+            overrides = merge_overrides(dict(spec.get("defaults") or {}), dict(r.get("config") or {}))
             if "scenario" in r:
-                overrides = _merge(overrides, {"cohort": {"scenario": r["scenario"]}})
+                overrides = merge_overrides(overrides, {"cohort": {"scenario": r["scenario"]}})
             if "seed" in r:
-                overrides = _merge(overrides, {"seed": int(r["seed"]),
+                overrides = merge_overrides(overrides, {"seed": int(r["seed"]),
                                                "cohort": {"seed": int(r["seed"])}})
             if "keys" in r:
-                overrides = _merge(overrides, {"keys": r["keys"]})
+                overrides = merge_overrides(overrides, {"keys": r["keys"]})
             preset = overrides.pop("preset", None)
             config = load_config(preset=preset, overrides=overrides)
             data = r.get("data")

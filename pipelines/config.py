@@ -180,10 +180,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` applied: nested mappings merged key by key, other values replaced."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (merge_overrides(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else v)
     return out
 
 
@@ -211,8 +213,8 @@ def load_config(
     if chosen not in PRESETS:
         msg = f"unknown preset {chosen!r}; choose one of {', '.join(PRESETS)}"
         raise InputError(msg)
-    merged = _merge(PipelineConfig().to_dict(), PRESETS[chosen])
-    merged = _merge(merged, user)
-    merged = _merge(merged, overrides or {})
+    merged = merge_overrides(PipelineConfig().to_dict(), PRESETS[chosen])
+    merged = merge_overrides(merged, user)
+    merged = merge_overrides(merged, overrides or {})
     merged["preset"] = chosen
     return PipelineConfig.from_dict(merged)
