@@ -22,7 +22,7 @@ import pandas as pd
 from discovery.contract import InputError
 from pipelines.rundir import write_text
 
-__all__ = ["write_report"]
+__all__ = ["graph_rows", "model_rows", "probe_rows", "sae_rows", "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -35,6 +35,40 @@ font-size:.8rem;color:#fff} .supported{background:#2a9d8f} .candidate{background
 .plan{border:1px solid #d6dae3;border-radius:.4rem;padding:.6rem 1rem;margin:1rem 0}
 ol.chain li{margin:.3rem 0} code{background:#f3f4f7;padding:0 .2rem}
 """
+
+
+# --------------------------------------------------- tables shared with the app's Overview
+def model_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Held-out metrics of ``model/metrics.json``, one row per split."""
+    return [{"split": s, "donors": metrics[s]["n_donors"], "cell AUROC": metrics[s]["cell_auroc"],
+             "donor AUROC": metrics[s]["donor_auroc"], "accuracy": metrics[s]["accuracy"],
+             "ECE": metrics[s]["ece"]} for s in ("val", "test") if s in metrics]
+
+
+def probe_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shortcut probe of ``model/metrics.json``, one row per covariate."""
+    return [{"covariate": k, "kind": v.get("kind"),
+             "case": (v.get("case") or {}).get("balanced_accuracy", v.get("r2")),
+             "control": (v.get("control") or {}).get("balanced_accuracy")}
+            for k, v in metrics.get("shortcut_probe", {}).items() if isinstance(v, dict)]
+
+
+def sae_rows(quality: dict[str, Any]) -> list[dict[str, Any]]:
+    """SAE quality of ``features/quality.json``, one row per seed."""
+    return [{"seed": s, "explained variance": q["explained_variance"], "L0": q["l0"],
+             "dead": q["dead_fraction"], "agreement (spliced)": q["agreement"],
+             "donor AUROC (spliced)": q["donor_auroc_spliced"]}
+            for s, q in quality["per_seed"].items()]
+
+
+def graph_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
+    """``graphs/index.json``, one row per cohort graph."""
+    return [{"population": e["name"], "cells": e["n_cells"], "donors": e["n_donors"],
+             "nodes": e["n_nodes"], "edges": e["n_edges"], "replacement": e["replacement_score"],
+             "completeness": e["completeness_score"],
+             "ablation Spearman (model)": e["validation"]["spearman_model"],
+             "features for faithfulness 0.8": e["validation"]["features_for_faithfulness_0.8"]}
+            for e in index.get("graphs", [])]
 
 
 def _read(path: Path) -> Any:
@@ -185,16 +219,8 @@ def write_report(run_dir: str | Path) -> list[str]:
                 "donors": summary.get("n_donors"), "label": keys.get("label_key"),
                 "case": keys.get("case"), "batch key": keys.get("batch_key")}])
     if metrics:
-        doc.table([{"split": s, "donors": metrics[s]["n_donors"],
-                    "cell AUROC": metrics[s]["cell_auroc"],
-                    "donor AUROC": metrics[s]["donor_auroc"],
-                    "accuracy": metrics[s]["accuracy"], "ECE": metrics[s]["ece"]}
-                   for s in ("val", "test") if s in metrics])
-        probe = metrics.get("shortcut_probe", {})
-        rows = [{"covariate": k, "kind": v.get("kind"),
-                 "case": (v.get("case") or {}).get("balanced_accuracy", v.get("r2")),
-                 "control": (v.get("control") or {}).get("balanced_accuracy")}
-                for k, v in probe.items() if isinstance(v, dict)]
+        doc.table(model_rows(metrics))
+        rows = probe_rows(metrics)
         if rows:
             doc.para("Shortcut probe: how well a linear probe reads each covariate off the "
                      "model's pooled representation within each label (balanced accuracy for "
@@ -202,10 +228,7 @@ def write_report(run_dir: str | Path) -> list[str]:
             doc.table(rows)
     if quality:
         doc.heading("Features (sparse autoencoders)")
-        doc.table([{"seed": s, "EV": q["explained_variance"], "L0": q["l0"],
-                    "dead": q["dead_fraction"], "agreement": q["agreement"],
-                    "donor AUROC spliced": q["donor_auroc_spliced"]}
-                   for s, q in quality["per_seed"].items()])
+        doc.table(sae_rows(quality))
         doc.para(f"Hook {quality['hook']}; median stability across seeds "
                  f"{_fmt(quality.get('median_stability'))}; {quality['n_donor_q05']} features "
                  f"differ between donors at q < 0.05; {quality['n_confounded']} are flagged as "
@@ -220,14 +243,7 @@ def write_report(run_dir: str | Path) -> list[str]:
         doc.heading("Attribution graphs")
         doc.para("One cohort graph per cell type over its case cells: genes -> SAE features -> "
                  "case logit, exact per cell, mean over donors; checked by ablations.")
-        doc.table([{"population": e["name"], "cells": e["n_cells"], "donors": e["n_donors"],
-                    "nodes": e["n_nodes"], "edges": e["n_edges"],
-                    "replacement": e["replacement_score"],
-                    "completeness": e["completeness_score"],
-                    "ablation Spearman (model)": e["validation"]["spearman_model"],
-                    "features for faithfulness 0.8":
-                        e["validation"]["features_for_faithfulness_0.8"]}
-                   for e in index.get("graphs", [])])
+        doc.table(graph_rows(index))
         if "faithfulness" in figs:
             doc.image(figs["faithfulness"], "faithfulness of pruned circuits")
     doc.heading("Hypotheses")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from pipelines.app.data import current_run, json_file, table
+from pipelines.report import graph_rows, model_rows, probe_rows, sae_rows
 
 run = current_run()
 if run is not None:
@@ -21,16 +22,8 @@ if run is not None:
     metrics = json_file(run, "model", "metrics.json")
     if metrics:
         st.subheader(f"Model ({metrics.get('kind')}) on held-out donors")
-        st.dataframe(pd.DataFrame([{"split": s, "donors": metrics[s]["n_donors"],
-                                    "cell AUROC": metrics[s]["cell_auroc"],
-                                    "donor AUROC": metrics[s]["donor_auroc"],
-                                    "accuracy": metrics[s]["accuracy"], "ECE": metrics[s]["ece"]}
-                                   for s in ("val", "test") if s in metrics]), hide_index=True)
-        probe = metrics.get("shortcut_probe", {})
-        rows = [{"covariate": k, "kind": v.get("kind"),
-                 "case": (v.get("case") or {}).get("balanced_accuracy", v.get("r2")),
-                 "control": (v.get("control") or {}).get("balanced_accuracy")}
-                for k, v in probe.items() if isinstance(v, dict)]
+        st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
+        rows = probe_rows(metrics)
         if rows:
             st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "
                         "representation, within each label (batch: balanced accuracy, chance 0.5).")
@@ -38,11 +31,7 @@ if run is not None:
     quality = json_file(run, "features", "quality.json")
     if quality:
         st.subheader(f"Sparse autoencoders at `{quality['hook']}`")
-        st.dataframe(pd.DataFrame([{"seed": s, "explained variance": q["explained_variance"],
-                                    "L0": q["l0"], "dead": q["dead_fraction"],
-                                    "agreement (spliced)": q["agreement"],
-                                    "donor AUROC (spliced)": q["donor_auroc_spliced"]}
-                                   for s, q in quality["per_seed"].items()]), hide_index=True)
+        st.dataframe(pd.DataFrame(sae_rows(quality)), hide_index=True)
         st.caption(f"median stability across seeds {quality.get('median_stability')}; "
                    f"{quality['n_donor_q05']} features differ between donors (q < 0.05); "
                    f"{quality['n_confounded']} flagged as confounded")
@@ -53,10 +42,4 @@ if run is not None:
     index = json_file(run, "graphs", "index.json")
     if index and index.get("graphs"):
         st.subheader("Attribution graphs")
-        st.dataframe(pd.DataFrame([{
-            "population": e["name"], "cells": e["n_cells"], "donors": e["n_donors"],
-            "nodes": e["n_nodes"], "replacement": e["replacement_score"],
-            "completeness": e["completeness_score"],
-            "ablation Spearman": e["validation"]["spearman_model"],
-            "features for faithfulness 0.8": e["validation"]["features_for_faithfulness_0.8"]}
-            for e in index["graphs"]]), hide_index=True)
+        st.dataframe(pd.DataFrame(graph_rows(index)), hide_index=True)
