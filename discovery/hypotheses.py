@@ -11,12 +11,15 @@ the case cells of one cell type cases. It is built only from measured facts:
    and their donor-level effects point the same way; and, once their genes are known (step 2),
    when they share >= ``merge_genes`` of their top 10 genes in the same direction (a feature with
    a technical flag is never merged with one without).
-2. **Genes**: the hypothesis's activation (sum over its features) is averaged per donor in its
-   cell type; every gene's pseudobulk (mean log-normalised expression per donor in that cell
-   type) is correlated with it across the *discovery* donors (train + validation), after
-   regressing both on batch and on the donor's mean mitochondrial fraction (so genes that merely
-   share a technical axis with the feature drop out). The top genes by that partial correlation
-   form the program; ``direction`` is whether they are higher or lower in case donors.
+2. **Genes**: every measured gene (not only the model's input panel: a program's genes need not
+   be model inputs) is correlated with the hypothesis's activation (sum over its features)
+   across the cells of its cell type from the *discovery* donors (train + validation), after
+   regressing both on batch and on each cell's mitochondrial fraction (so genes that merely
+   share a technical axis with the feature drop out). Cells, not donor means, because a feature
+   usually marks a cell state that only part of a donor's cells are in; genes detected in fewer
+   than half of the discovery donors' pseudobulks are left out. The top genes by that partial
+   correlation form the program; ``direction`` is whether they are higher or lower in case
+   donors. (The inference stays at donor level: the tests in step 3 are on donor means.)
 3. **Evidence** (hypotheses.json ``evidence``): attribution share; ablation effect (all features
    of the hypothesis mean-ablated in its population, measured, next to the graph's prediction);
    donor-level test on discovery donors (Welch on donor means; q = BH over hypotheses);
@@ -148,7 +151,14 @@ class _Cohort:
         keys = get_keys(adata)
         self.adata = adata
         self.keys = keys
-        self.genes = list(model.config.gene_names)
+        # every measured gene (a program's genes need not be model inputs); the model's panel
+        # is a column subset of it
+        self.model_genes = list(model.config.gene_names)
+        self.genes = list(adata.var_names)
+        pos = {g: i for i, g in enumerate(self.genes)}
+        if any(g not in pos for g in self.model_genes):
+            encode(adata, self.model_genes)  # raises the error naming the missing genes
+        self.model_cols = np.array([pos[g] for g in self.model_genes])
         self.x = encode(adata, self.genes).numpy()
         self.ct = adata.obs[keys.cell_type_key].astype(str).to_numpy()
         self.donor = adata.obs[keys.donor_key].astype(str).to_numpy()
@@ -206,6 +216,23 @@ class _Cohort:
         m = self.ct == cell_type
         s = pd.Series(values[m]).groupby(self.donor[m])
         return s.mean()[s.size() >= self.min_cells]
+
+    def cell_rows(self, cell_type: str, donors: pd.Index) -> np.ndarray:
+        """Row indices of the cells of ``cell_type`` from ``donors``."""
+        return np.flatnonzero((self.ct == cell_type) & np.isin(self.donor, np.asarray(donors)))
+
+    def cell_covariate(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A numeric per-cell covariate as a ``(rows, 0 or 1)`` matrix (none when absent)."""
+        if name not in self.adata.obs:
+            return np.empty((len(rows), 0))
+        return self.adata.obs[name].to_numpy(float)[rows][:, None]
+
+    def cell_batch(self, rows: np.ndarray) -> np.ndarray:
+        """Batch of each cell as dummy columns (none without a batch key)."""
+        if not self.keys.batch_key:
+            return np.empty((len(rows), 0))
+        b = self.adata.obs[self.keys.batch_key].astype(str).to_numpy()[rows]
+        return pd.get_dummies(b, drop_first=True).to_numpy(float)
 
     def composition(self, cell_type: str) -> pd.Series:
         share = pd.Series(self.ct == cell_type).groupby(self.donor).mean()
@@ -357,16 +384,19 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
     wanted: dict[tuple[str, str], list[str]] = {}
     for h in hyps:
         mode = "delete" if h["direction"] == "up" else "up"
-        genes = [g["symbol"] for g in h["genes"][: spec.n_perturb]]
+        genes = _model_inputs(h, cohort)[: spec.n_perturb]
         wanted.setdefault((h["cell_type"], mode), []).extend(genes)
     pert_tables: dict[tuple[str, str], pd.DataFrame] = {}
 
     def perturbations(ct: str, mode: str) -> pd.DataFrame:
         if (ct, mode) not in pert_tables:
             pop = (cohort.ct == ct) & cohort.is_case
-            pert_tables[ct, mode] = perturb_genes(
-                adata, model, list(dict.fromkeys(wanted[ct, mode])), mode=mode, mask=pop,
-                n_null=spec.n_null, seed=seed)
+            genes = list(dict.fromkeys(wanted.get((ct, mode), [])))
+            pert_tables[ct, mode] = (
+                perturb_genes(adata, model, genes, mode=mode, mask=pop, n_null=spec.n_null,
+                              seed=seed) if genes
+                else pd.DataFrame(columns=["gene", "effect", "n_cells", "n_donors", "null_mean",
+                                           "null_sd", "z", "p", "q"]))
         return pert_tables[ct, mode]
 
     for h, q in tqdm(list(zip(hyps, qs)), desc="hypotheses", disable=quiet, leave=False):
@@ -396,11 +426,14 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
     case = cohort.donor_case
     donor_level = _welch(dv[disc], case)
     direction_sign = 1.0 if donor_level["effect"] >= 0 else -1.0
-    # genes: partial correlation with the activation across discovery donors, given batch + mito
-    tech = cohort.covariate_matrix(dv.index[disc], ("batch", "pct_counts_mt"))
-    y = _residualise(dv.to_numpy(float)[disc][:, None], tech)[:, 0]
+    # genes: partial correlation with the activation across the cells of the cell type in the
+    # discovery donors, given batch and each cell's mitochondrial fraction
+    rows = cohort.cell_rows(ct, dv.index[disc])
+    tech = np.column_stack([cohort.cell_covariate("pct_counts_mt", rows),
+                            cohort.cell_batch(rows)])
+    y = _residualise(activation[rows].astype(np.float64)[:, None], tech)[:, 0]
+    X = _residualise(cohort.x[rows].astype(np.float64), tech)
     expressed = (pb[disc] > 0).mean(0).to_numpy() >= 0.5
-    X = _residualise(pb.to_numpy(float)[disc], tech)
     sd = X.std(0) * y.std()
     r = np.divide((X - X.mean(0)).T @ (y - y.mean()) / len(y), sd, out=np.zeros(X.shape[1]),
                   where=sd > 0)
@@ -490,6 +523,12 @@ def _confounds(cohort: _Cohort, dv: pd.Series, ct: str, disc: np.ndarray) -> dic
     return out
 
 
+def _model_inputs(h: dict[str, Any], cohort: _Cohort) -> list[str]:
+    """The hypothesis's genes that the model reads (in-silico perturbation can only move those)."""
+    panel = set(cohort.model_genes)
+    return [g["symbol"] for g in h["genes"] if g["symbol"] in panel]
+
+
 def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
                  cohort: _Cohort, rankings: pd.DataFrame | None, ig_cache: dict[str, pd.Series],
                  perturbations: Any, spec: HypothesisSpec, seed: int) -> None:
@@ -507,15 +546,19 @@ def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, s
         cells = np.flatnonzero(pop)
         cells = rng.choice(cells, size=min(spec.ig_cells, len(cells)), replace=False)
         dtype = next(model.parameters()).dtype
-        x = torch.from_numpy(cohort.x[np.sort(cells)]).to(dtype)
-        ig_cache[ct] = pd.Series(integrated_gradients(model, x).mean(0), index=cohort.genes)
+        x = torch.from_numpy(cohort.x[np.sort(cells)][:, cohort.model_cols]).to(dtype)
+        ig_cache[ct] = pd.Series(integrated_gradients(model, x).mean(0),
+                                 index=cohort.model_genes)
     ig = ig_cache[ct] * (1 if direction == "up" else -1)
     ig_rank = ig.rank(ascending=False, method="first").astype(int)
-    panel["integrated_gradients"] = {g: int(ig_rank[g]) for g in top}
+    # genes outside the model's panel have no attribution: rank None
+    panel["integrated_gradients"] = {g: (int(ig_rank[g]) if g in ig_rank.index else None)
+                                     for g in top}
     # in-silico: move each top gene to the control side (delete a gene that is up in cases,
     # raise 4x one that is down); if the model relies on it the case logit must drop
     mode = "delete" if direction == "up" else "up"
-    pert = perturbations(ct, mode).set_index("gene").loc[top[: spec.n_perturb]].reset_index()
+    pert = perturbations(ct, mode).set_index("gene")
+    pert = pert.loc[[g for g in _model_inputs(h, cohort)[: spec.n_perturb]]].reset_index()
     hits = [(row.q < 0.1 if np.isfinite(row.q) else False) and row.effect < 0
             for row in pert.itertuples()]
     h["evidence"]["in_silico"] = {
