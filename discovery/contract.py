@@ -245,6 +245,16 @@ def validate(
 
     _check_matrix(adata, require_counts=require_counts)
 
+    if not adata.obs_names.is_unique:
+        dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
+        msg = (
+            f"{len(dups)} cell ids occur more than once in obs_names (e.g. {dups[:5]}). If the "
+            "same cells were concatenated twice, drop the copies; if they are different cells "
+            "(e.g. barcodes from several samples), make the ids unique first, e.g. "
+            "`adata.obs_names_make_unique()` or prefix each barcode with its sample."
+        )
+        raise InputError(msg)
+
     if not adata.var_names.is_unique:
         dups = adata.var_names[adata.var_names.duplicated()].unique().tolist()
         warnings.warn(
@@ -283,6 +293,14 @@ def validate(
 
 
 def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
+    if pd.api.types.is_float_dtype(label) and label.nunique() > 2:
+        msg = (
+            f"obs[{keys.label_key!r}] holds {label.nunique()} distinct floating-point values "
+            f"(e.g. {label.unique()[:3].tolist()}); it looks like a measurement, not a case/control "
+            "label. Pass the column that holds the diagnosis with --label-key, or derive a "
+            "two-group label from it first."
+        )
+        raise InputError(msg)
     values = sorted(label.astype(str).unique().tolist())
     if len(values) < 2:
         msg = (
@@ -329,6 +347,12 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
         msg = (
             f"{where} holds {n_bad} NaN/Inf values; counts must be finite. Replace them "
             "(e.g. with 0 for unobserved) or drop the affected cells/genes."
+        )
+        raise InputError(msg)
+    if values.size == 0 or not np.any(values):
+        msg = (
+            f"{where} holds no signal: every value is 0. Check that the right matrix was "
+            "exported (e.g. counts in X or layers['counts'], not an empty placeholder)."
         )
         raise InputError(msg)
     if require_counts:

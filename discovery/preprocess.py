@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PreprocessConfig",
+    "drop_empty",
     "normalize",
     "preprocess",
     "qc_metrics",
@@ -70,6 +72,27 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
         return cls(**d)
+
+
+def drop_empty(adata: ad.AnnData) -> bool:
+    """Drop cells with no counts and genes detected in no cell, in place, with a warning.
+
+    Reads ``layers['counts']`` (or ``X``). An empty cell cannot be normalised (its library size
+    is 0) and an undetected gene carries no information. Returns whether anything was dropped.
+    """
+    mat = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    cell_sum = np.asarray(mat.sum(axis=1)).ravel()
+    gene_det = np.asarray((mat != 0).sum(axis=0)).ravel()
+    empty_cells, empty_genes = int((cell_sum == 0).sum()), int((gene_det == 0).sum())
+    if empty_cells:
+        warnings.warn(f"dropped {empty_cells} of {adata.n_obs} cells with no counts",
+                      UserWarning, stacklevel=3)
+        adata._inplace_subset_obs(cell_sum > 0)
+    if empty_genes:
+        warnings.warn(f"dropped {empty_genes} of {adata.n_vars} genes detected in no cell",
+                      UserWarning, stacklevel=3)
+        adata._inplace_subset_var(gene_det > 0)
+    return bool(empty_cells or empty_genes)
 
 
 def qc_metrics(adata: ad.AnnData) -> None:
@@ -196,6 +219,8 @@ def preprocess(
     config = config or PreprocessConfig()
     adata = adata.copy() if copy else adata
     keys = validate(adata, keys)
+    if drop_empty(adata):
+        keys = validate(adata, keys)  # a class may have lost donors with the empty cells
     adata.uns["discovery"] = {"keys": json.dumps(keys.to_dict())}
     qc_metrics(adata)
     log.info("normalising %d cells", adata.n_obs)

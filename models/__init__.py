@@ -13,7 +13,10 @@ from pathlib import Path
 from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
 from models.transformer import GeneTransformerConfig, GeneTransformerForCellClassification
 
-__all__ = ["CLASSIFIERS", "load_classifier"]
+__all__ = ["CLASSIFIERS", "PICKLE_SUFFIXES", "load_classifier", "require_safetensors"]
+
+#: file types that hold pickles (never loaded: unpickling can run code)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 CLASSIFIERS = {
     "transformer": (GeneTransformerConfig, GeneTransformerForCellClassification),
@@ -22,16 +25,37 @@ CLASSIFIERS = {
 _BY_MODEL_TYPE = {cfg.model_type: (name, model) for name, (cfg, model) in CLASSIFIERS.items()}
 
 
+def require_safetensors(path: Path, weights: str, what: str, hint: str) -> None:
+    """Check that ``path`` holds ``config.json`` + ``weights``; refuse pickle checkpoints.
+
+    Raises :class:`~discovery.contract.InputError` naming the pickle file (pickles can run code
+    when loaded, so they are never read) or the missing files, with ``hint`` as the fix.
+    """
+    if (path / "config.json").is_file() and (path / weights).is_file():
+        return
+    from discovery.contract import InputError  # here: discovery.contract imports models
+
+    pickles = sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES) \
+        if path.is_dir() else []
+    if pickles:
+        msg = (
+            f"refusing to load {path / pickles[0]}: pickle-based checkpoints can run arbitrary "
+            f"code when loaded. Only safetensors checkpoints (config.json + {weights}) are read; "
+            "convert a checkpoint you trust with "
+            "`safetensors.torch.save_file(torch.load(p, weights_only=True), ...)`, or " + hint
+            + "."
+        )
+        raise InputError(msg)
+    msg = f"{path} is not {what} (needs config.json and {weights}); {hint}."
+    raise InputError(msg)
+
+
 def load_classifier(path: str | Path):  # noqa: ANN201 - returns one of the registered models
     """Load a classifier checkpoint (safetensors only; never a pickle)."""
     path = Path(path)
     cfg_file = path / "config.json"
-    if not cfg_file.is_file() or not (path / "model.safetensors").is_file():
-        msg = (
-            f"{path} is not a classifier checkpoint (needs config.json and model.safetensors); "
-            "train one with `discovery train` or `discovery run`."
-        )
-        raise FileNotFoundError(msg)
+    require_safetensors(path, "model.safetensors", "a classifier checkpoint",
+                        "train one with `discovery train` or `discovery run`")
     model_type = json.loads(cfg_file.read_text()).get("model_type")
     if model_type not in _BY_MODEL_TYPE:
         msg = f"{cfg_file}: unknown model_type {model_type!r}; known: {sorted(_BY_MODEL_TYPE)}"

@@ -329,7 +329,11 @@ def build_sae(architecture: str, **config: Any) -> SparseAutoencoder:
 
 def load_sae(path: str | Path) -> SparseAutoencoder:
     """Load an SAE saved by :meth:`SparseAutoencoder.save` (safetensors; nothing unpickled)."""
+    from models import require_safetensors
+
     path = Path(path)
+    require_safetensors(path, "sae.safetensors", "a sparse autoencoder",
+                        "fit one with `discovery run`")
     cfg = json.loads((path / "config.json").read_text())
     arch = cfg.get("architecture")
     if arch not in SAE_REGISTRY:

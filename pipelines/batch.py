@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 import traceback
 from pathlib import Path
@@ -33,11 +32,10 @@ import yaml
 
 from discovery.contract import InputError
 from pipelines.config import load_config, merge_overrides
-from pipelines.rundir import write_json, write_text
+from pipelines.rundir import RUN_NAME, child_run_dir, write_json, write_text
 
 __all__ = ["run_batch"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -55,9 +53,10 @@ def _load(path: Path) -> dict[str, Any]:
         raise InputError(msg)
     names = []
     for i, r in enumerate(spec["runs"]):
-        if not isinstance(r, dict) or not _NAME.match(str(r.get("name", ""))):
-            msg = (f"run #{i + 1} in {path} needs a 'name' made of letters, digits, '-' or '_' "
-                   f"(got {r.get('name') if isinstance(r, dict) else r!r})")
+        if not isinstance(r, dict) or not RUN_NAME.match(str(r.get("name", ""))) \
+                or ".." in str(r.get("name")):
+            msg = (f"run #{i + 1} in {path} needs a 'name' made of letters, digits, '-', '_' "
+                   f"or '.' (got {r.get('name') if isinstance(r, dict) else r!r})")
             raise InputError(msg)
         unknown = set(r) - {"name", "scenario", "seed", "data", "metadata", "keys", "config"}
         if unknown:
@@ -99,7 +98,7 @@ def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
             config = load_config(preset=preset, overrides=overrides)
             data = r.get("data")
             meta = r.get("metadata")
-            res = run_pipeline(root / r["name"],
+            res = run_pipeline(child_run_dir(root, r["name"]),
                                data=(path.parent / data) if data else None,
                                metadata=(path.parent / meta) if meta else None,
                                config=config, quiet=quiet)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 import uuid
@@ -23,9 +24,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from discovery.contract import InputError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_SCHEMA_VERSION", "RunDir", "atomic_write", "config_hash", "file_checksum"]
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "RUN_NAME",
+    "RunDir",
+    "atomic_write",
+    "child_run_dir",
+    "config_hash",
+    "file_checksum",
+]
 
 MANIFEST_SCHEMA_VERSION = 1
 _PACKAGES = ("discovery", "torch", "transformers", "scanpy", "anndata", "numpy", "scipy",
@@ -70,6 +81,28 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     msg = f"not JSON serialisable: {type(obj).__name__}"
     raise TypeError(msg)
+
+
+#: a run name: one path component of letters, digits, '-', '_' and '.' (not leading)
+RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+
+
+def child_run_dir(root: str | Path, name: str) -> Path:
+    """``root / name`` for a user-given run name, refusing anything that leaves ``root``.
+
+    Raises :class:`InputError` for names with path separators, ``..``, leading dots or other
+    characters than letters, digits, ``-``, ``_`` and ``.``.
+    """
+    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
+        msg = (f"run name {name!r} is not allowed: use up to 100 letters, digits, '-', '_' or "
+               "'.' (no '/', no '..', not starting with '.'), e.g. my_cohort-refined")
+        raise InputError(msg)
+    root = Path(root).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        msg = f"run name {name!r} would write outside {root}; pick a plain name"
+        raise InputError(msg)
+    return path
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -82,8 +82,10 @@ class TestHooks:
 
 
 def test_load_rejects_non_checkpoint(tmp_path):
+    with pytest.raises(InputError, match="needs config.json and model.safetensors"):
+        load_classifier(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    with pytest.raises(FileNotFoundError, match="needs config.json and model.safetensors"):
+    with pytest.raises(InputError, match="refusing to load .*pytorch_model.bin: pickle"):
         load_classifier(tmp_path)
 
 

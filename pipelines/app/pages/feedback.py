@@ -60,10 +60,12 @@ if run is not None:
         go = st.form_submit_button("Create the child run")
     if go:
         from pipelines.refine import refine_run
+        from pipelines.rundir import child_run_dir
 
         try:
+            child = child_run_dir(run.parent, child_name)  # never a path outside the runs folder
             with st.spinner("Refining: model, features, graphs, hypotheses ..."):
-                res = refine_run(run, run.parent / child_name, mode=mode, quiet=True)
+                res = refine_run(run, child, mode=mode, quiet=True)
         except Exception as err:  # noqa: BLE001 - shown to the user, not a traceback
             st.error(str(err))
         else:
