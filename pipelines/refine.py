@@ -134,7 +134,9 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     config = PipelineConfig.from_dict(manifest["config"])
     rd = RunDir(out)
     rd.init(config=config.to_dict(), seed=config.seed,
-            input_desc={"kind": "child run", "parent": str(parent_dir.resolve())},
+            input_desc={"kind": "child run", "parent": str(parent_dir.resolve()),
+                        "parent_run": run_id, "mode": mode, "feedback_ids": list(fb_ids),
+                        "suppressed": [f"{sae_hook.hook}:F{i}" for i in feats]},
             parent_run=run_id)
     rd.manifest["feedback"] = {"ids": fb_ids, "mode": mode,
                                "suppressed": [f"{sae_hook.hook}:F{i}" for i in feats],

@@ -52,7 +52,7 @@ from models.sae import load_sae
 from pipelines.config import PipelineConfig
 from pipelines.export import export_graph, load_graph
 from pipelines.report import write_report
-from pipelines.rundir import RunDir, atomic_write, file_checksum, write_json
+from pipelines.rundir import RunDir, adata_checksum, atomic_write, file_checksum, write_json
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,8 @@ def analyse(adata: ad.AnnData, out: str | Path, *, config: PipelineConfig | None
         hf_logging.disable_progress_bar()
     config = config or PipelineConfig()
     rd = RunDir(out)
-    rd.init(config=config.to_dict(), seed=config.seed, input_desc={"kind": "in-memory AnnData"})
+    rd.init(config=config.to_dict(), seed=config.seed,
+            input_desc={"kind": "in-memory AnnData", "checksum": adata_checksum(adata)})
     if rankings is None and config.baselines:
         rankings = pd.concat([rank_genes(adata, m, seed=config.seed) for m in config.baselines],
                              ignore_index=True)

@@ -18,7 +18,6 @@ import platform
 import re
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +31,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "RUN_NAME",
     "RunDir",
+    "adata_checksum",
     "atomic_write",
     "child_run_dir",
     "config_hash",
@@ -118,6 +118,24 @@ def file_checksum(path: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def adata_checksum(adata: Any) -> str:
+    """SHA-256 over an in-memory AnnData's matrix, cell and gene names (its identity as input)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    h = hashlib.sha256()
+    x = adata.X
+    if sp.issparse(x):
+        x = x.tocsr()
+        for part in (x.data, x.indices, x.indptr):
+            h.update(np.ascontiguousarray(part).tobytes())
+    else:
+        h.update(np.ascontiguousarray(x).tobytes())
+    h.update("\0".join(map(str, adata.obs_names)).encode())
+    h.update("\0".join(map(str, adata.var_names)).encode())
+    return "sha256:" + h.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -163,7 +181,7 @@ class RunDir:
             log.info("config or input changed since the last run in %s; recomputing", self.path)
         self.manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
-            "run_id": previous.get("run_id") if keep_stages else _new_run_id(),
+            "run_id": previous.get("run_id") if keep_stages else _run_id(chash, input_desc, seed),
             "parent_run": parent_run,
             "created": previous.get("created") if keep_stages else _now(),
             "updated": _now(),
@@ -221,5 +239,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+def _run_id(chash: str, input_desc: dict[str, Any], seed: int) -> str:
+    """Content-addressed: the same config, input and seed give the same run id (so the same
+    config and seed give a byte-identical hypotheses.json, wherever the run is written)."""
+    content = {k: v for k, v in input_desc.items() if k not in ("path", "metadata")}
+    key = json.dumps({"config": chash, "input": content, "seed": int(seed)}, sort_keys=True,
+                     default=_json_default)
+    return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
