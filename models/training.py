@@ -22,7 +22,13 @@ from models.configs import check_known
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainHistory", "class_balance_weights", "train_classifier"]
+__all__ = [
+    "TrainConfig",
+    "TrainHistory",
+    "class_balance_weights",
+    "distributed_context",
+    "train_classifier",
+]
 
 
 @dataclass
@@ -115,6 +121,13 @@ def _auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((r[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def distributed_context() -> tuple[int, int]:
+    """``(world_size, rank)`` of an initialised torch.distributed process group, else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
 def train_classifier(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -133,8 +146,16 @@ def train_classifier(
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    world, rank = distributed_context()
     device = torch.device(config.device)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", rank % max(1, torch.cuda.device_count()))
     model.to(device)
+    # under torchrun every rank holds all tensors and draws the same permutation; each rank
+    # computes its slice of every global batch and DDP averages the gradients
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
+                                               if device.type == "cuda" else None)
+           if world > 1 else model)
     x, y, w = (t.to(device) for t in train)
     xv, yv, wv = (t.to(device) for t in val)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -153,22 +174,32 @@ def train_classifier(
     best_state, best, bad = None, float("inf"), 0
     t0 = time.perf_counter()
     seen = 0
-    bar = tqdm(range(config.epochs), desc=f"train {type(model).__name__[:24]}", disable=quiet)
+    bar = tqdm(range(config.epochs), desc=f"train {type(model).__name__[:24]}",
+               disable=quiet or rank > 0)
     for epoch in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(device)
         running = 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            out = model(x[idx], labels=y[idx], sample_weight=w[idx])
+            mine = idx[rank::world]
+            logits = net(x[mine]).logits
+            per = nn.functional.binary_cross_entropy_with_logits(logits, y[mine],
+                                                                 reduction="none")
+            # the global batch's weighted mean: x world because DDP averages over ranks
+            loss = (per * w[mine]).sum() / w[idx].sum() * world
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            running += float(out.loss.detach()) * len(idx)
+            running += float(loss.detach()) / world * len(idx)
             seen += len(idx)
+        if world > 1:
+            total_loss = torch.tensor([running], dtype=torch.float64)
+            torch.distributed.all_reduce(total_loss)
+            running = float(total_loss[0])
         hist.train_loss.append(running / len(x))
         vloss, vauc = _evaluate(model, xv, yv, wv, config.batch_size * 4)
         hist.val_loss.append(vloss)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -192,10 +194,27 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     return load_config(args.config, preset=args.preset, overrides=overrides)
 
 
+def _follower_rank(args: argparse.Namespace, config) -> bool:  # noqa: ANN001
+    """Under torchrun, ranks > 0 only help train the model (into a scratch folder) and stop;
+    rank 0 writes the run directory. Returns whether this process was such a follower."""
+    from models.training import distributed_context
+    from pipelines.run import run_pipeline
+
+    _, rank = distributed_context()
+    if rank == 0:
+        return False
+    with tempfile.TemporaryDirectory(prefix=f"discovery-rank{rank}-") as tmp:
+        run_pipeline(Path(tmp) / "run", data=args.data, metadata=args.metadata, config=config,
+                     genes_in_rows=args.genes_in_rows, quiet=True, stop_after="model")
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_pipeline
 
     config = _config_from_args(args)
+    if _follower_rank(args, config):
+        return 0
     t0 = time.perf_counter()
     res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
                        genes_in_rows=args.genes_in_rows, quiet=args.quiet)
@@ -211,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     config.baselines = ()
+    if _follower_rank(args, config):
+        return 0
     res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
                        genes_in_rows=args.genes_in_rows, quiet=args.quiet, stop_after="model")
     if not args.quiet:
@@ -487,10 +508,28 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine}
 
 
+def _init_distributed(args: argparse.Namespace) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL for
+    ``--device cuda``, Gloo on CPU. Only ``run`` and ``train`` train under it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if args.command not in ("run", "train"):
+        msg = (f"`discovery {args.command}` does not run distributed; launch it without "
+               "torchrun (only `run` and `train` train the model across processes)")
+        raise InputError(msg)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if getattr(args, "device", None) == "cuda" else "gloo")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
+    distributed = False
     try:
+        distributed = _init_distributed(args)
         return COMMANDS[args.command](args)
     except InputError as err:
         console.print(f"[bold red]error:[/] {err}")
@@ -499,6 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # raised by our own argument checks (unknown scenario, method, ...): no traceback
         console.print(f"[bold red]error:[/] {err}")
         return 2
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
