@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from discovery.contract import Keys, case_mask, counts_matrix, get_keys
+from discovery.contract import InputError, Keys, case_mask, counts_matrix, get_keys
 from discovery.stats import aggregate_by, bh_fdr, welch_t
 
 log = logging.getLogger(__name__)
@@ -192,5 +192,9 @@ def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame
         msg = f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}"
         raise ValueError(msg)
     keys = get_keys(adata)
+    if method == "pseudobulk" and "counts" not in adata.layers:
+        msg = ("the pseudobulk baseline sums raw counts per donor, and this data has none "
+               "(log-normalised input); leave it out of `baselines` in the config")
+        raise InputError(msg)
     log.info("baseline %s on %d cells", method, adata.n_obs)
     return BASELINES[method](adata, keys, seed=seed)[RANKING_COLUMNS]

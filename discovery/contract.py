@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,18 @@ from models.configs import check_known
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CELL_UNIT_KEY",
     "MIN_DONORS_PER_CLASS",
+    "POPULATION_KEY",
     "InputError",
     "Keys",
     "case_mask",
+    "cell_units",
     "counts_matrix",
     "get_keys",
     "read",
     "validate",
+    "validate_matrix",
 ]
 
 #: One donor per class in each of train / validation / test.
@@ -51,8 +55,11 @@ class Keys:
 
     label_key: str = "diagnosis"
     case: str | None = None
-    donor_key: str = "donor"
-    cell_type_key: str = "cell_type"
+    #: None: no donor structure (one sample); every cell is its own unit (obs['cell_unit']),
+    #: the split is by cell and statistics are cell-level (see :func:`validate`)
+    donor_key: str | None = "donor"
+    #: None: one population of all cells (obs['population'])
+    cell_type_key: str | None = "cell_type"
     batch_key: str | None = "batch"
     covariate_keys: tuple[str, ...] = ()
     #: filled by :func:`validate`: the label values treated as controls
@@ -79,12 +86,14 @@ def read(
     *,
     metadata: str | Path | None = None,
     genes_in_rows: bool = False,
+    labelled: bool = True,
 ) -> ad.AnnData:
     """Load a cohort.
 
     ``.h5ad``: an AnnData file. ``.csv``/``.tsv`` (optionally ``.gz``): a counts table with cells
     in rows (``genes_in_rows=True`` for the transpose), first column the cell id, and
-    ``metadata``: a CSV/TSV whose first column holds the same cell ids.
+    ``metadata``: a CSV/TSV whose first column holds the same cell ids (optional with
+    ``labelled=False``, for work that needs no labels: see :func:`validate_matrix`).
     """
     path = Path(path)
     _check_file(path, "data")
@@ -102,6 +111,11 @@ def read(
             adata.obs = adata.obs.join(_read_table(Path(metadata), "metadata"), rsuffix="_meta")
         return adata
     if any(s in suffixes for s in (".csv", ".tsv", ".txt")):
+        if metadata is None and not labelled:
+            counts = _read_table(path, "counts")
+            if genes_in_rows:
+                counts = counts.T
+            return _counts_anndata(counts, pd.DataFrame(index=counts.index.astype(str)), path)
         if metadata is None:
             msg = (
                 f"{path} is a counts table; its cell metadata (label, donor, cell type) must come "
@@ -128,22 +142,24 @@ def read(
                 f"(e.g. {list(missing[:5])}); add them to {Path(metadata).name}."
             )
             raise InputError(msg)
-        try:
-            values = counts.to_numpy(dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            msg = (
-                f"{path.name} holds non-numeric values ({err}); the table must be cells x genes "
-                "counts with the cell id in the first column and gene symbols as the header."
-            )
-            raise InputError(msg) from err
-        adata = ad.AnnData(
-            X=sp.csr_matrix(values),
-            obs=meta.loc[counts.index].copy(),
-            var=pd.DataFrame(index=counts.columns.astype(str)),
-        )
-        return adata
+        return _counts_anndata(counts, meta.loc[counts.index].copy(), path)
     msg = f"{path.name}: unknown file type; use .h5ad, or a counts .csv/.tsv with --metadata."
     raise InputError(msg)
+
+
+def _counts_anndata(counts: pd.DataFrame, obs: pd.DataFrame, path: Path) -> ad.AnnData:
+    try:
+        values = counts.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        msg = (
+            f"{path.name} holds non-numeric values ({err}); the table must be cells x genes "
+            "counts with the cell id in the first column and gene symbols as the header."
+        )
+        raise InputError(msg) from err
+    counts.index = counts.index.astype(str)
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X=sp.csr_matrix(values), obs=obs,
+                      var=pd.DataFrame(index=counts.columns.astype(str)))
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -199,6 +215,7 @@ def validate(
     if adata.n_obs == 0 or adata.n_vars == 0:
         msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
         raise InputError(msg)
+    keys = _implicit_keys(adata, keys)
 
     batch_key = keys.batch_key
     if batch_key == "batch" and "batch" not in adata.obs:
@@ -243,27 +260,7 @@ def validate(
         )
         raise InputError(msg)
 
-    _check_matrix(adata, require_counts=require_counts)
-
-    if not adata.obs_names.is_unique:
-        dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
-        msg = (
-            f"{len(dups)} cell ids occur more than once in obs_names (e.g. {dups[:5]}). If the "
-            "same cells were concatenated twice, drop the copies; if they are different cells "
-            "(e.g. barcodes from several samples), make the ids unique first, e.g. "
-            "`adata.obs_names_make_unique()` or prefix each barcode with its sample."
-        )
-        raise InputError(msg)
-
-    if not adata.var_names.is_unique:
-        dups = adata.var_names[adata.var_names.duplicated()].unique().tolist()
-        warnings.warn(
-            f"{len(dups)} duplicated gene names (e.g. {dups[:5]}) were made unique by appending "
-            "'-1', '-2', ...",
-            UserWarning,
-            stacklevel=2,
-        )
-        adata.var_names_make_unique()
+    validate_matrix(adata, require_counts=require_counts)
 
     is_case = labels == case
     donor_case = is_case.groupby(donors, observed=True).first()
@@ -290,6 +287,33 @@ def validate(
         adata.n_obs, adata.n_vars, n_case, case, n_ctrl,
     )
     return resolved
+
+
+#: obs columns written when the donor / cell-type key is None
+CELL_UNIT_KEY, POPULATION_KEY = "cell_unit", "population"
+
+
+def cell_units(keys: Keys) -> bool:
+    """Whether the run has no donor structure (every cell is its own statistical unit)."""
+    return keys.donor_key == CELL_UNIT_KEY
+
+
+def _implicit_keys(adata: ad.AnnData, keys: Keys) -> Keys:
+    """Stand-in columns for a missing donor or cell-type key (written to ``obs``, with a
+    warning that says what it means for the statistics)."""
+    changes: dict[str, str] = {}
+    if keys.donor_key is None:
+        warnings.warn(
+            "no donor key: every cell is treated as its own unit (obs['cell_unit']). The "
+            "train/validation/test split is by cell, 'donor-level' statistics are cell-level, "
+            "and no hypothesis can be 'supported' (that needs independent donors). Results "
+            "describe this sample only.", UserWarning, stacklevel=3)
+        adata.obs[CELL_UNIT_KEY] = adata.obs_names.astype(str)
+        changes["donor_key"] = CELL_UNIT_KEY
+    if keys.cell_type_key is None:
+        adata.obs[POPULATION_KEY] = pd.Categorical(["all cells"] * adata.n_obs)
+        changes["cell_type_key"] = POPULATION_KEY
+    return replace(keys, **changes) if changes else keys
 
 
 def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
@@ -334,6 +358,35 @@ def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
     return case, [v for v in values if v != case]
 
 
+def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
+    """The parts of the contract that need no labels: a non-empty numeric matrix (raw counts
+    when ``require_counts``), unique cell ids; duplicated gene names are made unique in place
+    (with a warning). Used alone for unlabelled data (QC, normalisation, gene selection, scoring
+    with a trained model); :func:`validate` calls it too."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
+        raise InputError(msg)
+    _check_matrix(adata, require_counts=require_counts)
+    if not adata.obs_names.is_unique:
+        dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
+        msg = (
+            f"{len(dups)} cell ids occur more than once in obs_names (e.g. {dups[:5]}). If the "
+            "same cells were concatenated twice, drop the copies; if they are different cells "
+            "(e.g. barcodes from several samples), make the ids unique first, e.g. "
+            "`adata.obs_names_make_unique()` or prefix each barcode with its sample."
+        )
+        raise InputError(msg)
+    if not adata.var_names.is_unique:
+        dups = adata.var_names[adata.var_names.duplicated()].unique().tolist()
+        warnings.warn(
+            f"{len(dups)} duplicated gene names (e.g. {dups[:5]}) were made unique by appending "
+            "'-1', '-2', ...",
+            UserWarning,
+            stacklevel=3,
+        )
+        adata.var_names_make_unique()
+
+
 def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
     where = "layers['counts']" if "counts" in adata.layers else "X"
     mat = counts_matrix(adata)
@@ -353,6 +406,13 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
         msg = (
             f"{where} holds no signal: every value is 0. Check that the right matrix was "
             "exported (e.g. counts in X or layers['counts'], not an empty placeholder)."
+        )
+        raise InputError(msg)
+    if not require_counts and (values < 0).any():
+        msg = (
+            f"{where} holds negative values (min {values.min():.3g}): it looks scaled "
+            "(z-scores), which the log-normalised input mode cannot use. Pass the log-normalised "
+            "matrix instead (e.g. `adata.raw.to_adata()` when X was scaled), or raw counts."
         )
         raise InputError(msg)
     if require_counts:

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from discovery.attribution import SAEHook, integrated_gradients
 from discovery.classifier import encode
-from discovery.contract import case_mask, get_keys
+from discovery.contract import case_mask, cell_units, get_keys
 from discovery.interventions import FeatureEdit, intervene, perturb_genes
 from discovery.stats import bh_fdr, welch_t
 
@@ -340,7 +340,9 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
 
         encode_cells(adata, model, sae.sae, hook=sae.hook)
     acts = np.asarray(adata.obsm[key])
-    cohort = _Cohort(adata, model, spec.min_cells_per_donor)
+    no_donors = cell_units(get_keys(adata))
+    # without donors every cell is its own unit: a "donor" of one cell
+    cohort = _Cohort(adata, model, 1 if no_donors else spec.min_cells_per_donor)
     ann = annotations.set_index("feature", drop=False)
     disc = cohort.donor_split.isin(["train", "val"])
     hyps: list[dict[str, Any]] = []
@@ -489,6 +491,11 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                     "biomarker": float(score.get(d, np.nan))}
                    for d, v in dv.items()]
     h["flags"] = _flags(h, ann)
+    if cell_units(cohort.keys):
+        h["flags"].append({"kind": "no_donors", "by": "design", "strength": 1.0,
+                           "detail": "the data has no donor structure: statistics are over "
+                                     "cells of one sample, so the finding cannot be generalised "
+                                     "beyond it (never 'supported')"})
     return h
 
 
@@ -646,7 +653,7 @@ def _status_and_score(h: dict[str, Any], max_share: float, spec: HypothesisSpec)
     elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
           and np.isfinite(rep["biomarker_auroc_test"])
           and rep["biomarker_auroc_test"] >= spec.min_gene_auroc
-          and not any(f["kind"] == "single_donor" for f in flags)):
+          and not any(f["kind"] in ("single_donor", "no_donors") for f in flags)):
         status = "supported"
     else:
         status = "candidate"

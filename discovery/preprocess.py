@@ -25,15 +25,17 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from discovery.contract import InputError, Keys, case_mask, validate
+from discovery.contract import InputError, Keys, case_mask, validate, validate_matrix
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LOGNORM_SKIPPED",
     "PreprocessConfig",
     "drop_empty",
     "normalize",
     "preprocess",
+    "preprocess_unlabelled",
     "qc_metrics",
     "select_genes",
     "split_donors",
@@ -49,8 +51,15 @@ class PreprocessConfig:
     pin_genes: tuple[str, ...] = ()
     split_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)  # train, val, test
     split_seed: int = 0
+    #: what X holds: ``counts`` (raw integer counts; QC and normalisation run) or ``lognorm``
+    #: (already log-normalised, e.g. a public dataset without counts: count checks, QC metrics
+    #: from counts and normalisation are skipped, see :data:`LOGNORM_SKIPPED`)
+    input: str = "counts"
 
     def __post_init__(self) -> None:
+        if self.input not in ("counts", "lognorm"):
+            msg = f"preprocess input must be 'counts' or 'lognorm', got {self.input!r}"
+            raise ValueError(msg)
         self.pin_genes = tuple(self.pin_genes)
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
@@ -72,6 +81,34 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
         return cls(**d)
+
+
+def preprocess_unlabelled(adata: ad.AnnData, *, config: PreprocessConfig | None = None) -> None:
+    """The steps that need no labels, on raw counts: check, drop empty cells/genes, QC metrics,
+    log-normalisation, gene selection (no donor split: nothing to predict).
+
+    For real count matrices that come without metadata (e.g. to look at QC, or to score cells
+    with a trained model via :func:`discovery.classifier.predict`). Reads and writes what
+    :func:`qc_metrics`, :func:`normalize` and :func:`select_genes` do, plus
+    ``uns['preprocess']['params']`` (with ``labelled: False``).
+    """
+    config = config or PreprocessConfig()
+    validate_matrix(adata, require_counts=True)
+    drop_empty(adata)
+    qc_metrics(adata)
+    normalize(adata, target_sum=config.target_sum)
+    select_genes(adata, n_top_genes=config.n_top_genes, pin_genes=config.pin_genes)
+    adata.uns["preprocess"] = {"params": {**config.to_dict(), "labelled": False}}
+
+
+#: steps the ``lognorm`` input mode skips, and why (logged and recorded in the AnnData)
+LOGNORM_SKIPPED = {
+    "integer-count checks": "X is log-normalised, not counts",
+    "QC metrics from counts": "library size and mitochondrial fraction need counts; obs "
+                              "'total_counts' / 'pct_counts_mt' are used when the data brings them",
+    "normalisation": "X is already log-normalised",
+    "pseudobulk count DE": "it sums counts per donor",
+}
 
 
 def drop_empty(adata: ad.AnnData) -> bool:
@@ -218,13 +255,25 @@ def preprocess(
     """
     config = config or PreprocessConfig()
     adata = adata.copy() if copy else adata
-    keys = validate(adata, keys)
+    counts = config.input == "counts"
+    keys = validate(adata, keys, require_counts=counts)
     if drop_empty(adata):
-        keys = validate(adata, keys)  # a class may have lost donors with the empty cells
+        # a class may have lost donors with the empty cells
+        keys = validate(adata, keys, require_counts=counts)
     adata.uns["discovery"] = {"keys": json.dumps(keys.to_dict())}
-    qc_metrics(adata)
-    log.info("normalising %d cells", adata.n_obs)
-    normalize(adata, target_sum=config.target_sum)
+    if counts:
+        qc_metrics(adata)
+        log.info("normalising %d cells", adata.n_obs)
+        normalize(adata, target_sum=config.target_sum)
+    else:
+        for step, why in LOGNORM_SKIPPED.items():
+            log.info("log-normalised input: skipped %s (%s)", step, why)
+        names = adata.var_names.str.upper()
+        adata.var["mt"] = names.str.startswith("MT-")
+        adata.var["ribo"] = names.str.startswith(("RPS", "RPL"))
+        adata.uns["log1p"] = {"base": None}
+        adata.uns["normalize"] = {"params": {"input": "lognorm",
+                                             "skipped": dict(LOGNORM_SKIPPED)}}
     select_genes(adata, n_top_genes=config.n_top_genes, pin_genes=config.pin_genes)
     split_donors(adata, keys, fractions=config.split_fractions, seed=config.split_seed)
     adata.uns["preprocess"] = {"params": config.to_dict()}

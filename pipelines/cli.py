@@ -38,8 +38,10 @@ def _add_keys(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-key", default=None, help="label column [diagnosis]")
     g.add_argument("--case", default=None,
                    help="case value of the label (required with more than two values)")
-    g.add_argument("--donor-key", default=None, help="donor column [donor]")
-    g.add_argument("--cell-type-key", default=None, help="cell-type column [cell_type]")
+    g.add_argument("--donor-key", default=None,
+                   help="donor column [donor]; 'none': no donors, every cell its own unit")
+    g.add_argument("--cell-type-key", default=None,
+                   help="cell-type column [cell_type]; 'none': one population of all cells")
     g.add_argument("--batch-key", default=None, help="batch column [batch, optional]")
     g.add_argument("--covariate-keys", default=None, help="comma-separated covariate columns")
     g.add_argument("--metadata", default=None, type=Path,
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", type=Path, help=".h5ad, or counts .csv/.tsv with --metadata")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
-    p.add_argument("--preset", choices=["quick", "standard"], default=None)
+    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None)
     p.add_argument("--model", choices=["transformer", "mlp"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
-    p.add_argument("--preset", choices=["quick", "standard"], default=None)
+    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     _add_keys(p)
@@ -176,7 +178,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from pipelines.config import load_config
     from pipelines.run import keys_from_args
 
-    overrides: dict = {"keys": keys_from_args(**vars(args)).to_dict()}
+    overrides: dict = {"keys": keys_from_args(**vars(args))} if _keys_given(args) else {}
     if args.seed is not None:
         overrides["seed"] = args.seed
     model: dict = {}
@@ -192,6 +194,13 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     if model:
         overrides["model"] = model
     return load_config(args.config, preset=args.preset, overrides=overrides)
+
+
+_KEY_ARGS = ("label_key", "case", "donor_key", "cell_type_key", "batch_key", "covariate_keys")
+
+
+def _keys_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k, None) is not None for k in _KEY_ARGS)
 
 
 def _follower_rank(args: argparse.Namespace, config) -> bool:  # noqa: ANN001

@@ -170,6 +170,15 @@ class PipelineConfig:
 #: preset name -> overrides applied on top of the defaults
 PRESETS: dict[str, dict[str, Any]] = {
     "standard": {},
+    # the real PBMC dataset shipped with scanpy (discovery.datasets): log-normalised input, no
+    # donors (every cell its own unit), one population; pick the class with --case
+    "pbmc68k": {
+        "cohort": {"scenario": "pbmc68k_reduced"},
+        "keys": {"label_key": "bulk_labels", "donor_key": None, "cell_type_key": None,
+                 "batch_key": None},
+        "preprocess": {"input": "lognorm", "n_top_genes": 765},
+        "baselines": ["wilcoxon", "logreg_l1"],
+    },
     "quick": {
         "cohort": {"n_donors": 24, "cells_per_donor": 120, "n_genes": 1000},
         "preprocess": {"n_top_genes": 600},

@@ -41,7 +41,8 @@ from discovery import annotate, classifier, features
 from discovery import simulate as simulate_mod
 from discovery.attribution import SAEHook, check_sae_hooks
 from discovery.baselines import rank_genes
-from discovery.contract import InputError, Keys, get_keys, read, validate
+from discovery.contract import InputError, get_keys, read, validate
+from discovery.datasets import DATASETS, load_dataset
 from discovery.graphs import GraphSpec, cohort_graph, population_mask
 from discovery.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
 from discovery.interventions import validate_graph
@@ -121,6 +122,9 @@ def graph_index(run_dir: str | Path) -> dict[str, Any]:
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
                 genes_in_rows: bool) -> tuple[ad.AnnData, dict[str, Any]]:
+    if data is None and config.cohort.scenario in DATASETS:
+        adata = load_dataset(config.cohort.scenario)
+        return adata, {"kind": "dataset", "name": config.cohort.scenario}
     if data is None:
         c = config.cohort
         adata = simulate_mod.simulate(c.scenario, seed=c.seed, n_donors=c.n_donors,
@@ -158,7 +162,8 @@ def run_pipeline(
     stages.set_postfix_str("input")
     adata, input_desc = _load_input(Path(data) if data else None,
                                     Path(metadata) if metadata else None, config, genes_in_rows)
-    keys = validate(adata, config.keys)  # before any work: errors surface here
+    # before any work: errors surface here
+    keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
     rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
     with rd.stage("input", {"input": input_desc}) as outputs:
         summary = {
@@ -503,17 +508,19 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
     return trained.model, metrics
 
 
-def keys_from_args(**kw: Any) -> Keys:
-    """Keys from CLI-style arguments (None means the contract's default)."""
-    defaults = Keys()
+def keys_from_args(**kw: Any) -> dict[str, Any]:
+    """Key overrides from CLI-style arguments: only those given (None = not given); the words
+    ``none`` for ``donor_key`` / ``cell_type_key`` mean "no such column" (cells as units / one
+    population) and for ``batch_key`` "no batch"."""
+    out: dict[str, Any] = {}
+    for name in ("label_key", "case", "donor_key", "cell_type_key", "batch_key"):
+        v = kw.get(name)
+        if v is None:
+            continue
+        out[name] = None if name != "label_key" and name != "case" and \
+            str(v).lower() == "none" else v
     cov = kw.get("covariate_keys")
-    if isinstance(cov, str):
-        cov = tuple(c.strip() for c in cov.split(",") if c.strip())
-    return Keys(
-        label_key=kw.get("label_key") or defaults.label_key,
-        case=kw.get("case"),
-        donor_key=kw.get("donor_key") or defaults.donor_key,
-        cell_type_key=kw.get("cell_type_key") or defaults.cell_type_key,
-        batch_key=kw.get("batch_key") if kw.get("batch_key") is not None else defaults.batch_key,
-        covariate_keys=tuple(cov or ()),
-    )
+    if cov is not None:
+        out["covariate_keys"] = ([c.strip() for c in cov.split(",") if c.strip()]
+                                 if isinstance(cov, str) else list(cov))
+    return out
