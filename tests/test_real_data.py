@@ -122,3 +122,12 @@ def test_celltypist_raw_counts_without_labels(tiny_run):
     model = classifier.load(tiny_run / "model")
     with pytest.raises(InputError, match=r"\d+ of the model's \d+ genes are missing"):
         classifier.predict(adata, model)
+
+
+def test_cli_words_none_switch_off_donor_and_cell_type_keys():
+    from pipelines.run import keys_from_args
+
+    assert keys_from_args(donor_key="none", cell_type_key="None", batch_key="none") == {
+        "donor_key": None, "cell_type_key": None, "batch_key": None}
+    assert keys_from_args(label_key="none", case="none") == {"label_key": "none", "case": "none"}
+    assert keys_from_args() == {}  # nothing given: the config and preset keys stand
