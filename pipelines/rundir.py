@@ -136,6 +136,25 @@ def adata_checksum(adata: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def code_revision() -> dict[str, Any]:
+    """The git revision of the discovery source that runs (``None`` outside a git checkout, e.g.
+    an installed wheel: then the package versions identify the code) and whether it has
+    uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return {"git_revision": None, "dirty": None}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=5)
+        return {"git_revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_revision": None, "dirty": None}
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -190,6 +209,7 @@ class RunDir:
             "input": input_desc,
             "seed": int(seed),
             "packages": package_versions(),
+            "code": code_revision(),
             "stages": previous.get("stages", {}) if keep_stages else {},
         }
         self.save()

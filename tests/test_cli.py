@@ -41,6 +41,8 @@ def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path):
     assert {"input", "preprocess", "baselines", "yardstick"} <= set(manifest["stages"])
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     assert "torch" in manifest["packages"]
+    rev = manifest["code"]["git_revision"]  # None only outside a git checkout
+    assert rev is None or (len(rev) == 40 and int(rev, 16) >= 0)
     adata = ad.read_h5ad(out / "adata.h5ad")
     assert "split" in adata.obs and "counts" in adata.layers
     assert (out / "baselines" / "rankings.csv.gz").exists()
