@@ -20,6 +20,7 @@ nav = st.navigation([
     st.Page(PAGES / "graph.py", title="Graph", icon=":material/hub:"),
     st.Page(PAGES / "feedback.py", title="Feedback", icon=":material/rate_review:"),
     st.Page(PAGES / "reports.py", title="Reports", icon=":material/description:"),
+    st.Page(PAGES / "new_run.py", title="New run", icon=":material/upload_file:"),
 ])
 st.sidebar.caption("discovery · interpretable plans")
 nav.run()

@@ -410,8 +410,9 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import os
     import subprocess
+
+    from pipelines.app.data import max_upload_mb
 
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -426,7 +427,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         env["DISCOVERY_RUNS_ROOT"] = str(args.root.resolve())
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.address, "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+           # the browser refuses bigger files before they travel; the page checks again
+           "--server.maxUploadSize", str(max(1, int(max_upload_mb())))]
     console.print(f"discovery app on http://{args.address}:{args.port}  (Ctrl+C to stop)")
     return subprocess.call(cmd, env=env)
 

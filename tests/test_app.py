@@ -13,7 +13,7 @@ from discovery.contract import InputError
 from discovery.feedback import FeedbackItem, FeedbackStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["hypotheses", "plan", "features", "graph", "feedback", "reports"]
+PAGES = ["hypotheses", "plan", "features", "graph", "feedback", "reports", "new_run"]
 
 
 @pytest.fixture
@@ -126,3 +126,54 @@ def test_store_schema_is_versioned_and_validates(tmp_path):
         FeedbackItem("r", "feature", "pooled:F1", "disagree", "because", "me")
     with pytest.raises(InputError, match="verdict"):
         FeedbackItem("r", "feature", "pooled:F1", "maybe", "other", "me")
+
+
+# ------------------------------------------------------------------------------------ new run
+def _new_run_app(root, monkeypatch, tmp_path, *, limit_mb: str = "1024") -> AppTest:
+    monkeypatch.delenv("DISCOVERY_RUN", raising=False)
+    monkeypatch.setenv("DISCOVERY_RUNS_ROOT", str(root))
+    monkeypatch.setenv("DISCOVERY_MAX_UPLOAD_MB", limit_mb)
+    monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pipelines/app/pages/new_run.py")
+    at.run()
+    return at
+
+
+def _submit(at: AppTest, filename: str, content: bytes, name: str) -> AppTest:
+    at.file_uploader[0].upload(filename, content).run()
+    at.text_input(key="nr_name").set_value(name)
+    at.button[0].click().run()
+    return at
+
+
+def test_new_run_from_an_upload(raw_small, tmp_path, monkeypatch):
+    """A scientist uploads a cohort in the app and gets a finished run in the runs folder."""
+    root = tmp_path / "runs"
+    path = tmp_path / "cohort.h5ad"
+    raw_small.write_h5ad(path)
+    at = _submit(_new_run_app(root, monkeypatch, tmp_path), "cohort.h5ad", path.read_bytes(),
+                 "from_app")
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert "from_app" in at.success[0].value
+    assert (root / "from_app" / "hypotheses.json").is_file()
+    assert (root / "from_app" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(("filename", "content", "name", "limit", "expect"), [
+    ("big.h5ad", b"\0" * 300_000, "big", "0.1", "the app accepts cohorts up to 0.1 MB"),
+    ("cut.h5ad", b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "cut", "1024", "not a readable AnnData"),
+    ("ok.h5ad", b"\0" * 10, "../escape", "1024", "is not allowed"),
+])
+def test_refused_uploads_write_nothing(tmp_path, monkeypatch, filename, content, name, limit,
+                                       expect):
+    root = tmp_path / "runs"
+    root.mkdir()
+    at = _submit(_new_run_app(root, monkeypatch, tmp_path, limit_mb=limit), filename, content,
+                 name)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.error and expect in at.error[0].value, [e.value for e in at.error]
+    assert list(root.iterdir()) == []  # no run directory, no leftover upload
+    assert not (tmp_path / "escape").exists()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from discovery.contract import InputError
 from discovery.feedback import FeedbackStore, default_url
 from pipelines.export import load_graph
 
@@ -28,6 +29,35 @@ ROOT_ENV = "DISCOVERY_RUNS_ROOT"
 
 STATUS_COLOURS = {"supported": "green", "candidate": "gray", "flagged": "orange",
                   "rejected": "red"}
+
+
+#: the largest cohort file the app accepts, in MB (override with DISCOVERY_MAX_UPLOAD_MB);
+#: bigger cohorts run from the command line, which streams nothing through a browser
+UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB = "DISCOVERY_MAX_UPLOAD_MB", 1024.0
+
+
+def max_upload_mb() -> float:
+    return float(os.environ.get(UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
+
+
+def check_upload(name: str, size_bytes: int) -> None:
+    """Refuse an upload over the app's size limit, or of the wrong type, naming the fix."""
+    limit = max_upload_mb()
+    if size_bytes > limit * 2**20:
+        msg = (f"{name} is {size_bytes / 2**20:.1f} MB; the app accepts cohorts up to "
+               f"{limit:g} MB ({UPLOAD_ENV}). Run bigger ones from the command line: "
+               f"`discovery run {name} --out runs/<name>`, then open the run here.")
+        raise InputError(msg)
+    if not name.lower().endswith(".h5ad"):
+        msg = f"{name}: the app takes an .h5ad file; convert CSV counts with `discovery run`"
+        raise InputError(msg)
+
+
+def runs_root() -> Path:
+    """The folder new runs are written to (``DISCOVERY_RUNS_ROOT``, else the parent of
+    ``DISCOVERY_RUN``, else ``runs``)."""
+    start = os.environ.get(RUN_ENV)
+    return Path(os.environ.get(ROOT_ENV) or (Path(start).parent if start else "runs"))
 
 
 def list_runs(root: Path) -> list[Path]:
@@ -42,7 +72,7 @@ def current_run() -> Path | None:
     """The run picked in the sidebar (default: ``DISCOVERY_RUN``, else the newest under the
     root). Renders the picker; returns None when there is no run."""
     start = os.environ.get(RUN_ENV)
-    root = Path(os.environ.get(ROOT_ENV) or (Path(start).parent if start else "runs"))
+    root = runs_root()
     runs = list_runs(root)
     if start and Path(start) not in runs and (Path(start) / "manifest.json").is_file():
         runs.insert(0, Path(start))
