@@ -111,12 +111,7 @@ def read(
             adata.obs = adata.obs.join(_read_table(Path(metadata), "metadata"), rsuffix="_meta")
         return adata
     if any(s in suffixes for s in (".csv", ".tsv", ".txt")):
-        if metadata is None and not labelled:
-            counts = _read_table(path, "counts")
-            if genes_in_rows:
-                counts = counts.T
-            return _counts_anndata(counts, pd.DataFrame(index=counts.index.astype(str)), path)
-        if metadata is None:
+        if metadata is None and labelled:
             msg = (
                 f"{path} is a counts table; its cell metadata (label, donor, cell type) must come "
                 "from a second file: pass --metadata META.csv whose first column holds the cell ids."
@@ -125,8 +120,10 @@ def read(
         counts = _read_table(path, "counts")
         if genes_in_rows:
             counts = counts.T
-        meta = _read_table(Path(metadata), "metadata")
         counts.index = counts.index.astype(str)
+        if metadata is None:  # unlabelled: cell ids only
+            return _counts_anndata(counts, pd.DataFrame(index=counts.index), path)
+        meta = _read_table(Path(metadata), "metadata")
         meta.index = meta.index.astype(str)
         missing = counts.index.difference(meta.index)
         if len(missing) == len(counts.index):
@@ -156,8 +153,6 @@ def _counts_anndata(counts: pd.DataFrame, obs: pd.DataFrame, path: Path) -> ad.A
             "counts with the cell id in the first column and gene symbols as the header."
         )
         raise InputError(msg) from err
-    counts.index = counts.index.astype(str)
-    obs.index = obs.index.astype(str)
     return ad.AnnData(X=sp.csr_matrix(values), obs=obs,
                       var=pd.DataFrame(index=counts.columns.astype(str)))
 
@@ -212,9 +207,7 @@ def validate(
     Raises :class:`InputError` naming the problem and the fix.
     """
     keys = keys or Keys()
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
-        raise InputError(msg)
+    _check_not_empty(adata)
     keys = _implicit_keys(adata, keys)
 
     batch_key = keys.batch_key
@@ -363,9 +356,7 @@ def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
     when ``require_counts``), unique cell ids; duplicated gene names are made unique in place
     (with a warning). Used alone for unlabelled data (QC, normalisation, gene selection, scoring
     with a trained model); :func:`validate` calls it too."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
-        raise InputError(msg)
+    _check_not_empty(adata)
     _check_matrix(adata, require_counts=require_counts)
     if not adata.obs_names.is_unique:
         dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
@@ -385,6 +376,12 @@ def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
             stacklevel=3,
         )
         adata.var_names_make_unique()
+
+
+def _check_not_empty(adata: ad.AnnData) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
+        raise InputError(msg)
 
 
 def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:

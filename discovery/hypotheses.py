@@ -565,7 +565,7 @@ def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, s
     # raise 4x one that is down); if the model relies on it the case logit must drop
     mode = "delete" if direction == "up" else "up"
     pert = perturbations(ct, mode).set_index("gene")
-    pert = pert.loc[[g for g in _model_inputs(h, cohort)[: spec.n_perturb]]].reset_index()
+    pert = pert.loc[_model_inputs(h, cohort)[: spec.n_perturb]].reset_index()
     hits = [(row.q < 0.1 if np.isfinite(row.q) else False) and row.effect < 0
             for row in pert.itertuples()]
     h["evidence"]["in_silico"] = {

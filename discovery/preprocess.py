@@ -25,7 +25,14 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from discovery.contract import InputError, Keys, case_mask, validate, validate_matrix
+from discovery.contract import (
+    InputError,
+    Keys,
+    case_mask,
+    counts_matrix,
+    validate,
+    validate_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ __all__ = [
     "LOGNORM_SKIPPED",
     "PreprocessConfig",
     "drop_empty",
+    "flag_gene_groups",
     "normalize",
     "preprocess",
     "preprocess_unlabelled",
@@ -117,7 +125,7 @@ def drop_empty(adata: ad.AnnData) -> bool:
     Reads ``layers['counts']`` (or ``X``). An empty cell cannot be normalised (its library size
     is 0) and an undetected gene carries no information. Returns whether anything was dropped.
     """
-    mat = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    mat = counts_matrix(adata)
     cell_sum = np.asarray(mat.sum(axis=1)).ravel()
     gene_det = np.asarray((mat != 0).sum(axis=0)).ravel()
     empty_cells, empty_genes = int((cell_sum == 0).sum()), int((gene_det == 0).sum())
@@ -132,6 +140,13 @@ def drop_empty(adata: ad.AnnData) -> bool:
     return bool(empty_cells or empty_genes)
 
 
+def flag_gene_groups(adata: ad.AnnData) -> None:
+    """``var['mt']`` (mitochondrial, ``MT-``) and ``var['ribo']`` (ribosomal, ``RPS``/``RPL``)."""
+    names = adata.var_names.str.upper()
+    adata.var["mt"] = names.str.startswith("MT-")
+    adata.var["ribo"] = names.str.startswith(("RPS", "RPL"))
+
+
 def qc_metrics(adata: ad.AnnData) -> None:
     """Per-cell QC metrics from raw counts.
 
@@ -139,9 +154,7 @@ def qc_metrics(adata: ad.AnnData) -> None:
     ``var['ribo']``, ``obs['total_counts', 'n_genes_by_counts', 'pct_counts_mt',
     'pct_counts_ribo']``.
     """
-    names = adata.var_names.str.upper()
-    adata.var["mt"] = names.str.startswith("MT-")
-    adata.var["ribo"] = names.str.startswith(("RPS", "RPL"))
+    flag_gene_groups(adata)
     layer = "counts" if "counts" in adata.layers else None
     sc.pp.calculate_qc_metrics(
         adata, qc_vars=["mt", "ribo"], layer=layer, percent_top=None, log1p=False, inplace=True
@@ -268,9 +281,7 @@ def preprocess(
     else:
         for step, why in LOGNORM_SKIPPED.items():
             log.info("log-normalised input: skipped %s (%s)", step, why)
-        names = adata.var_names.str.upper()
-        adata.var["mt"] = names.str.startswith("MT-")
-        adata.var["ribo"] = names.str.startswith(("RPS", "RPL"))
+        flag_gene_groups(adata)
         adata.uns["log1p"] = {"base": None}
         adata.uns["normalize"] = {"params": {"input": "lognorm",
                                              "skipped": dict(LOGNORM_SKIPPED)}}

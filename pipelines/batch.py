@@ -32,7 +32,7 @@ import yaml
 
 from discovery.contract import InputError
 from pipelines.config import load_config, merge_overrides
-from pipelines.rundir import RUN_NAME, child_run_dir, write_json, write_text
+from pipelines.rundir import child_run_dir, valid_run_name, write_json, write_text
 
 __all__ = ["run_batch"]
 
@@ -53,8 +53,7 @@ def _load(path: Path) -> dict[str, Any]:
         raise InputError(msg)
     names = []
     for i, r in enumerate(spec["runs"]):
-        if not isinstance(r, dict) or not RUN_NAME.match(str(r.get("name", ""))) \
-                or ".." in str(r.get("name")):
+        if not isinstance(r, dict) or not valid_run_name(r.get("name")):
             msg = (f"run #{i + 1} in {path} needs a 'name' made of letters, digits, '-', '_' "
                    f"or '.' (got {r.get('name') if isinstance(r, dict) else r!r})")
             raise InputError(msg)

@@ -178,7 +178,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from pipelines.config import load_config
     from pipelines.run import keys_from_args
 
-    overrides: dict = {"keys": keys_from_args(**vars(args))} if _keys_given(args) else {}
+    keys = keys_from_args(**vars(args))
+    overrides: dict = {"keys": keys} if keys else {}
     if args.seed is not None:
         overrides["seed"] = args.seed
     model: dict = {}
@@ -194,13 +195,6 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     if model:
         overrides["model"] = model
     return load_config(args.config, preset=args.preset, overrides=overrides)
-
-
-_KEY_ARGS = ("label_key", "case", "donor_key", "cell_type_key", "batch_key", "covariate_keys")
-
-
-def _keys_given(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k, None) is not None for k in _KEY_ARGS)
 
 
 def _follower_rank(args: argparse.Namespace, config) -> bool:  # noqa: ANN001

@@ -132,14 +132,14 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         {k: check.get(k) for k in ("rule", "flags")}))
 
     config = PipelineConfig.from_dict(manifest["config"])
+    suppressed = [f"{sae_hook.hook}:F{i}" for i in feats]
     rd = RunDir(out)
     rd.init(config=config.to_dict(), seed=config.seed,
             input_desc={"kind": "child run", "parent": str(parent_dir.resolve()),
                         "parent_run": run_id, "mode": mode, "feedback_ids": list(fb_ids),
-                        "suppressed": [f"{sae_hook.hook}:F{i}" for i in feats]},
+                        "suppressed": suppressed},
             parent_run=run_id)
-    rd.manifest["feedback"] = {"ids": fb_ids, "mode": mode,
-                               "suppressed": [f"{sae_hook.hook}:F{i}" for i in feats],
+    rd.manifest["feedback"] = {"ids": fb_ids, "mode": mode, "suppressed": suppressed,
                                "covariate": covariate}
     for name in ("input_summary.json", "baselines"):
         src = parent_dir / name

@@ -535,8 +535,8 @@ def keys_from_args(**kw: Any) -> dict[str, Any]:
         v = kw.get(name)
         if v is None:
             continue
-        out[name] = None if name != "label_key" and name != "case" and \
-            str(v).lower() == "none" else v
+        switch_off = name in ("donor_key", "cell_type_key", "batch_key")
+        out[name] = None if switch_off and str(v).lower() == "none" else v
     cov = kw.get("covariate_keys")
     if cov is not None:
         out["covariate_keys"] = ([c.strip() for c in cov.split(",") if c.strip()]

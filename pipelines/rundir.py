@@ -36,6 +36,7 @@ __all__ = [
     "child_run_dir",
     "config_hash",
     "file_checksum",
+    "valid_run_name",
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -87,13 +88,18 @@ def _json_default(obj: Any) -> Any:
 RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 
 
+def valid_run_name(name: object) -> bool:
+    """Whether ``name`` is a plain run name (:data:`RUN_NAME`, no ``..``)."""
+    return isinstance(name, str) and bool(RUN_NAME.match(name)) and ".." not in name
+
+
 def child_run_dir(root: str | Path, name: str) -> Path:
     """``root / name`` for a user-given run name, refusing anything that leaves ``root``.
 
     Raises :class:`InputError` for names with path separators, ``..``, leading dots or other
     characters than letters, digits, ``-``, ``_`` and ``.``.
     """
-    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
+    if not valid_run_name(name):
         msg = (f"run name {name!r} is not allowed: use up to 100 letters, digits, '-', '_' or "
                "'.' (no '/', no '..', not starting with '.'), e.g. my_cohort-refined")
         raise InputError(msg)
