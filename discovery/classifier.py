@@ -31,6 +31,8 @@ from sklearn.model_selection import GroupKFold
 
 from discovery.contract import InputError, Keys, case_mask, get_keys
 from models import CLASSIFIERS, load_classifier
+from models.configs import check_known
+from models.pretrained import from_bert_checkpoint, trainable_share
 from models.training import TrainConfig, TrainHistory, class_balance_weights, train_classifier
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,17 @@ DEFAULT_ARCH: dict[str, dict[str, Any]] = {
     "transformer": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, "max_tokens": 96,
                     "dropout": 0.2, "token_dropout": 0.3, "token_selection": "absolute"},
     "mlp": {"d_model": 128, "n_layers": 2, "d_ff": 256, "dropout": 0.5, "input_dropout": 0.5},
+    # sizes come from the checkpoint; ``checkpoint`` (a local directory) is required
+    "pretrained": {"checkpoint": None, "freeze": True, "max_tokens": 64, "pooling": "mean",
+                   "token_selection": "relative", "dropout": 0.1, "min_coverage": 0.5,
+                   "gene_id_column": None},
 }
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
     "transformer": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.1,
                     "patience": 6},
     "mlp": {"epochs": 40, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "patience": 6},
+    "pretrained": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.01,
+                   "patience": 4},
 }
 
 
@@ -143,14 +151,17 @@ def train(
     _check_split(adata, keys)
     train_config = train_config or TrainConfig(**DEFAULT_TRAIN[kind])
     genes = adata.var_names[adata.var["highly_variable"].to_numpy()].tolist()
+    torch.manual_seed(train_config.seed)
+    if kind == "pretrained":
+        model = _from_checkpoint(adata, genes, {**DEFAULT_ARCH[kind], **(arch or {})})
+        genes = list(model.config.gene_names)
+    else:
+        cfg_cls, model_cls = CLASSIFIERS[kind]
+        model = model_cls(cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})}))
     x = encode(adata, genes)
     y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
     split = adata.obs["split"].to_numpy()
     tr, va = split == "train", split == "val"
-
-    torch.manual_seed(train_config.seed)
-    cfg_cls, model_cls = CLASSIFIERS[kind]
-    model = model_cls(cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})}))
     xt = x[torch.from_numpy(tr)]
     if hasattr(model, "gene_scale"):
         # typical non-zero level of each gene in the training cells (token choice, Geneformer-like)
@@ -172,6 +183,9 @@ def train(
     adata.obs[key_added] = probs
     metrics = {split_name: evaluate(adata, probs, split=split_name, keys=keys)
                for split_name in ("val", "test")}
+    if kind == "pretrained":
+        metrics["pretrained"] = {**model.config.source,
+                                 "trainable_share": round(trainable_share(model), 5)}
     metrics["training"] = {"seconds": round(hist.seconds, 3),
                            "cells_per_second": round(hist.cells_per_second, 1),
                            "best_epoch": hist.best_epoch, "epochs_run": len(hist.val_loss),
@@ -181,6 +195,29 @@ def train(
                                      "key_added": key_added},
                           "metrics": _json_safe(metrics)}
     return TrainedClassifier(kind, model, hist, metrics)
+
+
+def _from_checkpoint(adata: ad.AnnData, genes: list[str], arch: dict[str, Any]) -> torch.nn.Module:
+    """The pretrained-checkpoint classifier over the panel ``genes`` (see models.pretrained)."""
+    check_known(arch, DEFAULT_ARCH["pretrained"], "pretrained model settings", error=InputError)
+    arch = dict(arch)
+    checkpoint, col = arch.pop("checkpoint"), arch.pop("gene_id_column")
+    if not checkpoint:
+        msg = ("model kind 'pretrained' needs model.arch.checkpoint: a local Hugging Face "
+               "directory (config.json, model.safetensors, token_dictionary.json)")
+        raise InputError(msg)
+    identifiers = None
+    if col is not None:
+        if col not in adata.var:
+            msg = (f"gene_id_column {col!r} is not a var column; available: "
+                   f"{list(adata.var.columns)[:20]}")
+            raise InputError(msg)
+        identifiers = adata.var.loc[genes, col].astype(str).tolist()
+    model = from_bert_checkpoint(checkpoint, genes, identifiers=identifiers, **arch)
+    cov = model.config.source["coverage"]
+    log.info("pretrained checkpoint %s: %d of %d panel genes in its vocabulary (%.0f%%)",
+             checkpoint, cov["n_mapped"], cov["n_panel"], 100 * cov["coverage"])
+    return model
 
 
 def load(path: str | Path) -> torch.nn.Module:

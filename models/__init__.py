@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 
 from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
+from models.pretrained import (
+    PretrainedGeneEncoderConfig,
+    PretrainedGeneEncoderForCellClassification,
+)
 from models.transformer import GeneTransformerConfig, GeneTransformerForCellClassification
 
 __all__ = ["CLASSIFIERS", "PICKLE_SUFFIXES", "load_classifier", "require_safetensors"]
@@ -21,6 +25,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CLASSIFIERS = {
     "transformer": (GeneTransformerConfig, GeneTransformerForCellClassification),
     "mlp": (ExpressionMLPConfig, ExpressionMLPForCellClassification),
+    #: a user's pretrained gene-token BERT (built by models.pretrained.from_bert_checkpoint)
+    "pretrained": (PretrainedGeneEncoderConfig, PretrainedGeneEncoderForCellClassification),
 }
 _BY_MODEL_TYPE = {cfg.model_type: (name, model) for name, (cfg, model) in CLASSIFIERS.items()}
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from models.hooks import HookPoint
 
-__all__ = ["Attention", "Block", "GatedMLP", "HookedLayerNorm"]
+__all__ = ["Attention", "Block", "GatedMLP", "HookedLayerNorm", "PostLNBlock"]
 
 
 class HookedLayerNorm(nn.Module):
@@ -35,10 +35,17 @@ class HookedLayerNorm(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """d -> d_ff -> d with exact GELU written as x * Φ(x); Φ(x) passes the hook ``gate``."""
+    """d -> d_ff -> d with the activation written as x * gate(x); the gate passes hook ``gate``.
 
-    def __init__(self, d: int, d_ff: int, dropout: float) -> None:
+    ``act="gelu"``: exact GELU, gate Φ(x); ``act="relu"``: gate 1[x > 0] (as in Geneformer).
+    """
+
+    def __init__(self, d: int, d_ff: int, dropout: float, act: str = "gelu") -> None:
         super().__init__()
+        if act not in ("gelu", "relu"):
+            msg = f"activation must be 'gelu' or 'relu', got {act!r}"
+            raise ValueError(msg)
+        self.act = act
         self.fc_in = nn.Linear(d, d_ff)
         self.fc_out = nn.Linear(d_ff, d)
         self.drop = nn.Dropout(dropout)
@@ -46,8 +53,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.fc_in(x)
-        gate = self.hook_gate(0.5 * (1.0 + torch.erf(pre / math.sqrt(2.0))))
-        return self.fc_out(self.drop(pre * gate))
+        if self.act == "relu":
+            gate = (pre > 0).to(pre.dtype)
+        else:
+            gate = 0.5 * (1.0 + torch.erf(pre / math.sqrt(2.0)))
+        return self.fc_out(self.drop(pre * self.hook_gate(gate)))
 
 
 class Attention(nn.Module):
@@ -95,4 +105,29 @@ class Block(nn.Module):
         if self.attn is not None:
             h = h + self.drop(self.hook_attn_out(self.attn(self.ln1(h), key_mask)))
         h = h + self.drop(self.hook_mlp_out(self.mlp(self.ln2(h))))
+        return self.hook_resid(h)
+
+
+class PostLNBlock(nn.Module):
+    """Post-LN residual block as in BERT: h = LN1(h + attn(h)); h = LN2(h + mlp(h)).
+
+    Same hook names as :class:`Block` (``ln1.scale``, ``pattern``, ``attn_out``, ``ln2.scale``,
+    ``gate``, ``mlp_out``, ``resid``), so attribution and interventions treat both alike.
+    """
+
+    def __init__(self, d: int, d_ff: int, n_heads: int, dropout: float, eps: float = 1e-12,
+                 act: str = "gelu") -> None:
+        super().__init__()
+        self.attn = Attention(d, n_heads, dropout)
+        self.ln1 = HookedLayerNorm(d, eps)
+        self.mlp = GatedMLP(d, d_ff, 0.0, act)
+        self.ln2 = HookedLayerNorm(d, eps)
+        self.drop = nn.Dropout(dropout)
+        self.hook_attn_out = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid = HookPoint()
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(h + self.drop(self.hook_attn_out(self.attn(h, key_mask))))
+        h = self.ln2(h + self.drop(self.hook_mlp_out(self.mlp(h))))
         return self.hook_resid(h)

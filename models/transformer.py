@@ -35,7 +35,27 @@ from transformers import PretrainedConfig
 from models.base import CellClassifierBase, CellClassifierOutput
 from models.layers import Block
 
-__all__ = ["GeneTransformerConfig", "GeneTransformerForCellClassification"]
+__all__ = ["GeneTransformerConfig", "GeneTransformerForCellClassification", "select_tokens"]
+
+TOKEN_SELECTIONS = ("relative", "absolute")
+
+
+def select_tokens(expr: torch.Tensor, gene_scale: torch.Tensor, max_tokens: int,
+                  selection: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A cell's gene tokens: its ``max_tokens`` top genes, ranked by level (``"absolute"``) or
+    by level / ``gene_scale`` (``"relative"``, Geneformer's rank-value order); unexpressed genes
+    never become tokens.
+
+    ``expr: (cells, n_genes)`` -> (gene ids, values relative to ``gene_scale``, is_real), each
+    ``(cells, tokens)`` in rank order; padding slots have ``is_real`` False and value 0.
+    """
+    k = min(max_tokens, expr.shape[1])
+    score = expr / gene_scale if selection == "relative" else expr
+    score = score.masked_fill(expr <= 0, float("-inf"))
+    top_score, ids = torch.topk(score, k, dim=1)
+    real = torch.isfinite(top_score)
+    values = torch.gather(expr / gene_scale, 1, ids) * real
+    return ids, values, real
 
 
 class GeneTransformerConfig(PretrainedConfig):
@@ -63,8 +83,8 @@ class GeneTransformerConfig(PretrainedConfig):
         self.max_tokens = max_tokens
         self.dropout = dropout
         self.token_dropout = token_dropout
-        if token_selection not in ("relative", "absolute"):
-            msg = f"token_selection must be 'relative' or 'absolute', got {token_selection!r}"
+        if token_selection not in TOKEN_SELECTIONS:
+            msg = f"token_selection must be one of {TOKEN_SELECTIONS}, got {token_selection!r}"
             raise ValueError(msg)
         self.token_selection = token_selection
         self.layer_norm_eps = layer_norm_eps
@@ -95,13 +115,8 @@ class GeneTransformerForCellClassification(CellClassifierBase):
 
     def tokenize(self, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``expr: (cells, n_genes)`` -> (gene ids, relative values, is_real), each (cells, tokens)."""
-        k = min(self.config.max_tokens, expr.shape[1])
-        score = expr / self.gene_scale if self.config.token_selection == "relative" else expr
-        score = score.masked_fill(expr <= 0, float("-inf"))
-        top_score, ids = torch.topk(score, k, dim=1)
-        real = torch.isfinite(top_score)
-        values = torch.gather(expr / self.gene_scale, 1, ids) * real
-        return ids, values, real
+        return select_tokens(expr, self.gene_scale, self.config.max_tokens,
+                             self.config.token_selection)
 
     def forward(self, expr: torch.Tensor, labels: torch.Tensor | None = None,
                 sample_weight: torch.Tensor | None = None) -> CellClassifierOutput:

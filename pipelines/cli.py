@@ -50,6 +50,14 @@ def _add_keys(p: argparse.ArgumentParser) -> None:
                    help="the counts table has genes in rows and cells in columns")
 
 
+def _add_pretrained(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
+                   help="use a pretrained gene-token BERT from this local directory (config.json, "
+                        "model.safetensors, token_dictionary.json) as the encoder")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="with --pretrained: train the encoder too (default: frozen encoder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discovery",
@@ -64,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
     p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None)
     p.add_argument("--model", choices=["transformer", "mlp"], default=None)
+    _add_pretrained(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".h5ad (raw counts), or a run directory's adata.h5ad; default: bundled")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--model", choices=["transformer", "mlp"], default=None)
+    _add_pretrained(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
@@ -185,6 +195,9 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     model: dict = {}
     if getattr(args, "model", None):
         model["kind"] = args.model
+    if getattr(args, "pretrained", None):
+        model["kind"] = "pretrained"
+        model["arch"] = {"checkpoint": str(args.pretrained), "freeze": not args.fine_tune}
     train: dict = {}
     if getattr(args, "device", None):
         train["device"] = args.device

@@ -56,6 +56,11 @@ class ModelConfig:
             self.train_config()
         except ValueError as err:
             raise InputError(str(err)) from err
+        if self.kind == "pretrained" and not self.arch.get("checkpoint"):
+            msg = ("model kind 'pretrained' needs model.arch.checkpoint: a local Hugging Face "
+                   "directory with config.json, model.safetensors and token_dictionary.json "
+                   "(CLI: --pretrained DIR)")
+            raise InputError(msg)
 
     def train_config(self) -> TrainConfig:
         from discovery.classifier import DEFAULT_TRAIN

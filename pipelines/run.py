@@ -500,6 +500,10 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
     mc = config.model
     params = {"model": mc.to_dict(), "seed": config.seed,
               "resolved": {"arch": mc.resolved_arch(), "train": mc.train_config().to_dict()}}
+    if mc.kind == "pretrained":  # the weights, not only their path, decide whether to retrain
+        from models.pretrained import checkpoint_sha256
+
+        params["checkpoint_sha256"] = checkpoint_sha256(mc.arch["checkpoint"])
     model_dir = rd.path / "model"
     if rd.is_done("model", params) and "case_prob" in adata.obs:
         log.info("model: reusing %s", model_dir)
