@@ -7,7 +7,8 @@ plays the expert: every feature whose hypothesis is flagged as batch-confounded,
 annotation says batch explains it better than the label, is marked ``disagree /
 technical_artifact`` (the check fitted from those marks and the proposed similar features would
 be confirmed by a scientist; here the marks already cover them). Then ``refine --mode ablate``
-and ``refine --mode retrain``; the table gives, before -> after: the share of attribution into
+``refine --mode finetune`` (directions projected out while fine-tuning) and ``refine --mode
+retrain`` (retrained without the input genes that carry the batch); the table gives, before -> after: the share of attribution into
 the case logit through batch-explained features, donor AUROC on a batch-balanced subset of the
 test donors, within-batch cell AUROC, and the best rank of each planted program's hypothesis.
 """
@@ -40,6 +41,8 @@ def mark_batch_features(run: Path) -> list[str]:
         if h["status"] == "flagged" and any(f["by"] == "batch" for f in h["flags"]):
             marked |= set(h["features"])
     store = FeedbackStore(default_url(run))
+    if store.items(manifest["run_id"]):  # a kept parent already carries the marks
+        return sorted(marked)
     for f in sorted(marked):
         store.add(FeedbackItem(manifest["run_id"], "feature", f, "disagree",
                                "technical_artifact", "benchmark expert",
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/feedback.md"))
+    ap.add_argument("--modes", default="ablate,finetune,retrain")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args(argv)
     rows = []
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run_pipeline(parent, config=load_config(overrides={
             "seed": seed, "cohort": {"scenario": "confounded", "seed": seed}}), quiet=True)
         marked = mark_batch_features(parent)
-        for mode in ("ablate", "retrain"):
+        for mode in args.modes.split(","):
             res = refine_run(parent, root / f"confounded_seed{seed}_{mode}", mode=mode,
                              quiet=True)
             b, a = res["before"], res["after"]
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(v: object) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = ["# Expert feedback on the confounded scenario: ablate vs ablate + retrain", "",
+    lines = ["# Expert feedback on the confounded scenario: ablate vs ablate + fine-tune vs retrain", "",
              f"Command: `python benchmarks/eval_feedback.py --seeds {args.seeds}`", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              "| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]

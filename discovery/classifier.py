@@ -136,9 +136,13 @@ def train(
     arch: dict[str, Any] | None = None,
     train_config: TrainConfig | None = None,
     key_added: str = "case_prob",
+    exclude_genes: list[str] | None = None,
     quiet: bool = False,
 ) -> TrainedClassifier:
     """Train a classifier on ``train`` donors, early-stop on ``val``, evaluate on ``test``.
+
+    ``exclude_genes`` are withheld from the gene panel (expert feedback: genes that carry an
+    artifact, see :func:`discovery.refine.artifact_genes`).
 
     Reads ``uns['discovery']['keys']``, ``obs['split']``, log-normalised ``X``,
     ``var['highly_variable']``. Writes ``obs[key_added]`` (case probability of every cell) and
@@ -151,6 +155,9 @@ def train(
     _check_split(adata, keys)
     train_config = train_config or TrainConfig(**DEFAULT_TRAIN[kind])
     genes = adata.var_names[adata.var["highly_variable"].to_numpy()].tolist()
+    if exclude_genes:
+        withheld = set(exclude_genes)
+        genes = [g for g in genes if g not in withheld]
     torch.manual_seed(train_config.seed)
     if kind == "pretrained":
         model = _from_checkpoint(adata, genes, {**DEFAULT_ARCH[kind], **(arch or {})})
@@ -192,6 +199,7 @@ def train(
                            "n_train_cells": int(tr.sum())}
     adata.uns["model"] = {"params": {"kind": kind, "arch": {**DEFAULT_ARCH[kind], **(arch or {})},
                                      "train": train_config.to_dict(), "n_genes": len(genes),
+                                     "n_excluded": len(exclude_genes or []),
                                      "key_added": key_added},
                           "metrics": _json_safe(metrics)}
     return TrainedClassifier(kind, model, hist, metrics)

@@ -9,12 +9,18 @@ at the SAE hook — and the model is changed at that place:
   Because the head after ``pooled`` is linear this is exact as a weight edit: with ``U`` an
   orthonormal basis of the span and ``c`` the training mean of ``pooled``, ``w' = w - U U^T w``
   and ``b' = b + w^T U U^T c``. The child model is an ordinary checkpoint.
-- **retrain** (ablate + retrain, as Sparse Feature Circuits' SHIFT compares): the parent model is
-  fine-tuned with the same projection applied inside the forward pass, plus a penalty on what is
-  left of the named covariate in ``pooled``: for each label, the squared distance between the
-  covariate groups' mean ``pooled`` (normalised by its variance). The trunk cannot route the
-  artifact around the removed directions without paying for it. The projection is then folded
-  into the head as above.
+- **finetune** (ablate + fine-tune, as Sparse Feature Circuits' SHIFT compares): the parent
+  model is fine-tuned with the same projection applied inside the forward pass, plus a penalty on
+  what is left of the named covariate in ``pooled``: for each label, the squared distance between
+  the covariate groups' mean ``pooled`` (normalised by its variance). The projection is then
+  folded into the head as above. Measured on the ``confounded`` scenario, the trunk re-encodes
+  the batch along new directions (benchmarks/results/feedback.md).
+- **retrain** (ablate + retrain without the artifact's inputs): the reason names features, the
+  features' gene signatures (attribution through the model) name the input genes that drive
+  them, and :func:`artifact_genes` keeps those the named covariate explains better than the
+  label at donor level. The model is retrained from scratch, with the parent's settings, on the
+  panel without them — the artifact is gone from what the model can read, not only from one
+  direction it happened to use.
 
 :func:`propose_similar` propagates a verdict to features similar by decoder cosine or by the same
 artifact enrichment (proposals, which the scientist confirms); :func:`fit_check` turns the marked
@@ -31,14 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from discovery.classifier import encode, evaluate
 from discovery.contract import InputError, case_mask, get_keys
+from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
-__all__ = ["balanced_eval", "fit_check", "fold_projection", "propose_similar",
-           "retrain_without", "suppression_basis"]
+__all__ = ["artifact_genes", "balanced_eval", "fit_check", "fold_projection",
+           "propose_similar", "retrain_without", "suppression_basis"]
 
 ACTIONABLE = ("technical_artifact", "confounder")
 
@@ -249,3 +257,87 @@ def fit_check(annotations: pd.DataFrame, marked: list[int], *,
     return {"rule": f"{col} > r2_label and {col} >= {t:.4f}", "covariate": covariate,
             "threshold": t, "flags": [str(ann.loc[i, "feature"]) for i in hits
                                       if i not in marked]}
+
+
+def _rss(y: np.ndarray, X: np.ndarray) -> tuple[float, int]:
+    """Residual sum of squares of least squares of ``y`` on ``X`` (+ intercept), and its rank."""
+    X = np.column_stack([np.ones(len(y)), X])
+    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    res = y - X @ beta
+    return float(res @ res), int(rank)
+
+
+def _partial_terms(y: np.ndarray, terms: dict[str, np.ndarray],
+                   nuisance: np.ndarray) -> dict[str, tuple[float, float]]:
+    """For each term: (partial R², F-test p) given the other terms and the nuisance columns."""
+    full_X = np.column_stack([*terms.values(), nuisance])
+    rss_full, rank_full = _rss(y, full_X)
+    tot = float(((y - y.mean()) ** 2).sum())
+    out = {}
+    for name in terms:
+        rest = np.column_stack([v for k, v in terms.items() if k != name] + [nuisance])
+        rss_red, rank_red = _rss(y, rest)
+        df1, df2 = rank_full - rank_red, len(y) - rank_full
+        r2 = max(0.0, (rss_red - rss_full) / tot) if tot > 0 else 0.0
+        if df1 <= 0 or df2 <= 0 or rss_full <= 0:
+            out[name] = (r2, float("nan"))
+            continue
+        f = ((rss_red - rss_full) / df1) / (rss_full / df2)
+        out[name] = (r2, float(stats.f.sf(max(f, 0.0), df1, df2)))
+    return out
+
+
+def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
+                   covariate: str, genes: list[str], n_signature: int = 20,
+                   alpha: float = 0.05, min_cells: int = 5) -> dict[str, Any]:
+    """Input genes that carry the artifact of the ``marked`` features.
+
+    Candidates: the top ``n_signature`` genes of each marked feature's signature (gradient x
+    input through the model, :mod:`discovery.annotate`) that are in ``genes`` (the model's
+    panel). Each is tested at donor level: pseudobulk mean expression per (donor, cell type) over
+    the discovery donors (train + val), a linear model on the label, the covariate and the cell
+    type. A gene is withheld when the covariate's term is significant (F-test, BH q < ``alpha``
+    over the candidates) and its partial R² exceeds the label's. Returns the withheld genes and
+    the table of every candidate.
+    """
+    keys = get_keys(adata)
+    ann = annotations.set_index("index")
+    cands: list[str] = []
+    panel = set(genes)
+    for i in marked:
+        if i in ann.index:
+            for g in list(ann.loc[i, "signature"] or [])[:n_signature]:
+                if g in panel and g not in cands:
+                    cands.append(g)
+    out: dict[str, Any] = {"covariate": covariate, "candidates": len(cands), "genes": [],
+                           "table": [], "rule": f"{covariate} term F-test BH q < {alpha} and "
+                                                f"partial R² of {covariate} > label's (donor x "
+                                                "cell type pseudobulk, discovery donors)"}
+    if not cands or covariate not in adata.obs:
+        return out
+    obs = adata.obs
+    disc = obs["split"].isin(["train", "val"]).to_numpy()
+    ct = (obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
+          else np.full(adata.n_obs, "all"))
+    unit = obs[keys.donor_key].astype(str).to_numpy() + "\x1f" + ct
+    names, pb, n = aggregate_by(adata[disc][:, cands].X, unit[disc], how="mean")
+    ok = n >= min_cells
+    first = pd.DataFrame({"unit": unit[disc], "case": case_mask(adata, keys)[disc],
+                          "cov": obs[covariate].astype(str).to_numpy()[disc],
+                          "ct": ct[disc]}).groupby("unit").first().loc[names[ok]]
+    pb = pb[ok]
+    terms = {"label": first["case"].to_numpy(float)[:, None],
+             "cov": pd.get_dummies(first["cov"], drop_first=True).to_numpy(float)}
+    cell_types = pd.get_dummies(first["ct"], drop_first=True).to_numpy(float)
+    if terms["cov"].shape[1] == 0 or len(set(terms["label"][:, 0])) < 2:
+        return out
+    res = [_partial_terms(pb[:, j], terms, cell_types) for j in range(len(cands))]
+    q = bh_fdr(np.array([r["cov"][1] for r in res]))
+    for g, r, qj in zip(cands, res, q):
+        withheld = bool(qj < alpha and r["cov"][0] > r["label"][0])
+        out["table"].append({"gene": g, f"r2_{covariate}": round(r["cov"][0], 4),
+                             "r2_label": round(r["label"][0], 4), "q": float(qj),
+                             "withheld": withheld})
+        if withheld:
+            out["genes"].append(g)
+    return out

@@ -156,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refine", help="child run that no longer relies on rejected features")
     p.add_argument("run_dir", type=Path, help="parent run directory (with feedback)")
     p.add_argument("--out", type=Path, required=True, help="child run directory")
-    p.add_argument("--mode", choices=["ablate", "retrain"], default="ablate")
+    p.add_argument("--mode", choices=["ablate", "finetune", "retrain"], default="ablate",
+                   help="ablate: mean-ablate the features' directions in the head; finetune: "
+                        "fine-tune with them projected out; retrain: retrain without the input "
+                        "genes that carry the artifact")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")

@@ -3,7 +3,7 @@ rejected, with graphs and hypotheses recomputed and a before/after comparison.
 
 Reads the parent's feedback store (``disagree`` with reason ``technical_artifact`` or
 ``confounder``; a hypothesis stands for its features), suppresses those features' directions
-(:mod:`discovery.refine`: ``ablate`` or ``retrain``), writes the child run (its manifest records
+(:mod:`discovery.refine`: ``ablate``, ``finetune`` or ``retrain``), writes the child run (its manifest records
 the parent and the feedback ids), and ``refine.json``: batch-balanced held-out metrics, the share
 of attribution through features explained by the named covariate, and the hypothesis ranking
 before and after. Every step is logged in the store's action table (the audit trail).
@@ -24,6 +24,7 @@ from discovery.contract import InputError, get_keys
 from discovery.feedback import FeedbackStore, default_url
 from discovery.refine import (
     ACTIONABLE,
+    artifact_genes,
     balanced_eval,
     fit_check,
     fold_projection,
@@ -36,7 +37,11 @@ from pipelines.report import write_report
 from pipelines.run import features_stage, graphs_stage, hypotheses_stage, open_run
 from pipelines.rundir import RunDir, atomic_write, write_json
 
-__all__ = ["covariate_share", "refine_run"]
+__all__ = ["REFINE_MODES", "covariate_share", "refine_run"]
+
+#: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
+#: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
+REFINE_MODES = ("ablate", "finetune", "retrain")
 
 
 def _feature_targets(items: pd.DataFrame, hyps: list[dict], hook: str) -> tuple[list[int], list[int]]:
@@ -93,8 +98,8 @@ def _program_ranks(hyps: list[dict], truth: dict | None) -> dict[str, int | None
 def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                quiet: bool = False) -> dict[str, Any]:
     """Build the child run of ``parent_dir`` in ``out`` from the parent's feedback."""
-    if mode not in ("ablate", "retrain"):
-        msg = f"mode must be 'ablate' or 'retrain', got {mode!r}"
+    if mode not in REFINE_MODES:
+        msg = f"mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}"
         raise InputError(msg)
     parent_dir, out = Path(parent_dir), Path(out)
     if out.resolve() == parent_dir.resolve():
@@ -150,16 +155,21 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     adata = parent.adata
     basis = suppression_basis(sae_hook.sae, feats)
     history: dict[str, Any] = {}
+    parent_probs = adata.obs["case_prob"].to_numpy().copy()
     with rd.stage("model", {"mode": mode, "features": feats, "parent": run_id}) as outputs:
         if mode == "ablate":
             from discovery.refine import _pooled_mean
 
             child = fold_projection(parent.model, basis, _pooled_mean(adata, parent.model))
-        else:
+        elif mode == "finetune":
             child, history = retrain_without(adata, parent.model, basis, covariate=covariate,
                                              seed=config.seed)
+        else:
+            child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,
+                                                    config, quiet=quiet)
+            store.log_action(run_id, "retrain:withheld", detail=json.dumps(
+                {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"]}))
         probs = classifier.predict(adata, child)
-        parent_probs = adata.obs["case_prob"].to_numpy().copy()
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
                    for s in ("val", "test")}
@@ -223,6 +233,29 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
          "balanced_donor_auroc": [b.get("balanced_donor_auroc"), a.get("balanced_donor_auroc")]},
         default=float))
     return comparison
+
+
+def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],
+                           covariate: str | None, config: PipelineConfig, *,
+                           quiet: bool) -> tuple[Any, dict[str, Any]]:
+    """Retrain from scratch (the parent's model settings) without the artifact's input genes."""
+    if not covariate:
+        msg = ("retrain needs the covariate that explains the artifact (a batch column, or "
+               "features annotated as confounded); use --mode ablate")
+        raise InputError(msg)
+    art = artifact_genes(adata, ann, feats, covariate=covariate,
+                         genes=list(model.config.gene_names))
+    if not art["genes"]:
+        msg = (f"none of the {art['candidates']} genes that drive the marked features is "
+               f"explained by {covariate!r} better than by the label, so there is nothing to "
+               "withhold; use --mode finetune or --mode ablate")
+        raise InputError(msg)
+    mc = config.model
+    tc = mc.train_config()
+    tc.seed = config.seed
+    trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
+                               exclude_genes=art["genes"], quiet=quiet)
+    return trained.model, {"withheld": art, "best_epoch": trained.history.best_epoch}
 
 
 def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]:

@@ -113,3 +113,32 @@ def test_refine_loop_from_the_app(parent, monkeypatch):
     assert json.loads((child / "manifest.json").read_text())["parent_run"]
     actions = FeedbackStore(default_url(parent)).actions()
     assert "child:done" in set(actions["action"])
+
+
+def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
+    """``--mode retrain``: the marked features' driver genes that batch explains better than the
+    label (donor level) leave the model's panel, and the model is retrained without them."""
+    from discovery.simulate import truth
+
+    ann = pd.read_json(parent / "features" / "annotations.json")
+    marked = ann.loc[(ann["confounded_by"] == "batch") & (ann["frac_active"] > 0), "feature"]
+    assert len(marked) >= 3
+    for f in marked:
+        assert main(["feedback", str(parent), "--target", f, "--verdict", "disagree",
+                     "--reason", "batch", "--by", "Ada", "--quiet"]) == 0
+    child = tmp_path / "retrained"
+    assert main(["refine", str(parent), "--out", str(child), "--mode", "retrain",
+                 "--quiet"]) == 0
+    res = json.loads((child / "refine.json").read_text())
+    metrics = json.loads((child / "model" / "metrics.json").read_text())
+    withheld = metrics["refine"]["history"]["withheld"]["genes"]
+    batch_genes = set(truth(open_run(parent).adata)["artifacts"]["technical batch"]["genes"])
+    assert len(withheld) >= 5
+    # mostly the planted batch program (tiny cohort: 12 donors, so a few chance genes)
+    assert np.mean([g in batch_genes for g in withheld]) >= 0.6, withheld
+    child_genes = json.loads((child / "model" / "config.json").read_text())["gene_names"]
+    parent_genes = json.loads((parent / "model" / "config.json").read_text())["gene_names"]
+    assert set(child_genes) == set(parent_genes) - set(withheld)
+    assert res["mode"] == "retrain" and (child / "hypotheses.json").is_file()
+    actions = FeedbackStore(default_url(parent)).actions(res["parent_run"])["action"].tolist()
+    assert "retrain:withheld" in actions and actions[-1] == "child:done"

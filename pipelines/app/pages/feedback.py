@@ -55,7 +55,7 @@ if run is not None:
                "technical artifact or confounder are suppressed — ablate only, or ablate and "
                "retrain — with graphs, hypotheses and a before/after comparison.")
     with st.form("refine"):
-        mode = st.radio("Mode", ["ablate", "retrain"], horizontal=True, key="rf_mode")
+        mode = st.radio("Mode", ["ablate", "finetune", "retrain"], horizontal=True, key="rf_mode")
         child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
         go = st.form_submit_button("Create the child run")
     if go:
