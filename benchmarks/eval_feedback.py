@@ -41,7 +41,7 @@ def mark_batch_features(run: Path) -> list[str]:
         if h["status"] == "flagged" and any(f["by"] == "batch" for f in h["flags"]):
             marked |= set(h["features"])
     store = FeedbackStore(default_url(run))
-    if store.items(manifest["run_id"]):  # a kept parent already carries the marks
+    if len(store.items(manifest["run_id"])):  # a kept parent already carries the marks
         return sorted(marked)
     for f in sorted(marked):
         store.add(FeedbackItem(manifest["run_id"], "feature", f, "disagree",

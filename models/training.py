@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     grad_clip: float = 1.0
+    #: exponential moving average of the weights (0 = off): validation, early stopping and the
+    #: returned model use the averaged weights, which vary less from step to step
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -62,6 +65,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 msg = f"{name} must be at least 1, got {getattr(self, name)}"
                 raise ValueError(msg)
+        if not 0.0 <= self.ema < 1.0:
+            msg = f"ema must be in [0, 1), got {self.ema}"
+            raise ValueError(msg)
         if self.lr <= 0:
             msg = f"lr must be positive, got {self.lr}"
             raise ValueError(msg)
@@ -121,6 +127,31 @@ def _auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((r[y > 0.5].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+class _Ema:
+    """Exponential moving average of a model's floating-point weights, with the usual warm-up
+    (decay min(d, (1 + t) / (10 + t)) at step t, so early averages are not stuck at the init)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+
+    def swap_in(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Load the averaged weights into ``model``; returns the live weights to restore."""
+        live = copy.deepcopy(model.state_dict())
+        model.load_state_dict(self.state)
+        return live
+
+
 def distributed_context() -> tuple[int, int]:
     """``(world_size, rank)`` of an initialised torch.distributed process group, else (1, 0)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -171,6 +202,7 @@ def train_classifier(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     hist = TrainHistory()
+    ema = _Ema(model, config.ema) if config.ema else None
     best_state, best, bad = None, float("inf"), 0
     t0 = time.perf_counter()
     seen = 0
@@ -194,6 +226,8 @@ def train_classifier(
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             running += float(loss.detach()) / world * len(idx)
             seen += len(idx)
         if world > 1:
@@ -201,6 +235,7 @@ def train_classifier(
             torch.distributed.all_reduce(total_loss)
             running = float(total_loss[0])
         hist.train_loss.append(running / len(x))
+        live = ema.swap_in(model) if ema is not None else None
         vloss, vauc = _evaluate(model, xv, yv, wv, config.batch_size * 4)
         hist.val_loss.append(vloss)
         hist.val_auroc.append(vauc)
@@ -214,9 +249,11 @@ def train_classifier(
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-            if bad >= config.patience:
-                hist.stopped_early = True
-                break
+        if live is not None:
+            model.load_state_dict(live)
+        if bad >= config.patience:
+            hist.stopped_early = True
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

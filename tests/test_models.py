@@ -20,9 +20,14 @@ def _tiny(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     cfg_cls, model_cls = CLASSIFIERS[kind]
     arch = {"transformer": dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, max_tokens=12),
-            "mlp": dict(d_model=16, n_layers=2, d_ff=32)}[kind]
+            "mlp": dict(d_model=16, n_layers=2, d_ff=32),
+            # a user's BERT (sizes from its checkpoint; see tests/test_pretrained.py)
+            "pretrained": dict(token_ids=list(range(5, 45)), hidden_size=16, n_layers=2,
+                               n_heads=2, d_ff=32, max_tokens=12, hidden_act="relu")}[kind]
     model = model_cls(cfg_cls(gene_names=GENES, **arch)).eval()
     with torch.no_grad():  # non-trivial buffers, so save/load must carry them
+        if hasattr(model, "value_emb"):
+            model.value_emb.weight.normal_()
         if hasattr(model, "gene_scale"):
             model.gene_scale.uniform_(0.5, 2.0)
         if hasattr(model, "gene_mean"):
@@ -103,9 +108,25 @@ def test_train_config_round_trip_and_validation():
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+        TrainConfig(ema=1.0)
 
 
-@pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
+def test_weight_average_is_what_training_returns(pp_small):
+    """With ``ema``, validation and the returned model use the averaged weights: they differ
+    from the last step's weights and still learn the held-out donors."""
+    tc = TrainConfig(epochs=4, lr=2e-3, patience=4, batch_size=64, seed=0, ema=0.9)
+    res = classifier.train(pp_small, kind="mlp", arch=dict(d_model=32, d_ff=64),
+                           train_config=tc, quiet=True)
+    assert res.metrics["test"]["donor_auroc"] >= 0.75
+    plain = classifier.train(pp_small, kind="mlp", arch=dict(d_model=32, d_ff=64),
+                             train_config=TrainConfig(**{**tc.to_dict(), "ema": 0.0}),
+                             quiet=True)
+    w_ema = res.model.head.weight.detach()
+    assert not torch.equal(w_ema, plain.model.head.weight.detach())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
 def test_training_learns_from_held_out_donors(pp_small, kind, tmp_path):
     tc = TrainConfig(epochs=6, lr=2e-3, patience=6, batch_size=64, seed=0)
     arch = {"transformer": dict(d_model=32, d_ff=64, max_tokens=32),
