@@ -322,12 +322,16 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     unit = obs[keys.donor_key].astype(str).to_numpy() + "\x1f" + ct
     names, pb, n = aggregate_by(adata[disc][:, cands].X, unit[disc], how="mean")
     ok = n >= min_cells
-    first = pd.DataFrame({"unit": unit[disc], "case": case_mask(adata, keys)[disc],
-                          "cov": obs[covariate].astype(str).to_numpy()[disc],
-                          "ct": ct[disc]}).groupby("unit").first().loc[names[ok]]
+    numeric = pd.api.types.is_numeric_dtype(obs[covariate])
+    cells = pd.DataFrame({"unit": unit[disc], "case": case_mask(adata, keys)[disc],
+                          "cov": obs[covariate].to_numpy()[disc] if numeric
+                          else obs[covariate].astype(str).to_numpy()[disc], "ct": ct[disc]})
+    first = cells.groupby("unit").first().loc[names[ok]]
     pb = pb[ok]
-    terms = {"label": first["case"].to_numpy(float)[:, None],
-             "cov": pd.get_dummies(first["cov"], drop_first=True).to_numpy(float)}
+    # a numeric covariate (a QC metric) enters as its per-unit mean, a categorical one as dummies
+    cov = (cells.groupby("unit")["cov"].mean().loc[names[ok]].to_numpy(float)[:, None]
+           if numeric else pd.get_dummies(first["cov"], drop_first=True).to_numpy(float))
+    terms = {"label": first["case"].to_numpy(float)[:, None], "cov": cov}
     cell_types = pd.get_dummies(first["ct"], drop_first=True).to_numpy(float)
     if terms["cov"].shape[1] == 0 or len(set(terms["label"][:, 0])) < 2:
         return out

@@ -52,8 +52,10 @@ if run is not None:
         st.dataframe(actions, hide_index=True)
     st.subheader("Act on it: refine the model")
     st.caption("A child run in which the features named by 'disagree' feedback with reason "
-               "technical artifact or confounder are suppressed — ablate only, or ablate and "
-               "retrain — with graphs, hypotheses and a before/after comparison.")
+               "technical artifact or confounder are suppressed — ablate only (their directions "
+               "removed from the head), fine-tune with them projected out, or retrain without "
+               "the input genes that carry the artifact — with graphs, hypotheses and a "
+               "before/after comparison.")
     with st.form("refine"):
         mode = st.radio("Mode", ["ablate", "finetune", "retrain"], horizontal=True, key="rf_mode")
         child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
