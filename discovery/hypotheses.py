@@ -17,8 +17,12 @@ the case cells of one cell type cases. It is built only from measured facts:
    regressing both on batch and on each cell's mitochondrial fraction (so genes that merely
    share a technical axis with the feature drop out). Cells, not donor means, because a feature
    usually marks a cell state that only part of a donor's cells are in; genes detected in fewer
-   than half of the discovery donors' pseudobulks are left out. The top genes by that partial
-   correlation form the program; ``direction`` is whether they are higher or lower in case
+   than half of the discovery donors' pseudobulks (without donors: in fewer than 5% of the
+   cells) are left out. The program is the genes that rise with the activation — what a
+   non-negative feature detects — unless those that fall with it correlate ``against_ratio``
+   (2) times more strongly (a feature that marks a loss, like synaptic genes down); the top
+   genes of that side form the program, both sides' top genes are kept in
+   ``evidence.gene_sides``, and ``direction`` is whether the program is higher or lower in case
    donors. (The inference stays at donor level: the tests in step 3 are on donor means.)
 3. **Evidence** (hypotheses.json ``evidence``): attribution share; ablation effect (all features
    of the hypothesis mean-ablated in its population, measured, next to the graph's prediction);
@@ -67,6 +71,11 @@ from discovery.contract import case_mask, cell_units, get_keys
 from discovery.interventions import FeatureEdit, intervene, perturb_genes
 from discovery.stats import bh_fdr, welch_t
 
+#: a hypothesis gene must be detected in this share of the discovery donors' pseudobulks ...
+MIN_DETECTED_DONORS = 0.5
+#: ... or, without donors (every cell its own unit), in this share of the cells
+MIN_DETECTED_CELLS = 0.05
+
 __all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses",
            "hypotheses_to_ranking"]
 
@@ -97,6 +106,10 @@ class HypothesisSpec:
     merge_cosine: float = 0.5
     merge_genes: int = 5
     n_genes: int = 20
+    #: a hypothesis's genes are those that rise with its activation (what a non-negative feature
+    #: detects) unless the genes that fall with it correlate this many times more strongly
+    #: (a feature that marks a loss, e.g. synaptic genes down)
+    against_ratio: float = 2.0
     alpha: float = 0.05
     min_stability: float = 0.4
     #: the program genes must carry the signal too: test-donor AUROC of the distilled biomarker
@@ -435,13 +448,19 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                             cohort.cell_batch(rows)])
     y = _residualise(activation[rows].astype(np.float64)[:, None], tech)[:, 0]
     X = _residualise(cohort.x[rows].astype(np.float64), tech)
-    expressed = (pb[disc] > 0).mean(0).to_numpy() >= 0.5
+    # a donor pseudobulk detects nearly every real gene; a single cell (no-donor mode) detects
+    # a cell-type marker only in its own cells, so there the bar is a share of cells
+    min_detected = MIN_DETECTED_CELLS if cell_units(cohort.keys) else MIN_DETECTED_DONORS
+    expressed = (pb[disc] > 0).mean(0).to_numpy() >= min_detected
     sd = X.std(0) * y.std()
     r = np.divide((X - X.mean(0)).T @ (y - y.mean()) / len(y), sd, out=np.zeros(X.shape[1]),
                   where=sd > 0)
     r[~expressed] = 0.0
     pos, neg = np.sort(r)[::-1][:10], np.sort(-r)[::-1][:10]
-    side = 1.0 if pos.mean() >= neg.mean() else -1.0
+    side = -1.0 if neg.mean() >= spec.against_ratio * max(pos.mean(), 0.0) else 1.0
+    sides = {"with_activation": [cohort.genes[i] for i in np.argsort(-r, kind="stable")[:5]],
+             "against_activation": [cohort.genes[i] for i in np.argsort(r, kind="stable")[:5]],
+             "mean_r_top10": [float(pos.mean()), float(-neg.mean())]}
     order = np.argsort(-side * r, kind="stable")[: spec.n_genes]
     genes = [{"symbol": cohort.genes[i], "weight": float(side * r[i])} for i in order]
     direction = "up" if direction_sign * side > 0 else "down"
@@ -478,6 +497,7 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                             "replicated": bool(same and p_one < spec.alpha),
                             "biomarker_auroc_test": biomarker_auc},
             "confounds": confounds,
+            "gene_sides": sides,
         },
         "biomarker": {"genes": top, "direction": direction,
                       "definition": f"mean z-scored pseudobulk expression of {len(top)} genes "

@@ -22,20 +22,28 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 CASE = "Dendritic"
 
 
-@pytest.fixture(scope="module")
-def pbmc_run(tmp_path_factory):
+def _pbmc(case: str, out: Path):  # noqa: ANN202 - a RunResult
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
 
     config = load_config(preset="pbmc68k", overrides={
-        "keys": {"case": CASE},
+        "keys": {"case": case},
         "model": {"train": {"epochs": 8}},
         "features": {"seeds": [0, 1], "d_sae": 64, "k": 8, "train": {"epochs": 8}},
         "graphs": {"n_boot": 10, "n_top": 10},
     })
+    return run_pipeline(out, config=config, quiet=True)
+
+
+def _markers(case: str) -> set[str]:
+    return set(next(c["markers"] for c in read_yaml("pbmc_markers.yaml")["classes"]
+                    if c["label"] == case))
+
+
+@pytest.fixture(scope="module")
+def pbmc_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pbmc") / "run"
-    res = run_pipeline(out, config=config, quiet=True)
-    return out, res
+    return out, _pbmc(CASE, out)
 
 
 def test_pbmc68k_runs_end_to_end_in_lognorm_no_donor_mode(pbmc_run):
@@ -54,11 +62,23 @@ def test_pbmc68k_runs_end_to_end_in_lognorm_no_donor_mode(pbmc_run):
     assert all(h["status"] != "supported" for h in hyps)
     assert all(any(f["kind"] == "no_donors" for f in h["flags"]) for h in hyps)
     # the top up-hypothesis names dendritic-cell markers from the literature table
-    markers = next(c["markers"] for c in read_yaml("pbmc_markers.yaml")["classes"]
-                   if c["label"] == CASE)
     up = [h for h in hyps if h["direction"] == "up"]
-    assert up and {g["symbol"] for g in up[0]["genes"][:10]} & set(markers)
+    assert up and {g["symbol"] for g in up[0]["genes"][:10]} & _markers(CASE)
     assert (out / "report.html").is_file() and (out / "plans.json").is_file()
+
+
+def test_b_cells_are_named_by_their_markers_not_by_what_they_lack(tmp_path):
+    """B cells vs the rest: the model's features fire in B cells and are silent in the (many)
+    myeloid cells, so myeloid genes anti-correlate with them most strongly; the hypothesis must
+    still name what the features detect (CD79A, MS4A1, ...), with the myeloid side kept as the
+    other side of the program."""
+    res = _pbmc("CD19+ B", tmp_path / "b")
+    top = res.hypotheses["hypotheses"][0]
+    assert top["direction"] == "up"
+    genes = [g["symbol"] for g in top["genes"][:10]]
+    assert {"CD79A", "MS4A1"} <= set(genes), genes
+    against = top["evidence"]["gene_sides"]["against_activation"]
+    assert {"TYROBP", "FCER1G", "AIF1", "LST1", "CST3", "LYZ"} & set(against), against
 
 
 def test_the_app_shows_the_pbmc_run(pbmc_run, tmp_path, monkeypatch):
