@@ -142,3 +142,23 @@ def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
     assert res["mode"] == "retrain" and (child / "hypotheses.json").is_file()
     actions = FeedbackStore(default_url(parent)).actions(res["parent_run"])["action"].tolist()
     assert "retrain:withheld" in actions and actions[-1] == "child:done"
+
+
+def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expression(tiny_run):
+    """The donor-level rule is calibrated: a random donor-level 'batch' explains no gene."""
+    from discovery.refine import artifact_genes
+
+    run = open_run(tiny_run)
+    adata = run.adata
+    ann = pd.read_json(tiny_run / "features" / "annotations.json")
+    donors = adata.obs["donor"].astype(str)
+    rng = np.random.default_rng(0)
+    fake = dict(zip(sorted(set(donors)), rng.choice(["X", "Y"], size=donors.nunique())))
+    adata.obs["fake_batch"] = donors.map(fake).astype("category")
+    res = artifact_genes(adata, ann, ann["index"].tolist(), covariate="fake_batch",
+                         genes=list(run.model.config.gene_names))
+    assert res["candidates"] > 100
+    assert res["genes"] == []
+    real = artifact_genes(adata, ann, ann["index"].tolist(), covariate="batch",
+                          genes=list(run.model.config.gene_names))
+    assert len(real["genes"]) >= 5  # the same candidates, the planted batch does show
