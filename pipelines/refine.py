@@ -11,6 +11,7 @@ before and after. Every step is logged in the store's action table (the audit tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -35,7 +36,7 @@ from discovery.refine import (
 from pipelines.config import PipelineConfig
 from pipelines.report import write_report
 from pipelines.run import features_stage, graphs_stage, hypotheses_stage, open_run
-from pipelines.rundir import RunDir, atomic_write, write_json
+from pipelines.rundir import RunDir, atomic_write, config_hash, write_json
 
 __all__ = ["REFINE_MODES", "covariate_share", "refine_run"]
 
@@ -180,6 +181,12 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         shutil.rmtree(tmp, ignore_errors=True)
         child.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "metrics.json", metrics)
+        # later stages are cached by this stage's params: key them on the weights themselves,
+        # so a child rebuilt with other code or other withheld genes never reuses stale features
+        rec = rd.manifest["stages"]["model"]
+        rec["params"]["weights_sha256"] = hashlib.sha256(
+            (tmp / "model.safetensors").read_bytes()).hexdigest()
+        rec["params_hash"] = config_hash(rec["params"])
         shutil.rmtree(out / "model", ignore_errors=True)
         tmp.rename(out / "model")
         atomic_write(out / "adata.h5ad", lambda p: adata.write_h5ad(p, compression="gzip"))

@@ -68,6 +68,13 @@ def test_feedback_and_refine_from_the_cli(parent, tmp_path, capsys):
     parent_id = json.loads((parent / "manifest.json").read_text())["run_id"]
     assert manifest["parent_run"] == parent_id
     assert manifest["feedback"]["suppressed"] == [feature]
+    # later stages are keyed on the child's weights, so a rebuilt child never reuses stale ones
+    import hashlib
+
+    assert manifest["stages"]["model"]["params"]["weights_sha256"] == hashlib.sha256(
+        (child / "model" / "model.safetensors").read_bytes()).hexdigest()
+    assert manifest["stages"]["features"]["params"]["model_stage"] == \
+        manifest["stages"]["model"]["params_hash"]
     res = json.loads((child / "refine.json").read_text())
     assert res["parent_run"] == parent_id and res["mode"] == "ablate"
     for side in ("before", "after"):
