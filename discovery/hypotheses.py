@@ -40,7 +40,7 @@ the case cells of one cell type cases. It is built only from measured facts:
 
 Status (the only place it is decided): ``flagged`` when a technical covariate explains the
 hypothesis's donor-level signal better than the label (or its main feature is annotated as
-confounded) — never ``supported``; ``supported`` when donor-level q < 0.05, it replicates on test
+confounded, or its top-10 genes hold >= 3 genes of one artifact gene set) — never ``supported``; ``supported`` when donor-level q < 0.05, it replicates on test
 donors, its genes' distilled biomarker reaches AUROC >= ``min_gene_auroc`` on test donors, its
 stability >= ``min_stability`` and it is not flagged; otherwise ``candidate``
 (``rejected`` is set by expert feedback). Score, in [0, 1]:
@@ -65,12 +65,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from discovery import bundled
 from discovery.attribution import SAEHook, integrated_gradients
 from discovery.classifier import encode
 from discovery.contract import case_mask, cell_units, get_keys
 from discovery.interventions import FeatureEdit, intervene, perturb_genes
 from discovery.stats import bh_fdr, welch_t
 
+#: a hypothesis whose top-10 genes hold this many of one artifact gene set (mitochondrial,
+#: ribosomal, dissociation stress, heat shock; data/gene_sets.yaml) is flagged
+ARTIFACT_PROGRAM_GENES = 3
 #: a hypothesis gene must be detected in this share of the discovery donors' pseudobulks ...
 MIN_DETECTED_DONORS = 0.5
 #: ... or, without donors (every cell its own unit), in this share of the cells
@@ -90,7 +94,9 @@ STATUS_RULES = {
                  "flagged",
     "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
                "the label, or one of its features is annotated as explained by batch / QC in "
-               "the hypothesis's cell type; never supported",
+               "the hypothesis's cell type, or its top-10 genes hold >= 3 genes of one "
+               "artifact gene set (mitochondrial, ribosomal, dissociation, heat shock); never "
+               "supported",
     "candidate": "everything else with a causal effect on the case logit",
     "rejected": "an expert rejected it (feedback)",
 }
@@ -644,6 +650,15 @@ def _flags(h: dict[str, Any], ann: pd.DataFrame) -> list[dict[str, Any]]:
                           "detail": f"the attribution signature of {f} is enriched for "
                                     f"{row.get('top_set')} (an artifact gene set); the "
                                     "donor-level checks do not explain the signal by it"})
+    top = {g["symbol"] for g in h["genes"][:10]}
+    for gs in bundled.gene_sets(category="artifact"):
+        hits = sorted(top & set(gs.genes))
+        if len(hits) >= ARTIFACT_PROGRAM_GENES:
+            flags.append({"kind": "artifact_program", "by": gs.name,
+                          "strength": len(hits) / 10,
+                          "detail": f"{len(hits)} of its top-10 genes ({', '.join(hits)}) are "
+                                    f"{gs.name}, a technical gene set: the program reads as "
+                                    "an artifact, however well it separates the donors"})
     for name in ("sex", "age", "composition"):
         c = ev["confounds"].get(name)
         if c and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
@@ -667,7 +682,7 @@ def _status_and_score(h: dict[str, Any], max_share: float, spec: HypothesisSpec)
     dl, rep = ev["donor_level"], ev["replication"]
     stab = ev["stability"]
     stable = np.isfinite(stab) and stab >= spec.min_stability
-    technical = any(f["kind"] == "confounded" for f in flags)
+    technical = any(f["kind"] in ("confounded", "artifact_program") for f in flags)
     if technical:
         status = "flagged"
     elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
