@@ -289,13 +289,16 @@ def _partial_terms(y: np.ndarray, terms: dict[str, np.ndarray],
 
 def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
                    covariate: str, genes: list[str], n_signature: int = 20,
+                   scope: str = "panel",
                    alpha: float = 0.05, min_effect: float = 0.5,
                    min_cells: int = 5) -> dict[str, Any]:
     """Input genes that carry the artifact of the ``marked`` features.
 
     Candidates: the top ``n_signature`` genes of each marked feature's signature (gradient x
     input through the model, :mod:`discovery.annotate`) that are in ``genes`` (the model's
-    panel). Each is tested at donor level: pseudobulk mean expression per (donor, cell type) over
+    panel) and, with ``scope="panel"`` (default), every other panel gene: the expert's reason
+    becomes a check applied to every input (a marked feature's top signature misses artifact
+    genes that other, unmarked features carry, and the retrained model finds them). Each is tested at donor level: pseudobulk mean expression per (donor, cell type) over
     the discovery donors (train + val), centred per cell type and averaged per donor, in a
     linear model on the label and the covariate. A gene is withheld when the covariate's term is
     significant (F-test, BH q < ``alpha`` over the candidates), its partial R² exceeds the
@@ -308,12 +311,19 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     ann = annotations.set_index("index")
     cands: list[str] = []
     panel = set(genes)
+    if scope not in ("signatures", "panel"):
+        msg = f"scope must be 'signatures' or 'panel', got {scope!r}"
+        raise InputError(msg)
     for i in marked:
         if i in ann.index:
             for g in list(ann.loc[i, "signature"] or [])[:n_signature]:
                 if g in panel and g not in cands:
                     cands.append(g)
-    out: dict[str, Any] = {"covariate": covariate, "candidates": len(cands), "genes": [],
+    from_marked = set(cands)
+    if scope == "panel":
+        cands += [g for g in genes if g not in from_marked]
+    out: dict[str, Any] = {"covariate": covariate, "candidates": len(cands),
+                           "from_marked_features": len(from_marked), "genes": [],
                            "table": [], "rule": f"{covariate} term F-test BH q < {alpha}, "
                                                 f"partial R² of {covariate} > label's, effect "
                                                 f">= {min_effect} log units (donor pseudobulk, "
@@ -362,7 +372,8 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
         withheld = bool(qj < alpha and r["cov"][0] > r["label"][0] and eff >= min_effect)
         out["table"].append({"gene": g, f"r2_{covariate}": round(r["cov"][0], 4),
                              "r2_label": round(r["label"][0], 4), "q": float(qj),
-                             "effect": round(float(eff), 4), "withheld": withheld})
+                             "effect": round(float(eff), 4), "withheld": withheld,
+                             "source": "marked feature" if g in from_marked else "check"})
         if withheld:
             out["genes"].append(g)
     return out

@@ -168,8 +168,13 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         else:
             child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,
                                                     config, quiet=quiet)
+            table = history["withheld"]["table"]
             store.log_action(run_id, "retrain:withheld", detail=json.dumps(
-                {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"]}))
+                {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"],
+                 "from_marked_features": [r["gene"] for r in table if r["withheld"]
+                                          and r["source"] == "marked feature"],
+                 "from_the_check": [r["gene"] for r in table if r["withheld"]
+                                    and r["source"] == "check"]}))
         probs = classifier.predict(adata, child)
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
