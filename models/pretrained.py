@@ -47,7 +47,7 @@ from transformers import PretrainedConfig
 
 from models.base import CellClassifierBase, CellClassifierOutput
 from models.layers import HookedLayerNorm, PostLNBlock
-from models.transformer import TOKEN_SELECTIONS, select_tokens
+from models.transformer import TOKEN_SELECTIONS, GeneTokenMixin
 
 __all__ = [
     "PretrainedGeneEncoderConfig",
@@ -116,7 +116,7 @@ class PretrainedGeneEncoderConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class PretrainedGeneEncoderForCellClassification(CellClassifierBase):
+class PretrainedGeneEncoderForCellClassification(GeneTokenMixin, CellClassifierBase):
     """Case-vs-control classifier on a pretrained gene-token BERT; input ``expr: (cells, genes)``.
 
     Hook points: ``emb_ln.scale``, ``embed``, ``layer{i}.{pattern,attn_out,ln1.scale,gate,
@@ -150,20 +150,13 @@ class PretrainedGeneEncoderForCellClassification(CellClassifierBase):
                 module.requires_grad_(False)
             self.type_emb.requires_grad_(False)
 
-    def tokenize(self, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``expr: (cells, n_genes)`` -> (gene ids, relative values, is_real), each (cells, tokens)."""
-        return select_tokens(expr, self.gene_scale, self.config.max_tokens,
-                             self.config.token_selection)
-
     def forward(self, expr: torch.Tensor, labels: torch.Tensor | None = None,
                 sample_weight: torch.Tensor | None = None) -> CellClassifierOutput:
         ids, values, real = self.tokenize(expr)
-        tok = self.gene_emb(ids) + self.value_emb(values.unsqueeze(-1))
-        cls = self.gene_emb.weight[-1].expand(expr.shape[0], 1, -1)
-        h = torch.cat([cls, tok], dim=1)
+        h = self.embed_tokens(ids, values)
         h = h + self.pos_emb.weight[: h.shape[1]] + self.type_emb
         h = self.hook_embed(self.emb_drop(self.emb_ln(h)))  # (cells, 1 + tokens, d)
-        mask = torch.cat([torch.ones_like(real[:, :1]), real], dim=1)
+        mask = self.key_mask(real)
         for block in self.blocks:
             h = block(h, mask)
         if self.config.pooling == "mean":
@@ -261,23 +254,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def checkpoint_sha256(ref: str | Path) -> str:
-    """sha256 of a checkpoint directory's ``model.safetensors`` (identifies the weights)."""
+def _checkpoint_dir(ref: str | Path) -> Path:
+    """The local checkpoint directory of ``ref``, holding config.json + model.safetensors."""
     from models import require_safetensors
 
     path = resolve_checkpoint(ref)
     require_safetensors(path, "model.safetensors", "a pretrained checkpoint",
                         "save it with `model.save_pretrained(DIR, safe_serialization=True)`")
-    return _sha256(path / "model.safetensors")
+    return path
+
+
+def checkpoint_sha256(ref: str | Path) -> str:
+    """sha256 of a checkpoint directory's ``model.safetensors`` (identifies the weights)."""
+    return _sha256(_checkpoint_dir(ref) / "model.safetensors")
 
 
 def read_bert_checkpoint(ref: str | Path) -> BertCheckpoint:
     """Read a local BERT checkpoint directory (config, safetensors weights, gene vocabulary)."""
-    from models import require_safetensors
-
-    path = resolve_checkpoint(ref)
-    require_safetensors(path, "model.safetensors", "a pretrained checkpoint",
-                        "save it with `model.save_pretrained(DIR, safe_serialization=True)`")
+    path = _checkpoint_dir(ref)
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

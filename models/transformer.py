@@ -35,7 +35,8 @@ from transformers import PretrainedConfig
 from models.base import CellClassifierBase, CellClassifierOutput
 from models.layers import Block
 
-__all__ = ["GeneTransformerConfig", "GeneTransformerForCellClassification", "select_tokens"]
+__all__ = ["GeneTokenMixin", "GeneTransformerConfig", "GeneTransformerForCellClassification",
+           "select_tokens"]
 
 TOKEN_SELECTIONS = ("relative", "absolute")
 
@@ -56,6 +57,29 @@ def select_tokens(expr: torch.Tensor, gene_scale: torch.Tensor, max_tokens: int,
     real = torch.isfinite(top_score)
     values = torch.gather(expr / gene_scale, 1, ids) * real
     return ids, values, real
+
+
+class GeneTokenMixin:
+    """What the gene-token classifiers share: token choice, the [CLS] + gene-token embedding
+    (``gene_emb`` row per gene, last row [CLS]; ``value_emb`` of the relative level) and the
+    attention key mask. Needs ``gene_emb``, ``value_emb``, the ``gene_scale`` buffer and
+    ``config.max_tokens`` / ``config.token_selection``."""
+
+    def tokenize(self, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``expr: (cells, n_genes)`` -> (gene ids, relative values, is_real), each (cells, tokens)."""
+        return select_tokens(expr, self.gene_scale, self.config.max_tokens,
+                             self.config.token_selection)
+
+    def embed_tokens(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """[CLS] followed by the gene tokens: ``(cells, 1 + tokens, d)``."""
+        tok = self.gene_emb(ids) + self.value_emb(values.unsqueeze(-1))
+        cls = self.gene_emb.weight[-1].expand(ids.shape[0], 1, -1)
+        return torch.cat([cls, tok], dim=1)
+
+    @staticmethod
+    def key_mask(real: torch.Tensor) -> torch.Tensor:
+        """Attention key mask over [CLS] + tokens: [CLS] and the real gene tokens."""
+        return torch.cat([torch.ones_like(real[:, :1]), real], dim=1)
 
 
 class GeneTransformerConfig(PretrainedConfig):
@@ -94,7 +118,7 @@ class GeneTransformerConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class GeneTransformerForCellClassification(CellClassifierBase):
+class GeneTransformerForCellClassification(GeneTokenMixin, CellClassifierBase):
     """Case-vs-control classifier over gene tokens; input ``expr: (cells, n_genes)``."""
 
     config_class = GeneTransformerConfig
@@ -113,21 +137,14 @@ class GeneTransformerForCellClassification(CellClassifierBase):
         self.register_buffer("gene_scale", torch.ones(n_genes))
         self._finish_init()
 
-    def tokenize(self, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``expr: (cells, n_genes)`` -> (gene ids, relative values, is_real), each (cells, tokens)."""
-        return select_tokens(expr, self.gene_scale, self.config.max_tokens,
-                             self.config.token_selection)
-
     def forward(self, expr: torch.Tensor, labels: torch.Tensor | None = None,
                 sample_weight: torch.Tensor | None = None) -> CellClassifierOutput:
         ids, values, real = self.tokenize(expr)
         if self.training and self.config.token_dropout > 0:
             # regulariser: hide a random share of the gene tokens from attention
             real = real & (torch.rand_like(values) >= self.config.token_dropout)
-        tok = self.gene_emb(ids) + self.value_emb(values.unsqueeze(-1))
-        cls = self.gene_emb.weight[-1].expand(expr.shape[0], 1, -1)
-        h = self.hook_embed(torch.cat([cls, tok], dim=1))  # (cells, 1 + tokens, d)
-        mask = torch.cat([torch.ones_like(real[:, :1]), real], dim=1)
+        h = self.hook_embed(self.embed_tokens(ids, values))  # (cells, 1 + tokens, d)
+        mask = self.key_mask(real)
         for block in self.blocks:
             h = block(h, mask)
         return self._classify(h, labels, sample_weight)
