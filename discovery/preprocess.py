@@ -63,8 +63,14 @@ class PreprocessConfig:
     #: (already log-normalised, e.g. a public dataset without counts: count checks, QC metrics
     #: from counts and normalisation are skipped, see :data:`LOGNORM_SKIPPED`)
     input: str = "counts"
+    #: cohorts with more cells are sketched on reading: at most this many non-empty cells,
+    #: drawn within donors in proportion to their size (:mod:`discovery.sketch`); None keeps all
+    max_cells: int | None = 200_000
 
     def __post_init__(self) -> None:
+        if self.max_cells is not None and self.max_cells < 100:
+            msg = f"max_cells must be at least 100 (or null for every cell), got {self.max_cells}"
+            raise ValueError(msg)
         if self.input not in ("counts", "lognorm"):
             msg = f"preprocess input must be 'counts' or 'lognorm', got {self.input!r}"
             raise ValueError(msg)

@@ -23,18 +23,22 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata.io import sparse_dataset, write_elem
+from tqdm.auto import tqdm
 
 from discovery import bundled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCENARIOS", "Scenario", "simulate", "truth"]
+__all__ = ["SCENARIOS", "Scenario", "simulate", "truth", "write_simulated"]
 
 #: (cell type, mean proportion, median library size of a nucleus); proportions follow the
 #: prefrontal-cortex snRNA-seq of Mathys et al. 2019 with rare glia enriched so that every
@@ -147,21 +151,49 @@ def _assign_counts(n: int, fraction: float) -> int:
 
 
 # ------------------------------------------------------------------------------------ simulate
-def simulate(
-    scenario: str = "alzheimers",
-    *,
-    seed: int = 0,
-    n_donors: int = 48,
-    cells_per_donor: int = 200,
-    n_genes: int = 2000,
-    label_key: str = "diagnosis",
-) -> ad.AnnData:
-    """Simulate a cohort; deterministic for a seed (byte-identical counts and truth).
+@dataclass
+class _Cohort:
+    """Everything about a simulated cohort except its count matrix, drawn once per seed.
 
-    Returns an AnnData with integer counts in ``X`` (CSR, float32), obs ``diagnosis`` (``AD`` /
-    ``Control``), ``donor``, ``cell_type``, ``batch``, ``sex``, ``age``, and the truth in
-    ``uns['simulation']``.
+    The counts are drawn from it row block by row block (:func:`_counts`), so a cohort too large
+    for memory can be written in chunks (:func:`write_simulated`).
     """
+
+    genes: list[str]
+    origin: dict[str, str]
+    ct_of_cell: np.ndarray
+    donor_of_cell: np.ndarray
+    profile: np.ndarray  # cell types x genes, log scale
+    donor_gene: np.ndarray  # donors x genes, log scale
+    #: disease programs: (cells in the program state, gene columns, log shift per gene)
+    edits: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    batch_cols: np.ndarray
+    batch_shift: np.ndarray
+    in_tech: np.ndarray  # per cell: in the technical batch
+    lib: np.ndarray  # per cell library size
+    f_mt: np.ndarray  # per cell mitochondrial fraction
+    is_mt: np.ndarray
+    mt_share: np.ndarray
+    dispersion: np.ndarray
+    obs: pd.DataFrame
+    truth: dict[str, Any]
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.ct_of_cell)
+
+    def shell(self) -> ad.AnnData:
+        """The cohort as an AnnData without ``X`` (obs, var with ``gene_origin``, the truth)."""
+        var = pd.DataFrame(index=self.genes)
+        var["gene_origin"] = pd.Categorical([self.origin.get(g, "placeholder")
+                                             for g in self.genes])
+        adata = ad.AnnData(obs=self.obs, var=var)
+        # stored as a JSON string: h5ad cannot hold lists of dicts, and this round-trips exactly
+        adata.uns["simulation"] = {"truth_json": json.dumps(self.truth, sort_keys=True)}
+        return adata
+
+
+def _check_args(scenario: str, n_donors: int, cells_per_donor: int) -> None:
     if scenario not in SCENARIOS:
         msg = f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}"
         raise ValueError(msg)
@@ -171,8 +203,13 @@ def simulate(
     if cells_per_donor < 20:
         msg = f"cells_per_donor must be at least 20; got {cells_per_donor}"
         raise ValueError(msg)
+
+
+def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
+          cells_per_donor: int, n_genes: int, label_key: str) -> _Cohort:
+    """Donors, composition, profiles, programs and confounders: every draw but the counts."""
+    _check_args(scenario, n_donors, cells_per_donor)
     sc_ = SCENARIOS[scenario]
-    rng = np.random.default_rng(seed)
     genes, origin = _gene_universe(n_genes)
     gidx = {g: i for i, g in enumerate(genes)}
     n_g = len(genes)
@@ -235,12 +272,10 @@ def simulate(
     mt_genes = np.flatnonzero(is_mt)
     mt_share = rng.dirichlet(np.full(len(mt_genes), 5.0))
 
-    log_mu = profile[ct_of_cell] + donor_gene[donor_of_cell]
-
     # 4. disease programs ---------------------------------------------------------------------------
     programs_truth: dict[str, Any] = {}
+    edits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     case_donors = np.flatnonzero(is_case_d)
-    state = np.zeros(n_cells, bool)
     for name in PROGRAMS:
         gs = bundled.gene_set(name)
         k = ct_names.index(gs.cell_type)
@@ -248,7 +283,6 @@ def simulate(
         weights = rng.uniform(0.6, 1.4, size=len(gs.genes))
         affected = np.sort(rng.permutation(case_donors)[: _assign_counts(len(case_donors),
                                                                          sc_.affected_fraction)])
-        severity = {}
         if sc_.program_effect > 0:
             cols = np.array([gidx[g] for g in gs.genes])
             for d in affected:
@@ -256,9 +290,7 @@ def simulate(
                 frac = rng.uniform(*sc_.state_fraction)
                 in_state = cells[rng.random(len(cells)) < frac]
                 sev = rng.uniform(0.7, 1.3)
-                severity[donor_ids[d]] = round(float(sev), 4)
-                log_mu[np.ix_(in_state, cols)] += sign * sc_.program_effect * sev * weights
-                state[in_state] = True
+                edits.append((in_state, cols, sign * sc_.program_effect * sev * weights))
         programs_truth[name] = {
             "cell_type": gs.cell_type,
             "direction": gs.direction,
@@ -274,7 +306,6 @@ def simulate(
     bcols = np.array([gidx[g] for g in batch_genes])
     bweights = rng.uniform(0.6, 1.4, size=len(bcols))
     in_tech = tech_batch[donor_of_cell]
-    log_mu[np.ix_(np.flatnonzero(in_tech), bcols)] += sc_.batch_effect * bweights
 
     lib_median = np.array([c[2] for c in CELL_TYPES])[ct_of_cell]
     lib = lib_median * donor_lib[donor_of_cell] * np.exp(rng.normal(0, 0.35, size=n_cells))
@@ -283,19 +314,7 @@ def simulate(
                 + sc_.mito_case_shift * is_case_d[donor_of_cell] + rng.normal(0, 0.5, n_cells))
     f_mt = 1.0 / (1.0 + np.exp(-logit_mt))
 
-    # counts: softmax over nuclear genes x library, plus the mitochondrial share
-    log_mu[:, is_mt] = -np.inf
-    log_mu -= log_mu.max(axis=1, keepdims=True)
-    mu = np.exp(log_mu)
-    mu /= mu.sum(axis=1, keepdims=True)
-    mu *= (lib * (1 - f_mt))[:, None]
-    mu[:, mt_genes] = (lib * f_mt)[:, None] * mt_share[None, :]
-    shape = 1.0 / dispersion
-    lam = rng.gamma(shape[None, :], (mu / shape[None, :]))
-    counts = rng.poisson(lam).astype(np.float32)
-    del lam, mu, log_mu
-
-    # AnnData -----------------------------------------------------------------------------------
+    width = max(6, len(str(n_cells - 1)))
     obs = pd.DataFrame(
         {
             label_key: pd.Categorical(np.where(is_case_d, "AD", "Control")[donor_of_cell],
@@ -307,11 +326,8 @@ def simulate(
             "sex": pd.Categorical(sex[donor_of_cell], categories=["F", "M"]),
             "age": age[donor_of_cell].astype(np.float32),
         },
-        index=[f"cell{i:06d}" for i in range(n_cells)],
+        index=[f"cell{i:0{width}d}" for i in range(n_cells)],
     )
-    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes))
-    adata.var["gene_origin"] = pd.Categorical([origin.get(g, "placeholder") for g in genes])
-
     truth_d = {
         "scenario": scenario,
         "description": sc_.description,
@@ -339,10 +355,101 @@ def simulate(
             for i, d in enumerate(donor_ids)
         },
     }
-    # stored as a JSON string: h5ad cannot hold lists of dicts, and this round-trips exactly
-    adata.uns["simulation"] = {"truth_json": json.dumps(truth_d, sort_keys=True)}
-    log.info("simulated %s: %d cells x %d genes, %d donors", scenario, n_cells, n_g, n_donors)
+    return _Cohort(genes=genes, origin=origin, ct_of_cell=ct_of_cell, donor_of_cell=donor_of_cell,
+                   profile=profile, donor_gene=donor_gene, edits=edits, batch_cols=bcols,
+                   batch_shift=sc_.batch_effect * bweights, in_tech=in_tech, lib=lib, f_mt=f_mt,
+                   is_mt=is_mt, mt_share=mt_share, dispersion=dispersion, obs=obs, truth=truth_d)
+
+
+def _counts(c: _Cohort, start: int, stop: int, rng: np.random.Generator) -> np.ndarray:
+    """Negative-binomial counts (float32) of cells ``start:stop``."""
+    log_mu = c.profile[c.ct_of_cell[start:stop]] + c.donor_gene[c.donor_of_cell[start:stop]]
+    for cells, cols, shift in c.edits:
+        rows = cells[(cells >= start) & (cells < stop)] - start
+        if len(rows):
+            log_mu[np.ix_(rows, cols)] += shift
+    tech = np.flatnonzero(c.in_tech[start:stop])
+    log_mu[np.ix_(tech, c.batch_cols)] += c.batch_shift
+    lib, f_mt = c.lib[start:stop], c.f_mt[start:stop]
+
+    # counts: softmax over nuclear genes x library, plus the mitochondrial share
+    log_mu[:, c.is_mt] = -np.inf
+    log_mu -= log_mu.max(axis=1, keepdims=True)
+    mu = np.exp(log_mu)
+    mu /= mu.sum(axis=1, keepdims=True)
+    mu *= (lib * (1 - f_mt))[:, None]
+    mu[:, np.flatnonzero(c.is_mt)] = (lib * f_mt)[:, None] * c.mt_share[None, :]
+    shape = 1.0 / c.dispersion
+    lam = rng.gamma(shape[None, :], (mu / shape[None, :]))
+    return rng.poisson(lam).astype(np.float32)
+
+
+def simulate(
+    scenario: str = "alzheimers",
+    *,
+    seed: int = 0,
+    n_donors: int = 48,
+    cells_per_donor: int = 200,
+    n_genes: int = 2000,
+    label_key: str = "diagnosis",
+) -> ad.AnnData:
+    """Simulate a cohort; deterministic for a seed (byte-identical counts and truth).
+
+    Returns an AnnData with integer counts in ``X`` (CSR, float32), obs ``diagnosis`` (``AD`` /
+    ``Control``), ``donor``, ``cell_type``, ``batch``, ``sex``, ``age``, and the truth in
+    ``uns['simulation']``. For cohorts larger than memory use :func:`write_simulated`.
+    """
+    rng = np.random.default_rng(seed)
+    c = _plan(scenario, rng, seed=seed, n_donors=n_donors, cells_per_donor=cells_per_donor,
+              n_genes=n_genes, label_key=label_key)
+    adata = c.shell()
+    adata.X = sp.csr_matrix(_counts(c, 0, c.n_cells, rng))
+    log.info("simulated %s: %d cells x %d genes, %d donors", scenario, c.n_cells, len(c.genes),
+             n_donors)
     return adata
+
+
+def write_simulated(
+    path: str | Path,
+    scenario: str = "alzheimers",
+    *,
+    seed: int = 0,
+    n_donors: int = 48,
+    cells_per_donor: int = 200,
+    n_genes: int = 2000,
+    label_key: str = "diagnosis",
+    chunk_cells: int = 50_000,
+    quiet: bool = True,
+) -> tuple[int, int]:
+    """Simulate a cohort straight to an ``.h5ad`` file, ``chunk_cells`` rows at a time.
+
+    Memory holds the cohort's plan (per-cell labels, library sizes: a few numbers per cell) and one
+    chunk of counts, so a million cells need well under 1 GB. The counts of chunk ``i`` come from
+    their own generator, seeded by ``SeedSequence(seed).spawn``: the file is deterministic for a
+    seed, but its counts are not the draws :func:`simulate` makes for the same seed (the truth,
+    donors and cells are the same). ``X`` is CSR, so the file reads back in backed mode by rows.
+    Returns (cells, genes).
+    """
+    if chunk_cells < 1:
+        msg = f"chunk_cells must be positive, got {chunk_cells}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    c = _plan(scenario, rng, seed=seed, n_donors=n_donors, cells_per_donor=cells_per_donor,
+              n_genes=n_genes, label_key=label_key)
+    c.shell().write_h5ad(path)
+    starts = range(0, c.n_cells, chunk_cells)
+    seqs = np.random.SeedSequence(seed).spawn(len(starts))
+    with h5py.File(path, "a") as f:
+        for i, a in enumerate(tqdm(starts, desc="simulate (chunks)", disable=quiet)):
+            counts = sp.csr_matrix(_counts(c, a, min(a + chunk_cells, c.n_cells),
+                                           np.random.default_rng(seqs[i])))
+            if i == 0:
+                write_elem(f, "X", counts)
+            else:
+                sparse_dataset(f["X"]).append(counts)
+    log.info("simulated %s: %d cells x %d genes, %d donors, written in %d chunks", scenario,
+             c.n_cells, len(c.genes), n_donors, len(starts))
+    return c.n_cells, len(c.genes)
 
 
 def truth(adata: ad.AnnData) -> dict[str, Any]:

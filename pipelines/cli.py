@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--donors", type=int, default=48)
     p.add_argument("--cells-per-donor", type=int, default=200)
     p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--chunk-cells", type=int, default=None,
+                   help="write the counts this many cells at a time (default: in one piece up "
+                        "to 200,000 cells, in chunks of 50,000 above)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("benchmark", help="score ranking methods against planted truth")
@@ -291,17 +294,27 @@ def _print_run_summary(res) -> None:  # noqa: ANN001
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from discovery.simulate import simulate
+    from discovery.simulate import simulate, write_simulated
     from pipelines.rundir import atomic_write
 
     t0 = time.perf_counter()
-    adata = simulate(args.scenario, seed=args.seed, n_donors=args.donors,
-                     cells_per_donor=args.cells_per_donor, n_genes=args.genes)
-    atomic_write(args.out, lambda p: adata.write_h5ad(p, compression="gzip"))
+    kw = {"seed": args.seed, "n_donors": args.donors, "cells_per_donor": args.cells_per_donor,
+          "n_genes": args.genes}
+    chunk = args.chunk_cells
+    if chunk is None and args.donors * args.cells_per_donor > 200_000:
+        chunk = 50_000
+    if chunk:
+        shape: list[tuple[int, int]] = []
+        atomic_write(args.out, lambda p: shape.append(
+            write_simulated(p, args.scenario, chunk_cells=chunk, quiet=args.quiet, **kw)))
+        (n_cells, n_genes), = shape
+    else:
+        adata = simulate(args.scenario, **kw)
+        atomic_write(args.out, lambda p: adata.write_h5ad(p, compression="gzip"))
+        n_cells, n_genes = adata.shape
     if not args.quiet:
         console.print(f"simulated [bold]{args.scenario}[/] (seed {args.seed}): "
-                      f"{adata.n_obs} cells x {adata.n_vars} genes, "
-                      f"{adata.obs['donor'].nunique()} donors in "
+                      f"{n_cells} cells x {n_genes} genes, {args.donors} donors in "
                       f"{time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
 

@@ -186,7 +186,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "cohort": {"n_donors": 24, "cells_per_donor": 120, "n_genes": 1000},
-        "preprocess": {"n_top_genes": 600},
+        "preprocess": {"n_top_genes": 600, "max_cells": 50_000},
         "model": {"kind": "mlp", "train": {"epochs": 15}},
         "features": {"seeds": [0, 1], "train": {"epochs": 15, "lr": 2e-3, "batch_size": 128}},
         "graphs": {"n_boot": 50, "n_top": 30},

@@ -49,6 +49,7 @@ from discovery.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
 from discovery.interventions import validate_graph
 from discovery.plans import PRIORITY_FORMULA, make_plans
 from discovery.preprocess import preprocess
+from discovery.sketch import h5ad_n_obs, read_sketched, sketch_cells
 from discovery.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
@@ -122,20 +123,43 @@ def graph_index(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
-                genes_in_rows: bool) -> tuple[ad.AnnData, dict[str, Any]]:
+                genes_in_rows: bool, quiet: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
+    max_cells = config.preprocess.max_cells
+    strata = config.keys.donor_key or config.keys.label_key
     if data is None and config.cohort.scenario in DATASETS:
         adata = load_dataset(config.cohort.scenario)
-        return adata, {"kind": "dataset", "name": config.cohort.scenario}
-    if data is None:
+        desc: dict[str, Any] = {"kind": "dataset", "name": config.cohort.scenario}
+    elif data is None:
         c = config.cohort
         adata = simulate_mod.simulate(c.scenario, seed=c.seed, n_donors=c.n_donors,
                                       cells_per_donor=c.cells_per_donor, n_genes=c.n_genes)
-        return adata, {"kind": "simulated", **c.to_dict()}
-    adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
-    desc = {"kind": "file", "path": str(Path(data).resolve()), "checksum": file_checksum(data)}
-    if metadata is not None:
-        desc["metadata"] = str(Path(metadata).resolve())
-        desc["metadata_checksum"] = file_checksum(metadata)
+        desc = {"kind": "simulated", **c.to_dict()}
+    else:
+        desc = {"kind": "file", "path": str(Path(data).resolve()), "checksum": file_checksum(data)}
+        if metadata is not None:
+            desc["metadata"] = str(Path(metadata).resolve())
+            desc["metadata_checksum"] = file_checksum(metadata)
+        n_obs = (h5ad_n_obs(data) if data.suffix.lower() == ".h5ad" and metadata is None
+                 else None)
+        if max_cells is not None and n_obs is not None and n_obs > max_cells:
+            # larger than the sketch: never loaded whole (backed mode, chunks)
+            adata, desc["sketch"] = read_sketched(
+                data, max_cells=max_cells, strata=strata, seed=config.seed, quiet=quiet,
+                require_counts=config.preprocess.input == "counts")
+            return adata, desc
+        adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
+    if max_cells is not None and adata.n_obs > max_cells:
+        if strata is not None and strata not in adata.obs:
+            strata = None  # validation names the missing key right after
+        x = adata.X
+        nonempty = (x.getnnz(axis=1) if hasattr(x, "getnnz")
+                    else np.count_nonzero(np.asarray(x), axis=1)) > 0
+        rows = sketch_cells(adata.obs, max_cells, strata=strata, eligible=nonempty,
+                            seed=config.seed)
+        desc["sketch"] = {"cells_in_file": int(adata.n_obs), "empty_cells": int((~nonempty).sum()),
+                          "max_cells": int(max_cells), "cells_kept": int(len(rows)),
+                          "strata": strata, "seed": int(config.seed)}
+        adata = adata[rows].copy()
     return adata, desc
 
 
@@ -162,7 +186,8 @@ def run_pipeline(
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
     adata, input_desc = _load_input(Path(data) if data else None,
-                                    Path(metadata) if metadata else None, config, genes_in_rows)
+                                    Path(metadata) if metadata else None, config, genes_in_rows,
+                                    quiet=quiet)
     # before any work: errors surface here
     keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
     rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
@@ -172,6 +197,8 @@ def run_pipeline(
             "n_donors": int(adata.obs[keys.donor_key].nunique()),
             "keys": keys.to_dict(),
         }
+        if "sketch" in input_desc:
+            summary["sketch"] = input_desc["sketch"]
         write_json(rd.file("input_summary.json"), summary)
         outputs.append("input_summary.json")
     stages.update()
