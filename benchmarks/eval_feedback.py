@@ -27,26 +27,39 @@ import pandas as pd  # noqa: E402
 
 from discovery.feedback import FeedbackItem, FeedbackStore, default_url  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.refine import refine_run  # noqa: E402
+from pipelines.refine import covariate_share, refine_run  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 from pipelines.rundir import write_text  # noqa: E402
 
+#: what the expert recognises in each round: (covariate, artifact gene set named by flags, note)
+ROUNDS = {
+    "batch": ("batch", None, "batch explains this feature better than the label"),
+    "mito": ("pct_counts_mt", "Mitochondrial genes",
+             "mitochondrial read fraction, a QC artifact: cases have more mitochondrial reads"),
+}
 
-def mark_batch_features(run: Path) -> list[str]:
+
+def mark_features(run: Path, round_: str = "batch") -> list[str]:
+    """Mark every feature annotated as explained by the round's covariate, or behind a
+    hypothesis flagged for it (confounded by it, or an artifact of its gene set)."""
+    covariate, gene_set, note = ROUNDS[round_]
     manifest = json.loads((run / "manifest.json").read_text())
     hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
     ann = pd.read_json(run / "features" / "annotations.json")
-    marked = set(ann.loc[ann["confounded_by"] == "batch", "feature"])
+    marked = set(ann.loc[ann["confounded_by"] == covariate, "feature"])
     for h in hyps:
-        if h["status"] == "flagged" and any(f["by"] == "batch" for f in h["flags"]):
+        named = [f for f in h["flags"] if f["by"] == covariate
+                 or (gene_set and f["by"] == gene_set)]
+        if round_ == "batch" and h["status"] != "flagged":
+            named = []
+        if named:
             marked |= set(h["features"])
     store = FeedbackStore(default_url(run))
-    if len(store.items(manifest["run_id"])):  # a kept parent already carries the marks
+    if len(store.items(manifest["run_id"])):  # a kept run already carries the marks
         return sorted(marked)
     for f in sorted(marked):
         store.add(FeedbackItem(manifest["run_id"], "feature", f, "disagree",
-                               "technical_artifact", "benchmark expert",
-                               note="batch explains this feature better than the label",
+                               "technical_artifact", "benchmark expert", note=note,
                                client="benchmark"))
     return sorted(marked)
 
@@ -57,18 +70,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/feedback.md"))
     ap.add_argument("--modes", default="ablate,finetune,retrain")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: reuse finished runs found there as they are")
+    ap.add_argument("--second-round", action="store_true",
+                    help="after retrain, mark the child's mitochondrial-fraction features and "
+                         "retrain again (--covariate pct_counts_mt)")
     args = ap.parse_args(argv)
     rows = []
     root = args.keep or Path(tempfile.mkdtemp())
     for seed in [int(s) for s in args.seeds.split(",")]:
         parent = root / f"confounded_seed{seed}"
-        run_pipeline(parent, config=load_config(overrides={
-            "seed": seed, "cohort": {"scenario": "confounded", "seed": seed}}), quiet=True)
-        marked = mark_batch_features(parent)
-        for mode in args.modes.split(","):
-            res = refine_run(parent, root / f"confounded_seed{seed}_{mode}", mode=mode,
-                             quiet=True)
+        if not (args.reuse and (parent / "hypotheses.json").is_file()):
+            run_pipeline(parent, config=load_config(overrides={
+                "seed": seed, "cohort": {"scenario": "confounded", "seed": seed}}), quiet=True)
+        marked = mark_features(parent, "batch")
+        steps = [(mode, parent, root / f"confounded_seed{seed}_{mode}", None, marked)
+                 for mode in args.modes.split(",")]
+        if args.second_round:
+            steps.append(("retrain, then retrain (mito)", root / f"confounded_seed{seed}_retrain",
+                          root / f"confounded_seed{seed}_retrain_mito", "pct_counts_mt", None))
+        for mode, src, child, covariate, marked in steps:
+            refine_json = child / "refine.json"
+            if args.reuse and refine_json.is_file():
+                res = json.loads(refine_json.read_text())
+            else:
+                if marked is None:
+                    marked = mark_features(src, "mito")
+                res = refine_run(src, child, mode="retrain" if covariate else mode,
+                                 covariate=covariate, quiet=True)
             b, a = res["before"], res["after"]
+            if covariate:  # the second round is compared with the original parent
+                first = json.loads((src / "refine.json").read_text())
+                b = first["before"]
+                a = {**a, "covariate_attribution_share": covariate_share(child, "batch")}
+                res = {**res, "covariate_share_drop": 1 - a["covariate_attribution_share"]
+                       / b["covariate_attribution_share"]}
             progs = sorted(set(b["program_ranks"]) | set(a["program_ranks"]))
             moved = [p for p in progs if (a["program_ranks"].get(p) or 999)
                      < (b["program_ranks"].get(p) or 999)]

@@ -20,7 +20,12 @@ at the SAE hook — and the model is changed at that place:
   them, and :func:`artifact_genes` keeps those the named covariate explains better than the
   label at donor level. The model is retrained from scratch, with the parent's settings, on the
   panel without them — the artifact is gone from what the model can read, not only from one
-  direction it happened to use.
+  direction it happened to use. When the reason is a QC metric computed from a gene group
+  (``pct_counts_mt``: mitochondrial reads), the artifact is not carried by a few genes but by
+  the normalisation: a cell's mitochondrial reads shrink every other gene's share of its
+  library. :func:`renormalise_without` then recomputes ``X`` with the group out of the library
+  size, and the group is withheld from the inputs — the standard treatment of mitochondrial
+  reads in single-nucleus data.
 
 :func:`propose_similar` propagates a verdict to features similar by decoder cosine or by the same
 artifact enrichment (proposals, which the scientist confirms); :func:`fit_check` turns the marked
@@ -45,8 +50,12 @@ from discovery.contract import InputError, case_mask, get_keys
 from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
-__all__ = ["artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "propose_similar", "retrain_without", "suppression_basis"]
+__all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
+           "propose_similar", "renormalise_without", "retrain_without", "suppression_basis"]
+
+#: QC covariates computed from a gene group (``var`` column): the group is taken out of the
+#: library size and out of the model's inputs when such a covariate is the reason
+QC_GENE_GROUPS = {"pct_counts_mt": "mt", "pct_counts_ribo": "ribo"}
 
 ACTIONABLE = ("technical_artifact", "confounder")
 
@@ -377,3 +386,38 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
         if withheld:
             out["genes"].append(g)
     return out
+
+
+def renormalise_without(adata: Any, group: str) -> dict[str, Any]:
+    """Recompute ``X`` as log1p(counts / size x target) with the ``var[group]`` genes left out of
+    each cell's size (their own values are scaled the same way); in place.
+
+    Needs ``layers['counts']`` (count input). Returns the group's genes and the median change of
+    the size factor, for the audit trail.
+    """
+    import scipy.sparse as sp
+
+    if "counts" not in adata.layers:
+        msg = ("renormalising without a gene group needs raw counts (layers['counts']); this run "
+               "was made from log-normalised input: use --mode retrain with a batch reason, or "
+               "--mode ablate")
+        raise InputError(msg)
+    if group not in adata.var:
+        msg = f"var has no column {group!r} marking the gene group to leave out"
+        raise InputError(msg)
+    mask = adata.var[group].to_numpy(bool)
+    counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
+    total = np.asarray(counts.sum(axis=1)).ravel()
+    kept = np.asarray(counts[:, np.flatnonzero(~mask)].sum(axis=1)).ravel()
+    if (kept <= 0).any():
+        msg = (f"{int((kept <= 0).sum())} cells have no counts outside the {group!r} genes; drop "
+               "them before renormalising")
+        raise InputError(msg)
+    target = float(adata.uns.get("normalize", {}).get("params", {}).get("target_sum", 1e4))
+    x = sp.diags(target / kept) @ counts
+    x.data = np.log1p(x.data)
+    adata.X = x.astype(np.float32).tocsr()
+    adata.uns["normalize"] = {"params": {"target_sum": target, "log1p": True,
+                                         "size_without": group}}
+    return {"group": group, "genes": list(adata.var_names[mask]),
+            "median_size_ratio": float(np.median(kept / np.maximum(total, 1)))}

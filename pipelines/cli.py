@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["ablate", "finetune", "retrain"], default="ablate",
                    help="ablate: mean-ablate the features' directions in the head; finetune: "
                         "fine-tune with them projected out; retrain: retrain without the input "
-                        "genes that carry the artifact")
+                        "genes that carry the artifact (a QC metric such as pct_counts_mt: "
+                        "renormalise without its gene group and withhold the group)")
+    p.add_argument("--covariate", default=None,
+                   help="obs column that explains the artifact (default: what the marked "
+                        "features are annotated as confounded by, else the batch key)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
@@ -493,7 +497,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_refine(args: argparse.Namespace) -> int:
     from pipelines.refine import refine_run
 
-    res = refine_run(args.run_dir, args.out, mode=args.mode, quiet=args.quiet)
+    res = refine_run(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
+                     quiet=args.quiet)
     b, a = res["before"], res["after"]
     table = Table(title=f"refine ({res['mode']}): {', '.join(res['suppressed'])} suppressed")
     for col in ("", "before", "after"):

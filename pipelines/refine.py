@@ -25,11 +25,13 @@ from discovery.contract import InputError, get_keys
 from discovery.feedback import FeedbackStore, default_url
 from discovery.refine import (
     ACTIONABLE,
+    QC_GENE_GROUPS,
     artifact_genes,
     balanced_eval,
     fit_check,
     fold_projection,
     propose_similar,
+    renormalise_without,
     retrain_without,
     suppression_basis,
 )
@@ -97,8 +99,12 @@ def _program_ranks(hyps: list[dict], truth: dict | None) -> dict[str, int | None
 
 
 def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
-               quiet: bool = False) -> dict[str, Any]:
-    """Build the child run of ``parent_dir`` in ``out`` from the parent's feedback."""
+               covariate: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Build the child run of ``parent_dir`` in ``out`` from the parent's feedback.
+
+    ``covariate``: the obs column that explains the artifact, as the expert names it (e.g.
+    ``pct_counts_mt``); by default the covariate most of the marked features are annotated as
+    confounded by, else the batch key."""
     if mode not in REFINE_MODES:
         msg = f"mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}"
         raise InputError(msg)
@@ -126,7 +132,11 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     ann = pd.read_json(parent_dir / "features" / "annotations.json")
     named = Counter(ann.set_index("index").loc[feats, "confounded_by"].dropna())
     keys = get_keys(parent.adata)
-    covariate = named.most_common(1)[0][0] if named else keys.batch_key
+    if covariate is not None and covariate not in parent.adata.obs:
+        msg = (f"covariate {covariate!r} is not an obs column of the run; choose one of "
+               f"{', '.join(map(str, parent.adata.obs.columns))}")
+        raise InputError(msg)
+    covariate = covariate or (named.most_common(1)[0][0] if named else keys.batch_key)
     store.log_action(run_id, "refine:start", detail=json.dumps(
         {"mode": mode, "features": [f"{sae_hook.hook}:F{i}" for i in feats],
          "feedback": fb_ids, "covariate": covariate}))
@@ -174,7 +184,8 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                  "from_marked_features": [r["gene"] for r in table if r["withheld"]
                                           and r["source"] == "marked feature"],
                  "from_the_check": [r["gene"] for r in table if r["withheld"]
-                                    and r["source"] == "check"]}))
+                                    and r["source"] == "check"],
+                 "renormalised": history.get("renormalised")}))
         probs = classifier.predict(adata, child)
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
@@ -250,24 +261,38 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
 def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],
                            covariate: str | None, config: PipelineConfig, *,
                            quiet: bool) -> tuple[Any, dict[str, Any]]:
-    """Retrain from scratch (the parent's model settings) without the artifact's input genes."""
+    """Retrain from scratch (the parent's model settings) without the artifact's input genes.
+
+    A QC covariate computed from a gene group (:data:`QC_GENE_GROUPS`) renormalises ``X``
+    without the group first (in place: the child run's data), and withholds the group."""
     if not covariate:
         msg = ("retrain needs the covariate that explains the artifact (a batch column, or "
                "features annotated as confounded); use --mode ablate")
         raise InputError(msg)
-    art = artifact_genes(adata, ann, feats, covariate=covariate,
-                         genes=list(model.config.gene_names))
-    if not art["genes"]:
-        msg = (f"none of the {art['candidates']} genes that drive the marked features is "
-               f"explained by {covariate!r} better than by the label, so there is nothing to "
-               "withhold; use --mode finetune or --mode ablate")
-        raise InputError(msg)
+    history: dict[str, Any] = {}
+    if covariate in QC_GENE_GROUPS:
+        renorm = renormalise_without(adata, QC_GENE_GROUPS[covariate])
+        panel = set(model.config.gene_names)
+        genes = [g for g in renorm["genes"] if g in panel]
+        art = {"covariate": covariate, "genes": genes, "candidates": len(renorm["genes"]),
+               "table": [{"gene": g, "withheld": True, "source": "gene group"} for g in genes],
+               "rule": f"{covariate} is computed from the {QC_GENE_GROUPS[covariate]!r} genes: "
+                       "they are left out of each cell's library size and of the inputs"}
+        history["renormalised"] = {k: v for k, v in renorm.items() if k != "genes"}
+    else:
+        art = artifact_genes(adata, ann, feats, covariate=covariate,
+                             genes=list(model.config.gene_names))
+        if not art["genes"]:
+            msg = (f"none of the {art['candidates']} genes that drive the marked features is "
+                   f"explained by {covariate!r} better than by the label, so there is nothing "
+                   "to withhold; use --mode finetune or --mode ablate")
+            raise InputError(msg)
     mc = config.model
     tc = mc.train_config()
     tc.seed = config.seed
     trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
                                exclude_genes=art["genes"], quiet=quiet)
-    return trained.model, {"withheld": art, "best_epoch": trained.history.best_epoch}
+    return trained.model, {**history, "withheld": art, "best_epoch": trained.history.best_epoch}
 
 
 def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]:

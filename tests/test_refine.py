@@ -169,3 +169,55 @@ def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expressio
     real = artifact_genes(adata, ann, ann["index"].tolist(), covariate="batch",
                           genes=list(run.model.config.gene_names))
     assert len(real["genes"]) >= 5  # the same candidates, the planted batch does show
+
+
+def test_renormalising_without_mitochondrial_reads_removes_their_share(tiny_run):
+    """After renormalisation every cell's non-mitochondrial reads sum to the target, so the
+    mitochondrial fraction no longer scales every other gene (it did before)."""
+    from discovery.refine import renormalise_without
+
+    adata = open_run(tiny_run).adata
+    mt = adata.var["mt"].to_numpy(bool)
+    assert mt.sum() >= 5
+
+    def nuclear_total(a):
+        return np.asarray(np.expm1(a.X[:, ~mt].toarray()).sum(1)).ravel()
+
+    before = nuclear_total(adata)
+    pct = adata.obs["pct_counts_mt"].to_numpy()
+    assert np.corrcoef(before, pct)[0, 1] < -0.9  # more mito reads, less of everything else
+    info = renormalise_without(adata, "mt")
+    after = nuclear_total(adata)
+    np.testing.assert_allclose(after, 1e4, rtol=1e-4)
+    assert set(info["genes"]) == set(adata.var_names[mt])
+    assert 0.5 < info["median_size_ratio"] < 1
+    assert adata.uns["normalize"]["params"]["size_without"] == "mt"
+
+
+def test_retrain_for_a_qc_reason_renormalises_and_withholds_the_gene_group(parent, tmp_path):
+    """The expert names the mitochondrial fraction: the child is retrained on data normalised
+    without mitochondrial reads and without mitochondrial genes, and the audit trail says so."""
+    f = _batch_feature(parent)
+    assert main(["feedback", str(parent), "--target", f, "--verdict", "disagree", "--reason",
+                 "technical_artifact", "--note", "mitochondrial fraction", "--by", "Ada",
+                 "--quiet"]) == 0
+    child = tmp_path / "qc"
+    assert main(["refine", str(parent), "--out", str(child), "--mode", "retrain",
+                 "--covariate", "pct_counts_mt", "--quiet"]) == 0
+    metrics = json.loads((child / "model" / "metrics.json").read_text())
+    hist = metrics["refine"]["history"]
+    child_genes = json.loads((child / "model" / "config.json").read_text())["gene_names"]
+    parent_genes = json.loads((parent / "model" / "config.json").read_text())["gene_names"]
+    mt_in_panel = {g for g in parent_genes if g.startswith("MT-")}
+    assert mt_in_panel and set(hist["withheld"]["genes"]) == mt_in_panel
+    assert set(child_genes) == set(parent_genes) - mt_in_panel
+    assert hist["renormalised"]["group"] == "mt"
+    child_data = open_run(child).adata
+    assert child_data.uns["normalize"]["params"]["size_without"] == "mt"
+    res = json.loads((child / "refine.json").read_text())
+    assert res["covariate"] == "pct_counts_mt"
+    actions = FeedbackStore(default_url(parent)).actions(res["parent_run"])
+    detail = json.loads(actions.loc[actions["action"] == "retrain:withheld", "detail"].iloc[-1])
+    assert detail["renormalised"]["group"] == "mt"
+    assert main(["refine", str(parent), "--out", str(tmp_path / "bad"), "--mode", "retrain",
+                 "--covariate", "no_such_column", "--quiet"]) == 2
