@@ -272,8 +272,7 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     history: dict[str, Any] = {}
     if covariate in QC_GENE_GROUPS:
         renorm = renormalise_without(adata, QC_GENE_GROUPS[covariate])
-        panel = set(model.config.gene_names)
-        genes = [g for g in renorm["genes"] if g in panel]
+        genes = [g for g in renorm["genes"] if g in set(model.config.gene_names)]
         art = {"covariate": covariate, "genes": genes, "candidates": len(renorm["genes"]),
                "table": [{"gene": g, "withheld": True, "source": "gene group"} for g in genes],
                "rule": f"{covariate} is computed from the {QC_GENE_GROUPS[covariate]!r} genes: "
@@ -287,11 +286,17 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                    f"explained by {covariate!r} better than by the label, so there is nothing "
                    "to withhold; use --mode finetune or --mode ablate")
             raise InputError(msg)
+    # genes an earlier refinement withheld stay out: the parent's panel is the starting point
+    panel = set(model.config.gene_names)
+    hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]
+    before = [g for g in hvg if g not in panel]
+    if before:
+        history["withheld_before"] = before
     mc = config.model
     tc = mc.train_config()
     tc.seed = config.seed
     trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
-                               exclude_genes=art["genes"], quiet=quiet)
+                               exclude_genes=[*before, *art["genes"]], quiet=quiet)
     return trained.model, {**history, "withheld": art, "best_epoch": trained.history.best_epoch}
 
 

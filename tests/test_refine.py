@@ -150,6 +150,32 @@ def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
     actions = FeedbackStore(default_url(parent)).actions(res["parent_run"])["action"].tolist()
     assert "retrain:withheld" in actions and actions[-1] == "child:done"
 
+    # second round, a QC reason: the expert names the mitochondrial fraction on the child. The
+    # grandchild is retrained on data normalised without mitochondrial reads, without the MT
+    # genes, and still without the batch genes of the first round
+    f = _batch_feature(child)
+    assert main(["feedback", str(child), "--target", f, "--verdict", "disagree", "--reason",
+                 "technical_artifact", "--note", "mitochondrial fraction", "--by", "Ada",
+                 "--quiet"]) == 0
+    assert main(["refine", str(child), "--out", str(tmp_path / "bad"), "--mode", "retrain",
+                 "--covariate", "no_such_column", "--quiet"]) == 2
+    grand = tmp_path / "qc"
+    assert main(["refine", str(child), "--out", str(grand), "--mode", "retrain",
+                 "--covariate", "pct_counts_mt", "--quiet"]) == 0
+    hist = json.loads((grand / "model" / "metrics.json").read_text())["refine"]["history"]
+    grand_genes = json.loads((grand / "model" / "config.json").read_text())["gene_names"]
+    mt_in_panel = {g for g in child_genes if g.startswith("MT-")}
+    assert mt_in_panel and set(hist["withheld"]["genes"]) == mt_in_panel
+    assert set(hist["withheld_before"]) == set(withheld)
+    assert set(grand_genes) == set(parent_genes) - set(withheld) - mt_in_panel
+    assert hist["renormalised"]["group"] == "mt"
+    assert open_run(grand).adata.uns["normalize"]["params"]["size_without"] == "mt"
+    res2 = json.loads((grand / "refine.json").read_text())
+    assert res2["covariate"] == "pct_counts_mt"
+    log = FeedbackStore(default_url(child)).actions(res2["parent_run"])
+    detail = json.loads(log.loc[log["action"] == "retrain:withheld", "detail"].iloc[-1])
+    assert detail["renormalised"]["group"] == "mt"
+
 
 def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expression(tiny_run):
     """The donor-level rule is calibrated: a random donor-level 'batch' explains no gene."""
@@ -192,32 +218,3 @@ def test_renormalising_without_mitochondrial_reads_removes_their_share(tiny_run)
     assert set(info["genes"]) == set(adata.var_names[mt])
     assert 0.5 < info["median_size_ratio"] < 1
     assert adata.uns["normalize"]["params"]["size_without"] == "mt"
-
-
-def test_retrain_for_a_qc_reason_renormalises_and_withholds_the_gene_group(parent, tmp_path):
-    """The expert names the mitochondrial fraction: the child is retrained on data normalised
-    without mitochondrial reads and without mitochondrial genes, and the audit trail says so."""
-    f = _batch_feature(parent)
-    assert main(["feedback", str(parent), "--target", f, "--verdict", "disagree", "--reason",
-                 "technical_artifact", "--note", "mitochondrial fraction", "--by", "Ada",
-                 "--quiet"]) == 0
-    child = tmp_path / "qc"
-    assert main(["refine", str(parent), "--out", str(child), "--mode", "retrain",
-                 "--covariate", "pct_counts_mt", "--quiet"]) == 0
-    metrics = json.loads((child / "model" / "metrics.json").read_text())
-    hist = metrics["refine"]["history"]
-    child_genes = json.loads((child / "model" / "config.json").read_text())["gene_names"]
-    parent_genes = json.loads((parent / "model" / "config.json").read_text())["gene_names"]
-    mt_in_panel = {g for g in parent_genes if g.startswith("MT-")}
-    assert mt_in_panel and set(hist["withheld"]["genes"]) == mt_in_panel
-    assert set(child_genes) == set(parent_genes) - mt_in_panel
-    assert hist["renormalised"]["group"] == "mt"
-    child_data = open_run(child).adata
-    assert child_data.uns["normalize"]["params"]["size_without"] == "mt"
-    res = json.loads((child / "refine.json").read_text())
-    assert res["covariate"] == "pct_counts_mt"
-    actions = FeedbackStore(default_url(parent)).actions(res["parent_run"])
-    detail = json.loads(actions.loc[actions["action"] == "retrain:withheld", "detail"].iloc[-1])
-    assert detail["renormalised"]["group"] == "mt"
-    assert main(["refine", str(parent), "--out", str(tmp_path / "bad"), "--mode", "retrain",
-                 "--covariate", "no_such_column", "--quiet"]) == 2
