@@ -1,6 +1,7 @@
 """Expert feedback on the `confounded` scenario: mark the batch features, refine, compare.
 
-Run: ``python benchmarks/eval_feedback.py [--seeds 0,1,2] [--out benchmarks/results/feedback.md]``
+Run: ``python benchmarks/eval_feedback.py [--seeds 0,1,2] [--second-round] [--keep DIR [--reuse]]
+[--out benchmarks/results/feedback.md]``
 
 For each seed: the pipeline on the simulated `confounded` cohort (default preset); the script
 plays the expert: every feature whose hypothesis is flagged as batch-confounded, or whose
@@ -11,6 +12,12 @@ be confirmed by a scientist; here the marks already cover them). Then ``refine -
 retrain`` (retrained without the input genes that carry the batch); the table gives, before -> after: the share of attribution into
 the case logit through batch-explained features, donor AUROC on a batch-balanced subset of the
 test donors, within-batch cell AUROC, and the best rank of each planted program's hypothesis.
+
+With ``--second-round`` the expert looks at the retrained child and marks what it leans on next:
+the features annotated as explained by the mitochondrial fraction, or behind hypotheses flagged
+for it or for mitochondrial genes; ``refine --mode retrain --covariate pct_counts_mt`` then
+renormalises without mitochondrial reads and withholds the MT genes (the batch genes stay out).
+That row is compared with the original parent; its batch share is the grandchild's.
 """
 
 from __future__ import annotations
@@ -91,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                           root / f"confounded_seed{seed}_retrain_mito", "pct_counts_mt", None))
         for mode, src, child, covariate, marked in steps:
             refine_json = child / "refine.json"
+            if marked is None:
+                marked = mark_features(src, "mito")
             if args.reuse and refine_json.is_file():
                 res = json.loads(refine_json.read_text())
             else:
-                if marked is None:
-                    marked = mark_features(src, "mito")
                 res = refine_run(src, child, mode="retrain" if covariate else mode,
                                  covariate=covariate, quiet=True)
             b, a = res["before"], res["after"]
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["# Expert feedback on the confounded scenario: ablate vs ablate + fine-tune vs retrain", "",
-             f"Command: `python benchmarks/eval_feedback.py --seeds {args.seeds}`", "",
+             f"Command: `python benchmarks/eval_feedback.py --seeds {args.seeds}"
+             f"{' --second-round' if args.second_round else ''}`", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              "| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
