@@ -135,19 +135,24 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
                                       cells_per_donor=c.cells_per_donor, n_genes=c.n_genes)
         desc = {"kind": "simulated", **c.to_dict()}
     else:
+        n_obs = (h5ad_n_obs(data) if data.suffix.lower() == ".h5ad" and metadata is None
+                 else None)
+        sketch = None
+        if max_cells is not None and n_obs is not None and n_obs > max_cells:
+            # larger than the sketch: never loaded whole (backed mode, chunks)
+            adata, sketch = read_sketched(
+                data, max_cells=max_cells, strata=strata, seed=config.seed, quiet=quiet,
+                require_counts=config.preprocess.input == "counts")
+        else:
+            adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
+        # checksums once the files are known to be readable (missing files: read's error)
         desc = {"kind": "file", "path": str(Path(data).resolve()), "checksum": file_checksum(data)}
         if metadata is not None:
             desc["metadata"] = str(Path(metadata).resolve())
             desc["metadata_checksum"] = file_checksum(metadata)
-        n_obs = (h5ad_n_obs(data) if data.suffix.lower() == ".h5ad" and metadata is None
-                 else None)
-        if max_cells is not None and n_obs is not None and n_obs > max_cells:
-            # larger than the sketch: never loaded whole (backed mode, chunks)
-            adata, desc["sketch"] = read_sketched(
-                data, max_cells=max_cells, strata=strata, seed=config.seed, quiet=quiet,
-                require_counts=config.preprocess.input == "counts")
+        if sketch is not None:
+            desc["sketch"] = sketch
             return adata, desc
-        adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
     if max_cells is not None and adata.n_obs > max_cells:
         if strata is not None and strata not in adata.obs:
             strata = None  # validation names the missing key right after
