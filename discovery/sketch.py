@@ -49,14 +49,19 @@ def h5ad_n_obs(path: str | Path) -> int | None:
         return None
 
 
-def _chunk_problem(x: sp.csr_matrix, require_counts: bool) -> str | None:
+def _chunk_problem(x: sp.csr_matrix, require_counts: bool) -> tuple[str, int] | None:
+    """(what is wrong, first row holding it) of a CSR chunk, or None."""
     data = x.data
-    if not np.isfinite(data).all():
-        return "NaN or infinite values"
-    if (data < 0).any():
-        return "negative values"
-    if require_counts and not np.array_equal(data, np.round(data)):
-        return "non-integer values where raw counts are required"
+    checks = [("NaN or infinite values", lambda d: ~np.isfinite(d)),
+              ("negative values", lambda d: d < 0)]
+    if require_counts:
+        checks.append(("non-integer values where raw counts are required",
+                       lambda d: d != np.round(d)))
+    for problem, test in checks:
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(test(data))
+        if len(bad):
+            return problem, int(np.searchsorted(x.indptr, bad[0], side="right") - 1)
     return None
 
 
@@ -78,15 +83,9 @@ def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 5
         b = min(a + chunk, n)
         x = backed.X[a:b]
         x = sp.csr_matrix(x) if not sp.issparse(x) else x.tocsr()
-        problem = _chunk_problem(x, require_counts)
-        if problem:
-            bad = np.flatnonzero(np.diff(x.indptr) > 0)  # locate the first offending row
-            for r in bad:
-                row = x[r]
-                if _chunk_problem(row, require_counts):
-                    break
-            else:
-                r = 0
+        found = _chunk_problem(x, require_counts)
+        if found:
+            problem, r = found
             msg = (f"X holds {problem}: first at row {a + r} (cell {backed.obs_names[a + r]!r}). "
                    + ("Pass raw integer counts, or set preprocess input: lognorm for "
                       "log-normalised data." if "integer" in problem
