@@ -24,6 +24,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 
 from discovery.contract import (
     InputError,
@@ -167,19 +168,40 @@ def qc_metrics(adata: ad.AnnData) -> None:
     )
 
 
-def normalize(adata: ad.AnnData, *, target_sum: float = 1e4) -> None:
+def normalize(adata: ad.AnnData, *, target_sum: float = 1e4,
+              size_without: str | None = None) -> np.ndarray | None:
     """Log-normalise, keeping raw counts.
 
     Reads ``X`` (raw counts). Writes ``layers['counts']`` (copy of the raw counts, when absent),
-    ``X`` = log1p(counts / total * target_sum), ``uns['log1p']``,
-    ``uns['normalize']['params']``.
+    ``X`` = log1p(counts / size * target_sum), ``uns['log1p']``,
+    ``uns['normalize']['params']``. The size is the cell's total count, or with
+    ``size_without`` (a boolean ``var`` column, e.g. ``mt``) its total outside those genes — the
+    group's own values are scaled the same way; the sizes are then returned.
     """
     if "counts" not in adata.layers:
         adata.layers["counts"] = adata.X.copy()
-    adata.X = adata.layers["counts"].copy()
-    sc.pp.normalize_total(adata, target_sum=target_sum)
-    sc.pp.log1p(adata)
-    adata.uns["normalize"] = {"params": {"target_sum": float(target_sum), "log1p": True}}
+    params = {"target_sum": float(target_sum), "log1p": True}
+    if size_without is None:
+        adata.X = adata.layers["counts"].copy()
+        sc.pp.normalize_total(adata, target_sum=target_sum)
+        sc.pp.log1p(adata)
+        adata.uns["normalize"] = {"params": params}
+        return None
+    if size_without not in adata.var:
+        msg = f"var has no column {size_without!r} marking the gene group to leave out"
+        raise InputError(msg)
+    mask = adata.var[size_without].to_numpy(bool)
+    counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
+    size = np.asarray(counts[:, np.flatnonzero(~mask)].sum(axis=1)).ravel()
+    if (size <= 0).any():
+        msg = (f"{int((size <= 0).sum())} cells have no counts outside the {size_without!r} "
+               "genes; drop them before normalising without them")
+        raise InputError(msg)
+    x = sp.diags(target_sum / size) @ counts
+    x.data = np.log1p(x.data)
+    adata.X = x.astype(np.float32).tocsr()
+    adata.uns["normalize"] = {"params": {**params, "size_without": size_without}}
+    return size
 
 
 def select_genes(

@@ -47,6 +47,7 @@ from sklearn.metrics import roc_auc_score
 
 from discovery.classifier import encode, evaluate
 from discovery.contract import InputError, case_mask, get_keys
+from discovery.preprocess import normalize
 from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
@@ -389,35 +390,19 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
 
 
 def renormalise_without(adata: Any, group: str) -> dict[str, Any]:
-    """Recompute ``X`` as log1p(counts / size x target) with the ``var[group]`` genes left out of
-    each cell's size (their own values are scaled the same way); in place.
+    """Recompute ``X`` with the ``var[group]`` genes left out of each cell's size
+    (:func:`discovery.preprocess.normalize` with ``size_without``); in place.
 
     Needs ``layers['counts']`` (count input). Returns the group's genes and the median change of
     the size factor, for the audit trail.
     """
-    import scipy.sparse as sp
-
     if "counts" not in adata.layers:
         msg = ("renormalising without a gene group needs raw counts (layers['counts']); this run "
                "was made from log-normalised input: use --mode retrain with a batch reason, or "
                "--mode ablate")
         raise InputError(msg)
-    if group not in adata.var:
-        msg = f"var has no column {group!r} marking the gene group to leave out"
-        raise InputError(msg)
-    mask = adata.var[group].to_numpy(bool)
-    counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
-    total = np.asarray(counts.sum(axis=1)).ravel()
-    kept = np.asarray(counts[:, np.flatnonzero(~mask)].sum(axis=1)).ravel()
-    if (kept <= 0).any():
-        msg = (f"{int((kept <= 0).sum())} cells have no counts outside the {group!r} genes; drop "
-               "them before renormalising")
-        raise InputError(msg)
     target = float(adata.uns.get("normalize", {}).get("params", {}).get("target_sum", 1e4))
-    x = sp.diags(target / kept) @ counts
-    x.data = np.log1p(x.data)
-    adata.X = x.astype(np.float32).tocsr()
-    adata.uns["normalize"] = {"params": {"target_sum": target, "log1p": True,
-                                         "size_without": group}}
-    return {"group": group, "genes": list(adata.var_names[mask]),
-            "median_size_ratio": float(np.median(kept / np.maximum(total, 1)))}
+    size = normalize(adata, target_sum=target, size_without=group)
+    total = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    return {"group": group, "genes": list(adata.var_names[adata.var[group].to_numpy(bool)]),
+            "median_size_ratio": float(np.median(size / np.maximum(total, 1)))}

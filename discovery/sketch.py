@@ -34,7 +34,8 @@ from discovery.contract import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["h5ad_n_obs", "read_rows", "read_sketched", "scan_h5ad", "sketch_cells"]
+__all__ = ["h5ad_n_obs", "read_rows", "read_sketched", "scan_h5ad", "sketch_anndata",
+           "sketch_cells"]
 
 
 def h5ad_n_obs(path: str | Path) -> int | None:
@@ -141,6 +142,27 @@ def sketch_cells(obs: pd.DataFrame, max_cells: int, *, strata: str | None,
     return np.sort(np.concatenate(kept))
 
 
+def _record(max_cells: int, rows: np.ndarray, strata: str | None, seed: int) -> dict[str, Any]:
+    return {"max_cells": int(max_cells), "cells_kept": int(len(rows)), "strata": strata,
+            "seed": int(seed)}
+
+
+def sketch_anndata(adata: ad.AnnData, max_cells: int, *, strata: str | None,
+                   seed: int = 0) -> tuple[ad.AnnData, dict[str, Any]]:
+    """The in-memory counterpart of :func:`read_sketched`: at most ``max_cells`` non-empty cells
+    of ``adata`` (a copy), drawn within ``strata``; ``strata`` missing from obs draws from all
+    cells (validation names the missing key). Returns (sample, summary for the manifest)."""
+    if strata is not None and strata not in adata.obs:
+        strata = None
+    x = adata.X
+    nonempty = (x.getnnz(axis=1) if hasattr(x, "getnnz")
+                else np.count_nonzero(np.asarray(x), axis=1)) > 0
+    rows = sketch_cells(adata.obs, max_cells, strata=strata, eligible=nonempty, seed=seed)
+    summary = {"cells_in_file": int(adata.n_obs), "empty_cells": int((~nonempty).sum()),
+               **_record(max_cells, rows, strata, seed)}
+    return adata[rows].copy(), summary
+
+
 def read_rows(backed: ad.AnnData, rows: np.ndarray, *, chunk: int = 50_000,
               quiet: bool = True) -> ad.AnnData:
     """The given rows of a backed AnnData as an in-memory AnnData (X as CSR), chunk by chunk."""
@@ -186,8 +208,7 @@ def read_sketched(path: str | Path, *, max_cells: int, strata: str | None,
         adata = read_rows(backed, rows, chunk=chunk, quiet=quiet)
     finally:
         backed.file.close()
-    summary.update({"max_cells": int(max_cells), "cells_kept": int(len(rows)),
-                    "strata": strata, "seed": int(seed)})
+    summary.update(_record(max_cells, rows, strata, seed))
     log.info("sketched %d of %d cells (%s-stratified) from %s", len(rows),
              summary["cells_in_file"], strata or "unstratified", path)
     return adata, summary

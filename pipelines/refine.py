@@ -270,9 +270,10 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                "features annotated as confounded); use --mode ablate")
         raise InputError(msg)
     history: dict[str, Any] = {}
+    panel = set(model.config.gene_names)
     if covariate in QC_GENE_GROUPS:
         renorm = renormalise_without(adata, QC_GENE_GROUPS[covariate])
-        genes = [g for g in renorm["genes"] if g in set(model.config.gene_names)]
+        genes = [g for g in renorm["genes"] if g in panel]
         art = {"covariate": covariate, "genes": genes, "candidates": len(renorm["genes"]),
                "table": [{"gene": g, "withheld": True, "source": "gene group"} for g in genes],
                "rule": f"{covariate} is computed from the {QC_GENE_GROUPS[covariate]!r} genes: "
@@ -287,7 +288,6 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                    "to withhold; use --mode finetune or --mode ablate")
             raise InputError(msg)
     # genes an earlier refinement withheld stay out: the parent's panel is the starting point
-    panel = set(model.config.gene_names)
     hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]
     before = [g for g in hvg if g not in panel]
     if before:

@@ -49,7 +49,7 @@ from discovery.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
 from discovery.interventions import validate_graph
 from discovery.plans import PRIORITY_FORMULA, make_plans
 from discovery.preprocess import preprocess
-from discovery.sketch import h5ad_n_obs, read_sketched, sketch_cells
+from discovery.sketch import h5ad_n_obs, read_sketched, sketch_anndata
 from discovery.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
@@ -154,17 +154,7 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
             desc["sketch"] = sketch
             return adata, desc
     if max_cells is not None and adata.n_obs > max_cells:
-        if strata is not None and strata not in adata.obs:
-            strata = None  # validation names the missing key right after
-        x = adata.X
-        nonempty = (x.getnnz(axis=1) if hasattr(x, "getnnz")
-                    else np.count_nonzero(np.asarray(x), axis=1)) > 0
-        rows = sketch_cells(adata.obs, max_cells, strata=strata, eligible=nonempty,
-                            seed=config.seed)
-        desc["sketch"] = {"cells_in_file": int(adata.n_obs), "empty_cells": int((~nonempty).sum()),
-                          "max_cells": int(max_cells), "cells_kept": int(len(rows)),
-                          "strata": strata, "seed": int(config.seed)}
-        adata = adata[rows].copy()
+        adata, desc["sketch"] = sketch_anndata(adata, max_cells, strata=strata, seed=config.seed)
     return adata, desc
 
 
