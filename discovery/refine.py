@@ -41,18 +41,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from discovery.classifier import encode, evaluate
 from discovery.contract import InputError, case_mask, get_keys
-from discovery.preprocess import normalize
+from discovery.preprocess import normalize, qc_metrics
 from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
 __all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "propose_similar", "renormalise_without", "retrain_without", "suppression_basis"]
+           "match_depth", "propose_similar", "renormalise_without", "retrain_without",
+           "suppression_basis"]
 
 #: QC covariates computed from a gene group (``var`` column): the group is taken out of the
 #: library size and out of the model's inputs when such a covariate is the reason
@@ -386,6 +388,67 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
                              "source": "marked feature" if g in from_marked else "check"})
         if withheld:
             out["genes"].append(g)
+    return out
+
+
+def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
+                min_cells: int = 20) -> dict[str, Any]:
+    """Equalise sequencing depth across the levels of ``by`` by thinning counts; in place.
+
+    A batch is not only the genes it shifts: libraries of one batch are often sequenced deeper,
+    and depth reaches every gene of a log-normalised profile (how many genes are detected, how
+    far a single count is from zero), so a model withheld the batch's genes can still read the
+    batch from depth. Within each cell type, when the median total count of the deepest level
+    exceeds the shallowest by ``min_ratio`` or more, every cell of a level is binomially thinned
+    with probability (shallowest median / its level's median) — downsampling to a common depth,
+    as Cell Ranger ``aggr`` does across libraries. ``layers['counts']`` is replaced by the
+    thinned counts, the QC metrics are recomputed and ``X`` is renormalised the way it was
+    (keeping a gene group left out of the size). Deterministic for a ``seed``.
+
+    Returns, for the audit trail, the per cell type and level median depth before and the
+    thinning probability applied (empty ``thinned`` when no cell type differs enough).
+    """
+    if "counts" not in adata.layers:
+        msg = ("matching depth needs raw counts (layers['counts']); this run was made from "
+               "log-normalised input")
+        raise InputError(msg)
+    if by not in adata.obs:
+        msg = f"obs has no column {by!r} to match depth across"
+        raise InputError(msg)
+    keys = get_keys(adata)
+    counts = sp.csr_matrix(adata.layers["counts"])
+    total = np.asarray(counts.sum(axis=1)).ravel()
+    ct = (adata.obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
+          else np.full(adata.n_obs, "all"))
+    level = adata.obs[by].astype(str).to_numpy()
+    prob = np.ones(adata.n_obs)
+    table = []
+    for c in np.unique(ct):
+        med = {lv: float(np.median(total[(ct == c) & (level == lv)]))
+               for lv in np.unique(level[ct == c]) if ((ct == c) & (level == lv)).sum() >= min_cells}
+        if len(med) < 2 or min(med.values()) <= 0:
+            continue
+        low = min(med.values())
+        if max(med.values()) / low < min_ratio:
+            continue
+        for lv, m in med.items():
+            prob[(ct == c) & (level == lv)] = low / m
+            table.append({"cell_type": c, "level": lv, "median_depth": m,
+                          "keep_probability": round(low / m, 4)})
+    out = {"by": by, "min_ratio": min_ratio, "thinned": table}
+    if not table:
+        return out
+    rng = np.random.default_rng(seed)
+    thinned = counts.astype(np.int64, copy=True)
+    rows = np.repeat(np.arange(adata.n_obs), np.diff(thinned.indptr))
+    thinned.data = rng.binomial(thinned.data, prob[rows])
+    thinned.eliminate_zeros()
+    adata.layers["counts"] = thinned.astype(np.float32)
+    qc_metrics(adata)
+    params = adata.uns.get("normalize", {}).get("params", {})
+    normalize(adata, target_sum=float(params.get("target_sum", 1e4)),
+              size_without=params.get("size_without"))
+    out["median_depth_after"] = float(np.median(adata.obs["total_counts"]))
     return out
 
 

@@ -30,6 +30,7 @@ from discovery.refine import (
     balanced_eval,
     fit_check,
     fold_projection,
+    match_depth,
     propose_similar,
     renormalise_without,
     retrain_without,
@@ -185,7 +186,8 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                                           and r["source"] == "marked feature"],
                  "from_the_check": [r["gene"] for r in table if r["withheld"]
                                     and r["source"] == "check"],
-                 "renormalised": history.get("renormalised")}))
+                 "renormalised": history.get("renormalised"),
+                 "depth_matched": history.get("depth_matched")}))
         probs = classifier.predict(adata, child)
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
@@ -287,6 +289,11 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                    f"explained by {covariate!r} better than by the label, so there is nothing "
                    "to withhold; use --mode finetune or --mode ablate")
             raise InputError(msg)
+        if not pd.api.types.is_numeric_dtype(adata.obs[covariate]):
+            # a batch reaches every gene through sequencing depth as well: thin it away
+            depth = match_depth(adata, covariate, seed=config.seed)
+            if depth["thinned"]:
+                history["depth_matched"] = depth
     # genes an earlier refinement withheld stay out: the parent's panel is the starting point
     hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]
     before = [g for g in hvg if g not in panel]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -218,3 +219,40 @@ def test_renormalising_without_mitochondrial_reads_removes_their_share(tiny_run)
     assert set(info["genes"]) == set(adata.var_names[mt])
     assert 0.5 < info["median_size_ratio"] < 1
     assert adata.uns["normalize"]["params"]["size_without"] == "mt"
+
+
+def test_matching_depth_thins_the_deeper_batch_to_the_shallower_one(tiny_run):
+    """A batch sequenced deeper is binomially thinned, per cell type, to the other batch's
+    depth: medians agree afterwards, counts only go down, the result is seeded, and nothing is
+    thinned when the batches already agree."""
+    from discovery.refine import match_depth
+
+    adata = open_run(tiny_run).adata
+    counts = adata.layers["counts"].tocsr().astype(np.float64)
+    deep = (adata.obs["batch"].astype(str) == adata.obs["batch"].astype(str).iloc[0]).to_numpy()
+    # make one batch 1.6x deeper: its counts x 1.6, rounded
+    scaled = (sp.diags(np.where(deep, 1.6, 1.0)) @ counts).tocsr()
+    scaled.data = np.round(scaled.data)
+    adata.layers["counts"] = scaled
+    a, b = adata.copy(), adata.copy()
+    info = match_depth(a, "batch", seed=3)
+    match_depth(b, "batch", seed=3)
+    assert (a.layers["counts"] != b.layers["counts"]).nnz == 0  # seeded
+    assert info["thinned"], info
+    assert (a.layers["counts"] - scaled).max() <= 0  # thinning never adds counts
+    ct = a.obs["cell_type"].astype(str).to_numpy()
+    total = np.asarray(a.layers["counts"].sum(1)).ravel()
+    np.testing.assert_allclose(a.obs["total_counts"], total)  # QC metrics recomputed
+    first = a.obs["batch"].astype(str).iloc[0]
+    for row in info["thinned"]:  # the deep batch is thinned, the other kept whole
+        assert (row["keep_probability"] < 0.95 if row["level"] == first
+                else row["keep_probability"] == 1.0), row
+    for c in {r["cell_type"] for r in info["thinned"]}:
+        med = [np.median(total[(ct == c) & (deep == d)]) for d in (True, False)]
+        assert abs(np.log(med[0] / med[1])) < 0.15, (c, med)
+    # X follows the thinned counts
+    np.testing.assert_allclose(np.expm1(a.X[:5].toarray()).sum(1), 1e4, rtol=1e-3)
+    # batches of equal depth are left alone
+    same = adata.copy()
+    same.layers["counts"] = counts.tocsr()
+    assert match_depth(same, "batch", min_ratio=1.5)["thinned"] == []
