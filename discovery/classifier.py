@@ -33,7 +33,13 @@ from discovery.contract import InputError, Keys, case_mask, get_keys
 from models import CLASSIFIERS, load_classifier
 from models.configs import check_known
 from models.pretrained import from_bert_checkpoint, trainable_share
-from models.training import TrainConfig, TrainHistory, class_balance_weights, train_classifier
+from models.training import (
+    TrainConfig,
+    TrainHistory,
+    class_balance_weights,
+    group_balance_weights,
+    train_classifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ DEFAULT_ARCH: dict[str, dict[str, Any]] = {
 }
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
     "transformer": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.1,
-                    "patience": 6},
+                    "patience": 6, "balance": "class_batch"},
     "mlp": {"epochs": 40, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "patience": 6},
     "pretrained": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.01,
                    "patience": 4},
@@ -128,6 +134,36 @@ def _check_split(adata: ad.AnnData, keys: Keys) -> None:
             raise InputError(msg)
 
 
+#: fewest training donors a (class, batch) cell needs before batch-balanced weights are used:
+#: with one, a quarter of the loss would hang on a single donor
+MIN_DONORS_PER_CLASS_BATCH = 2
+
+
+def _balance(adata: ad.AnnData, keys: Any, train_mask: np.ndarray, asked: str) -> dict[str, Any]:
+    """Which loss weighting is used, and why (``metrics['training']['balance']``)."""
+    out: dict[str, Any] = {"asked": asked, "used": "class"}
+    if asked != "class_batch":
+        return out
+    if not keys.batch_key or keys.batch_key not in adata.obs:
+        out["why"] = "no batch key: class-balanced weights"
+        log.warning("balance 'class_batch' needs a batch key; using class-balanced weights")
+        return out
+    obs = adata.obs.loc[train_mask]
+    donors = (obs.assign(case=case_mask(adata, keys)[train_mask])
+              .groupby(["case", keys.batch_key], observed=True)[keys.donor_key].nunique()
+              .unstack(fill_value=0).stack())  # a class missing from a batch counts as 0
+    out["donors_per_class_batch"] = {f"{'case' if c else 'control'} x {b}": int(n)
+                                     for (c, b), n in donors.items()}
+    if donors.min() < MIN_DONORS_PER_CLASS_BATCH:
+        out["why"] = (f"a class x batch cell of the training donors holds "
+                      f"{int(donors.min())} donor(s) (< {MIN_DONORS_PER_CLASS_BATCH}): "
+                      "class-balanced weights")
+        log.warning("batch-balanced weights skipped: %s", out["why"])
+        return out
+    out["used"] = "class_batch"
+    return out
+
+
 # ---------------------------------------------------------------------------------- training
 def train(
     adata: ad.AnnData,
@@ -179,10 +215,13 @@ def train(
         model.gene_mean.copy_(xt.mean(0))
         model.gene_std.copy_(xt.std(0).clamp(min=1e-2))
 
+    balance = _balance(adata, keys, tr, train_config.balance)
+
     def part(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = torch.from_numpy(mask)
-        w = torch.from_numpy(class_balance_weights(y[m].numpy()))
-        return x[m], y[m], w
+        w = (group_balance_weights(y[m].numpy(), adata.obs[keys.batch_key].to_numpy()[mask])
+             if balance["used"] == "class_batch" else class_balance_weights(y[m].numpy()))
+        return x[m], y[m], torch.from_numpy(w)
 
     hist = train_classifier(model, part(tr), part(va), train_config, quiet=quiet)
     model.to("cpu")
@@ -196,7 +235,7 @@ def train(
     metrics["training"] = {"seconds": round(hist.seconds, 3),
                            "cells_per_second": round(hist.cells_per_second, 1),
                            "best_epoch": hist.best_epoch, "epochs_run": len(hist.val_loss),
-                           "n_train_cells": int(tr.sum())}
+                           "n_train_cells": int(tr.sum()), "balance": balance}
     adata.uns["model"] = {"params": {"kind": kind, "arch": {**DEFAULT_ARCH[kind], **(arch or {})},
                                      "train": train_config.to_dict(), "n_genes": len(genes),
                                      "n_excluded": len(exclude_genes or []),

@@ -39,6 +39,7 @@ import copy
 import math
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -53,7 +54,7 @@ from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
 __all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "match_depth", "propose_similar", "renormalise_without", "retrain_without",
+           "match_depth", "propose_similar", "reselect_panel", "renormalise_without", "retrain_without",
            "suppression_basis"]
 
 #: QC covariates computed from a gene group (``var`` column): the group is taken out of the
@@ -450,6 +451,33 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
               size_without=params.get("size_without"))
     out["median_depth_after"] = float(np.median(adata.obs["total_counts"]))
     return out
+
+
+def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: int,
+                   pin_genes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Choose the gene panel again on the corrected data, without the ``withheld`` genes.
+
+    The parent's panel was chosen by variance on data whose variance the artifact inflated:
+    the artifact's genes (and genes it reaches through depth) took panel slots that genes
+    varying for other reasons would have had. After the correction (thinning, renormalising)
+    the highly variable genes are selected again among the genes not withheld, as
+    :func:`discovery.preprocess.select_genes` does (pins kept). ``var['highly_variable']`` then
+    marks the new selection together with the withheld genes — the panel before withholding,
+    so that a later refinement still finds what was withheld (panel = highly variable −
+    withheld). Returns the genes that entered and left the panel.
+    """
+    from discovery.preprocess import select_genes
+
+    withheld = set(withheld)
+    old = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - withheld
+    keep = [g for g in adata.var_names if g not in withheld]
+    sub = ad.AnnData(X=adata[:, keep].X, var=pd.DataFrame(index=keep))
+    sub.uns["log1p"] = {"base": None}
+    select_genes(sub, n_top_genes=n_top_genes, pin_genes=[g for g in pin_genes if g in keep])
+    new = set(sub.var_names[sub.var["highly_variable"].to_numpy(bool)])
+    adata.var["highly_variable"] = adata.var_names.isin(sorted(new | withheld))
+    return {"n_top_genes": int(n_top_genes), "n_panel": len(new),
+            "entered": sorted(new - old), "left": sorted(old - new)}
 
 
 def renormalise_without(adata: Any, group: str) -> dict[str, Any]:

@@ -22,10 +22,14 @@ from models.configs import check_known
 
 log = logging.getLogger(__name__)
 
+#: loss weightings (``TrainConfig.balance``)
+BALANCES = ("class", "class_batch")
+
 __all__ = [
     "TrainConfig",
     "TrainHistory",
     "class_balance_weights",
+    "group_balance_weights",
     "distributed_context",
     "train_classifier",
 ]
@@ -47,6 +51,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     grad_clip: float = 1.0
+    #: loss weights: "class" gives each class the same total weight; "class_batch" gives each
+    #: (class, batch) cell the same total weight, so that in the weighted training data the batch
+    #: says nothing about the label (falls back to "class" when a class x batch cell has too few
+    #: donors to carry that weight, see :func:`discovery.classifier.train`)
+    balance: str = "class"
     #: exponential moving average of the weights (0 = off): validation, early stopping and the
     #: returned model use the averaged weights, which vary less from step to step
     ema: float = 0.0
@@ -65,6 +74,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 msg = f"{name} must be at least 1, got {getattr(self, name)}"
                 raise ValueError(msg)
+        if self.balance not in BALANCES:
+            msg = f"balance must be one of {BALANCES}, got {self.balance!r}"
+            raise ValueError(msg)
         if not 0.0 <= self.ema < 1.0:
             msg = f"ema must be in [0, 1), got {self.ema}"
             raise ValueError(msg)
@@ -93,6 +105,19 @@ class TrainHistory:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def group_balance_weights(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per-cell weights giving every (class, group) cell present the same total weight (mean
+    weight 1): with groups = batches, the weighted batch composition of cases and controls is
+    the same, so the batch carries no information about the label."""
+    y = np.asarray(y).astype(bool)
+    class_balance_weights(y)  # the one-class error
+    groups = np.asarray(groups).astype(str)
+    cell = np.char.add(np.where(y, "1\x1f", "0\x1f"), groups)
+    _, inv, counts = np.unique(cell, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv]
+    return (w / w.mean()).astype(np.float32)
 
 
 def class_balance_weights(y: np.ndarray) -> np.ndarray:

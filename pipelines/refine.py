@@ -33,6 +33,7 @@ from discovery.refine import (
     match_depth,
     propose_similar,
     renormalise_without,
+    reselect_panel,
     retrain_without,
     suppression_basis,
 )
@@ -299,6 +300,10 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     before = [g for g in hvg if g not in panel]
     if before:
         history["withheld_before"] = before
+    # the panel is chosen again on the corrected data, the withheld genes left out
+    history["panel"] = reselect_panel(adata, {*before, *art["genes"]},
+                                      n_top_genes=config.preprocess.n_top_genes,
+                                      pin_genes=config.preprocess.pin_genes)
     mc = config.model
     tc = mc.train_config()
     tc.seed = config.seed

@@ -11,7 +11,7 @@ import torch
 from discovery import classifier
 from discovery.contract import InputError
 from models import CLASSIFIERS, load_classifier
-from models.training import TrainConfig, class_balance_weights
+from models.training import TrainConfig, class_balance_weights, group_balance_weights
 
 GENES = [f"G{i}" for i in range(40)]
 
@@ -99,6 +99,45 @@ def test_class_balance_weights():
     assert w[0] * 1 == pytest.approx(w[1:].sum())  # each class carries the same total weight
     with pytest.raises(ValueError, match="one class only"):
         class_balance_weights(np.zeros(5))
+
+
+def test_group_balance_weights_make_batch_uninformative():
+    """Each (class, batch) cell carries the same total weight, so the weighted share of cases
+    is 1/2 in every batch, however aligned batch and diagnosis are."""
+    y = np.array([1] * 7 + [0] * 3 + [1] * 2 + [0] * 8)
+    batch = np.array(["B2"] * 10 + ["B1"] * 10)
+    w = group_balance_weights(y, batch)
+    assert w.mean() == pytest.approx(1.0)
+    for b in ("B1", "B2"):
+        m = batch == b
+        assert w[m & (y == 1)].sum() == pytest.approx(w[m & (y == 0)].sum())
+    with pytest.raises(ValueError, match="one class only"):
+        group_balance_weights(np.ones(4), np.array(["a", "a", "b", "b"]))
+
+
+def test_batch_balance_falls_back_when_a_class_batch_cell_is_too_thin(pp_small):
+    """``balance='class_batch'`` is used when every class x batch cell of the training donors
+    has >= 2 donors, and falls back to class weights, saying why, when one has fewer."""
+    from discovery.contract import get_keys
+
+    keys = get_keys(pp_small)
+    tr = (pp_small.obs["split"] == "train").to_numpy()
+    got = classifier._balance(pp_small, keys, tr, "class_batch")
+    cells = got["donors_per_class_batch"]
+    assert got["used"] == ("class_batch" if min(cells.values()) >= 2 else "class")
+    assert classifier._balance(pp_small, keys, tr, "class") == {"asked": "class",
+                                                                 "used": "class"}
+    # put every training case donor into one batch and every control into the other
+    a = pp_small.copy()
+    a.obs["batch"] = np.where(a.obs["diagnosis"] == "AD", "B2", "B1")
+    thin = classifier._balance(a, keys, tr, "class_batch")
+    assert thin["used"] == "class" and "0 donor(s)" in thin["why"]
+    tc = TrainConfig(epochs=1, batch_size=64, balance="class_batch")
+    res = classifier.train(a, kind="mlp", arch=dict(d_model=16, d_ff=32), train_config=tc,
+                           quiet=True)
+    assert res.metrics["training"]["balance"]["used"] == "class"
+    with pytest.raises(ValueError, match="balance must be one of"):
+        TrainConfig(balance="donor")
 
 
 def test_train_config_round_trip_and_validation():
