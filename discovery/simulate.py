@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,16 @@ SCENARIOS: dict[str, Scenario] = {
         mito_case_shift=0.9,
     ),
 }
+#: the ``confounded`` cohort with its technical effects switched off at the source: the same
+#: donors, batches, cell states and programs (the random draws are the same), but the batch
+#: shifts no gene and no library and cases have no extra mitochondrial reads — what a perfect
+#: de-confounding could at best reach (benchmarks/eval_feedback.py --clean)
+SCENARIOS["confounded_clean"] = replace(
+    SCENARIOS["confounded"], name="confounded_clean",
+    description="The confounded cohort with the technical batch and the mitochondrial artifact "
+                "switched off (same donors, batches and programs): an upper bound for "
+                "de-confounding.",
+    batch_effect=0.0, batch_library=1.0, mito_case_shift=0.0)
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -291,9 +291,12 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                    "to withhold; use --mode finetune or --mode ablate")
             raise InputError(msg)
         if not pd.api.types.is_numeric_dtype(adata.obs[covariate]):
-            # a batch reaches every gene through sequencing depth as well: thin it away
-            depth = match_depth(adata, covariate, seed=config.seed)
-            if depth["thinned"]:
+            # a batch reaches every gene through sequencing depth as well: thin it away (needs
+            # raw counts; a run from log-normalised input says so in its history)
+            depth = (match_depth(adata, covariate, seed=config.seed)
+                     if "counts" in adata.layers else
+                     {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
+            if depth["thinned"] or "skipped" in depth:
                 history["depth_matched"] = depth
     # genes an earlier refinement withheld stay out: the parent's panel is the starting point
     hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from discovery import bundled
@@ -111,3 +112,28 @@ def test_unknown_scenario_message():
     with pytest.raises(ValueError, match="unknown scenario 'foo'; choose one of alzheimers"):
         simulate("foo")
     assert {"alzheimers", "null", "confounded"} <= set(SCENARIOS)
+
+
+def test_confounded_clean_is_the_same_cohort_without_its_artifacts():
+    """Same donors, batches, cells and program states as ``confounded``; no batch program,
+    no batch library shift and no extra mitochondrial reads in cases."""
+    kw = dict(n_donors=12, cells_per_donor=60)
+    dirty, clean = simulate("confounded", seed=1, **kw), simulate("confounded_clean", seed=1, **kw)
+    cols = ["donor", "diagnosis", "batch", "cell_type"]
+    pd.testing.assert_frame_equal(dirty.obs[cols], clean.obs[cols])
+    td, tc = truth(dirty), truth(clean)
+    assert td["programs"] == tc["programs"]
+    is_ad = (clean.obs["diagnosis"] == "AD").to_numpy()
+    tech = (clean.obs["batch"] == "B2").to_numpy()
+
+    def mito(a):
+        mt = a.var_names.str.startswith("MT-")
+        return np.asarray(a.X[:, mt].sum(1)).ravel() / np.asarray(a.X.sum(1)).ravel()
+
+    assert np.median(mito(dirty)[is_ad]) > 1.5 * np.median(mito(dirty)[~is_ad])
+    assert 0.8 < np.median(mito(clean)[is_ad]) / np.median(mito(clean)[~is_ad]) < 1.25
+    genes = td["artifacts"]["technical batch"]["genes"]
+    cols = dirty.var_names.isin(genes)
+    for a, lo, hi in ((dirty, 1.5, np.inf), (clean, 0.8, 1.25)):
+        x = np.asarray(a.X[:, cols].sum(1)).ravel() / np.asarray(a.X.sum(1)).ravel()
+        assert lo < x[tech].mean() / x[~tech].mean() < hi
