@@ -182,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                          "any status: after": _fmt_ranks(captured(clean))})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
+    for col in ("marked", "programs ranked before", "programs ranked after"):
+        df[col] = df[col].astype("Int64")  # counts stay integers next to the clean rows' gaps
 
     def fmt(v: object) -> str:
-        if v is None or (isinstance(v, float) and v != v):
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
             return "–"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
