@@ -43,7 +43,7 @@ import pandas as pd  # noqa: E402
 
 from discovery.feedback import FeedbackItem, FeedbackStore, default_url  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.refine import covariate_share, refine_run  # noqa: E402
+from pipelines.refine import _program_ranks, covariate_share, refine_run  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 from pipelines.rundir import write_text  # noqa: E402
 
@@ -89,15 +89,8 @@ def captured(run: Path, *, any_status: bool = True) -> dict[str, int]:
 
     t = truth(ad.read_h5ad(run / "adata.h5ad", backed="r"))
     hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
-    out = {}
-    for name, p in t["programs"].items():
-        ranks = [h["rank"] for h in hyps if h["cell_type"] == p["cell_type"]
-                 and h["direction"] == p["direction"]
-                 and (any_status or h["status"] != "flagged")
-                 and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3]
-        if ranks:
-            out[name] = min(ranks)
-    return out
+    ranks = _program_ranks(hyps, t, include_flagged=any_status)
+    return {name: r for name, r in ranks.items() if r is not None}
 
 
 def _fmt_ranks(ranks: dict[str, int]) -> str:
@@ -127,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(parent, config=load_config(overrides={
                 "seed": seed, "cohort": {"scenario": "confounded", "seed": seed}}), quiet=True)
         marked = mark_features(parent, "batch")
+        parent_captured = _fmt_ranks(captured(parent))
         steps = [(mode, parent, root / f"confounded_seed{seed}_{mode}", None, marked)
                  for mode in args.modes.split(",")]
         if args.second_round:
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 "programs ranked before": sum(v is not None for v in b["program_ranks"].values()),
                 "programs ranked after": sum(v is not None for v in a["program_ranks"].values()),
                 "programs moved up": ", ".join(moved) or "–",
-                "any status: before": _fmt_ranks(captured(parent)),
+                "any status: before": parent_captured,
                 "any status: after": _fmt_ranks(captured(child)),
             })
             print(rows[-1], flush=True)

@@ -139,7 +139,7 @@ def _check_split(adata: ad.AnnData, keys: Keys) -> None:
 MIN_DONORS_PER_CLASS_BATCH = 2
 
 
-def _balance(adata: ad.AnnData, keys: Any, train_mask: np.ndarray, asked: str) -> dict[str, Any]:
+def _balance(adata: ad.AnnData, keys: Keys, train_mask: np.ndarray, asked: str) -> dict[str, Any]:
     """Which loss weighting is used, and why (``metrics['training']['balance']``)."""
     out: dict[str, Any] = {"asked": asked, "used": "class"}
     if asked != "class_batch":

@@ -49,7 +49,7 @@ from sklearn.metrics import roc_auc_score
 
 from discovery.classifier import encode, evaluate
 from discovery.contract import InputError, case_mask, get_keys
-from discovery.preprocess import normalize, qc_metrics
+from discovery.preprocess import normalize, qc_metrics, select_genes
 from discovery.stats import aggregate_by, bh_fdr
 from models.sae import SparseAutoencoder
 
@@ -392,6 +392,11 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     return out
 
 
+def _normalize_params(adata: Any) -> dict[str, Any]:
+    """How ``X`` was normalised (``uns['normalize']['params']``; empty when unrecorded)."""
+    return adata.uns.get("normalize", {}).get("params", {})
+
+
 def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
                 min_cells: int = 20) -> dict[str, Any]:
     """Equalise sequencing depth across the levels of ``by`` by thinning counts; in place.
@@ -425,15 +430,15 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
     prob = np.ones(adata.n_obs)
     table = []
     for c in np.unique(ct):
-        med = {lv: float(np.median(total[(ct == c) & (level == lv)]))
-               for lv in np.unique(level[ct == c]) if ((ct == c) & (level == lv)).sum() >= min_cells}
+        cells = {lv: (ct == c) & (level == lv) for lv in np.unique(level[ct == c])}
+        med = {lv: float(np.median(total[m])) for lv, m in cells.items() if m.sum() >= min_cells}
         if len(med) < 2 or min(med.values()) <= 0:
             continue
         low = min(med.values())
         if max(med.values()) / low < min_ratio:
             continue
         for lv, m in med.items():
-            prob[(ct == c) & (level == lv)] = low / m
+            prob[cells[lv]] = low / m
             table.append({"cell_type": c, "level": lv, "median_depth": m,
                           "keep_probability": round(low / m, 4)})
     out = {"by": by, "min_ratio": min_ratio, "thinned": table}
@@ -446,7 +451,7 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
     thinned.eliminate_zeros()
     adata.layers["counts"] = thinned.astype(np.float32)
     qc_metrics(adata)
-    params = adata.uns.get("normalize", {}).get("params", {})
+    params = _normalize_params(adata)
     normalize(adata, target_sum=float(params.get("target_sum", 1e4)),
               size_without=params.get("size_without"))
     out["median_depth_after"] = float(np.median(adata.obs["total_counts"]))
@@ -466,8 +471,6 @@ def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: i
     so that a later refinement still finds what was withheld (panel = highly variable −
     withheld). Returns the genes that entered and left the panel.
     """
-    from discovery.preprocess import select_genes
-
     withheld = set(withheld)
     old = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - withheld
     keep = [g for g in adata.var_names if g not in withheld]
@@ -492,7 +495,7 @@ def renormalise_without(adata: Any, group: str) -> dict[str, Any]:
                "was made from log-normalised input: use --mode retrain with a batch reason, or "
                "--mode ablate")
         raise InputError(msg)
-    target = float(adata.uns.get("normalize", {}).get("params", {}).get("target_sum", 1e4))
+    target = float(_normalize_params(adata).get("target_sum", 1e4))
     size = normalize(adata, target_sum=target, size_without=group)
     total = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
     return {"group": group, "genes": list(adata.var_names[adata.var[group].to_numpy(bool)]),

@@ -86,7 +86,10 @@ def covariate_share(run_dir: Path, covariate: str) -> float:
     return num / den if den else float("nan")
 
 
-def _program_ranks(hyps: list[dict], truth: dict | None) -> dict[str, int | None]:
+def _program_ranks(hyps: list[dict], truth: dict | None, *,
+                   include_flagged: bool = False) -> dict[str, int | None]:
+    """Best rank of each planted program's hypothesis (right cell type and direction, >= 3
+    program genes in its top 10), among unflagged hypotheses unless ``include_flagged``."""
     if not truth:
         return {}
     out = {}
@@ -94,7 +97,8 @@ def _program_ranks(hyps: list[dict], truth: dict | None) -> dict[str, int | None
         if not p.get("effect_size"):
             continue
         ranks = [h["rank"] for h in hyps if h["cell_type"] == p["cell_type"]
-                 and h["direction"] == p["direction"] and h["status"] != "flagged"
+                 and h["direction"] == p["direction"]
+                 and (include_flagged or h["status"] != "flagged")
                  and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3]
         out[name] = min(ranks) if ranks else None
     return out
