@@ -1,7 +1,7 @@
 """discovery's Streamlit app: why each experimental plan was proposed, what the model saw, and a
 place to disagree. Start it with ``discovery app [RUN_DIR] [--port N]`` (or
-``DISCOVERY_RUN=RUN_DIR streamlit run app.py``). The pages live in ``pipelines/app/pages/``; they
-read the run directory through ``pipelines.app.data`` and hold no science of their own.
+``DISCOVERY_RUN=RUN_DIR streamlit run app.py``). The pages live in ``app_pages/``; they
+read the run directory through ``app_pages.data`` and hold no science of their own.
 """
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 HERE = Path(__file__).resolve().parent
-PAGES = HERE / "pipelines" / "app" / "pages"
+PAGES = HERE / "app_pages"
 
 st.set_page_config(page_title="discovery", page_icon="🧬", layout="wide")
 nav = st.navigation([

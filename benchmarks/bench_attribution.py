@@ -34,13 +34,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from discovery import features  # noqa: E402
-from discovery.attribution import SAEHook, gene_attribution  # noqa: E402
-from discovery.classifier import encode  # noqa: E402
-from discovery.graphs import GraphSpec, cohort_graph, population_mask  # noqa: E402
-from discovery.interventions import validate_graph  # noqa: E402
-from pipelines.run import open_run  # noqa: E402
-from pipelines.rundir import write_text  # noqa: E402
+from discovery.get.run import open_run  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
+from discovery.tl import features  # noqa: E402
+from discovery.tl.attribution import SAEHook, gene_attribution  # noqa: E402
+from discovery.tl.classifier import encode  # noqa: E402
+from discovery.tl.graphs import GraphSpec, cohort_graph, population_mask  # noqa: E402
+from discovery.tl.interventions import validate_graph  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

@@ -28,13 +28,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines.rundir import write_text  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
 
 
 def _acts(run_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
     import anndata as ad
 
-    from discovery import classifier, features
+    from discovery.tl import classifier, features
 
     adata = ad.read_h5ad(run_dir / "adata.h5ad")
     model = classifier.load(run_dir / "model")

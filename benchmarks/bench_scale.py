@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.rundir import write_text  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
 
 STAGES = ("preprocess", "baselines", "model", "features", "graphs", "hypotheses", "report")
 

@@ -26,12 +26,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from discovery import classifier  # noqa: E402
-from discovery.contract import case_mask  # noqa: E402
-from discovery.preprocess import preprocess  # noqa: E402
-from discovery.simulate import simulate  # noqa: E402
+from discovery.io.contract import case_mask  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
+from discovery.io.simulate import simulate  # noqa: E402
+from discovery.pp.preprocess import preprocess  # noqa: E402
+from discovery.tl import classifier  # noqa: E402
 from models.training import TrainConfig  # noqa: E402
-from pipelines.rundir import write_text  # noqa: E402
 
 
 def _baseline(adata) -> dict:

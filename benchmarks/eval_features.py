@@ -22,10 +22,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import anndata as ad  # noqa: E402
 
-from discovery import annotate, classifier, features  # noqa: E402
-from discovery.simulate import truth  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
+from discovery.io.simulate import truth  # noqa: E402
+from discovery.tl import (
+    annotate,
+    classifier,
+    features,  # noqa: E402
+)
 from models.sae import load_sae  # noqa: E402
-from pipelines.rundir import write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

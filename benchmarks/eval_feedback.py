@@ -41,11 +41,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pandas as pd  # noqa: E402
 
-from discovery.feedback import FeedbackItem, FeedbackStore, default_url  # noqa: E402
+from discovery.io.feedback import FeedbackItem, FeedbackStore, default_url  # noqa: E402
+from discovery.io.files import write_text  # noqa: E402
+from pipelines.child_run import _program_ranks, covariate_share, refine_run  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.refine import _program_ranks, covariate_share, refine_run  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
-from pipelines.rundir import write_text  # noqa: E402
 
 #: what the expert recognises in each round: (covariate, artifact gene set named by flags, note)
 ROUNDS = {
@@ -85,7 +85,7 @@ def captured(run: Path, *, any_status: bool = True) -> dict[str, int]:
     >= 3 program genes in its top 10), counting flagged hypotheses too (``any_status``)."""
     import anndata as ad
 
-    from discovery.simulate import truth
+    from discovery.io.simulate import truth
 
     t = truth(ad.read_h5ad(run / "adata.h5ad", backed="r"))
     hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]

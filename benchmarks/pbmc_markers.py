@@ -20,11 +20,11 @@ import re
 import time
 from pathlib import Path
 
-from discovery.bundled import read_yaml
-from discovery.datasets import pbmc68k_reduced
+from discovery.io.bundled import read_yaml
+from discovery.io.datasets import pbmc68k_reduced
+from discovery.io.files import write_text
 from pipelines.config import load_config
 from pipelines.run import run_pipeline
-from pipelines.rundir import write_text
 
 MIN_CELLS = 30
 TOP_HYPOTHESES = 5

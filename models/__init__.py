@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from models.errors import InputError
 from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
 from models.pretrained import (
     PretrainedGeneEncoderConfig,
@@ -34,13 +35,11 @@ _BY_MODEL_TYPE = {cfg.model_type: (name, model) for name, (cfg, model) in CLASSI
 def require_safetensors(path: Path, weights: str, what: str, hint: str) -> None:
     """Check that ``path`` holds ``config.json`` + ``weights``; refuse pickle checkpoints.
 
-    Raises :class:`~discovery.contract.InputError` naming the pickle file (pickles can run code
+    Raises :class:`~models.errors.InputError` naming the pickle file (pickles can run code
     when loaded, so they are never read) or the missing files, with ``hint`` as the fix.
     """
     if (path / "config.json").is_file() and (path / weights).is_file():
         return
-    from discovery.contract import InputError  # here: discovery.contract imports models
-
     pickles = sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES) \
         if path.is_dir() else []
     if pickles:

@@ -46,6 +46,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from models.base import CellClassifierBase, CellClassifierOutput
+from models.errors import InputError
 from models.layers import HookedLayerNorm, PostLNBlock
 from models.transformer import TOKEN_SELECTIONS, GeneTokenMixin
 
@@ -65,8 +66,6 @@ POOLINGS = ("mean", "cls")
 
 
 def _input_error(msg: str) -> Exception:
-    from discovery.contract import InputError  # here: discovery.contract imports models
-
     return InputError(msg)
 
 

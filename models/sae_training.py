@@ -23,8 +23,8 @@ __all__ = ["SAETrainConfig", "SAETrainHistory", "train_sae"]
 @dataclass
 class SAETrainConfig:
     lr: float = 2e-3
-    batch_size: int = 256
-    epochs: int = 30
+    batch_size: int = 128
+    epochs: int = 60
     seed: int = 0
     device: str = "cpu"
     #: linear learning-rate decay to 0 over the last share of training (Gao et al. 2024)

@@ -54,7 +54,7 @@ class TrainConfig:
     #: loss weights: "class" gives each class the same total weight; "class_batch" gives each
     #: (class, batch) cell the same total weight, so that in the weighted training data the batch
     #: says nothing about the label (falls back to "class" when a class x batch cell has too few
-    #: donors to carry that weight, see :func:`discovery.classifier.train`)
+    #: donors to carry that weight, see :func:`discovery.tl.classifier.train`)
     balance: str = "class"
     #: exponential moving average of the weights (0 = off): validation, early stopping and the
     #: returned model use the averaged weights, which vary less from step to step

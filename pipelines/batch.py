@@ -30,9 +30,10 @@ from typing import Any
 
 import yaml
 
-from discovery.contract import InputError
+from discovery.io.contract import InputError
+from discovery.io.files import write_json, write_text
 from pipelines.config import load_config, merge_overrides
-from pipelines.rundir import child_run_dir, valid_run_name, write_json, write_text
+from pipelines.rundir import child_run_dir, valid_run_name
 
 __all__ = ["run_batch"]
 

@@ -1,9 +1,9 @@
 """``discovery benchmark``: every ranking method against planted truth, scenarios x seeds.
 
 A method is any callable ``method(adata, *, seed) -> ranking table`` (columns of
-:data:`discovery.baselines.RANKING_COLUMNS`) on a preprocessed AnnData; register it in
+:data:`discovery.tl.baselines.RANKING_COLUMNS`) on a preprocessed AnnData; register it in
 :data:`METHODS`. For each scenario and seed the cohort is simulated, preprocessed once, and every
-method ranks it; the yardstick (:mod:`discovery.yardstick`) scores the rankings.
+method ranks it; the yardstick (:mod:`discovery.tl.yardstick`) scores the rankings.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from discovery.baselines import BASELINES, rank_genes
-from discovery.preprocess import PreprocessConfig, preprocess
-from discovery.simulate import simulate, truth
-from discovery.yardstick import score_ranking
+from discovery.io.simulate import simulate, truth
+from discovery.pp.preprocess import PreprocessConfig, preprocess
+from discovery.tl.baselines import BASELINES, rank_genes
+from discovery.tl.yardstick import score_ranking
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def discovery_method(adata, *, seed: int) -> pd.DataFrame:  # noqa: ANN001
     """The interpretability method: model -> SAE features -> graphs -> hypotheses -> ranking.
 
     Genes of unflagged hypotheses in rank order per (cell type, direction)
-    (:func:`discovery.hypotheses.hypotheses_to_ranking`); the hypotheses ride along in
+    (:func:`discovery.tl.hypotheses.hypotheses_to_ranking`); the hypotheses ride along in
     ``ranking.attrs['hypotheses']`` for the status counts.
     """
     import tempfile
 
-    from discovery.hypotheses import hypotheses_to_ranking
+    from discovery.tl.hypotheses import hypotheses_to_ranking
     from pipelines.config import PipelineConfig
     from pipelines.run import analyse
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from discovery.contract import InputError
+from discovery.io.contract import InputError
 
 console = Console(stderr=True)
 log = logging.getLogger("discovery.cli")
@@ -298,8 +298,8 @@ def _print_run_summary(res) -> None:  # noqa: ANN001
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from discovery.simulate import simulate, write_simulated
-    from pipelines.rundir import atomic_write
+    from discovery.io.files import atomic_write
+    from discovery.io.simulate import simulate, write_simulated
 
     t0 = time.perf_counter()
     kw = {"seed": args.seed, "n_donors": args.donors, "cells_per_donor": args.cells_per_donor,
@@ -324,8 +324,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from discovery.io.files import write_text
     from pipelines.benchmark import METHODS, run_benchmark, to_markdown
-    from pipelines.rundir import write_text
 
     scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -348,8 +348,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.export import FORMATS, export_graph, load_graph
-    from pipelines.run import graph_index
+    from discovery.get.run import graph_index
+    from discovery.io.graph_files import FORMATS, export_graph, load_graph
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -380,7 +380,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _population(adata, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    from discovery.graphs import population_mask
+    from discovery.tl.graphs import population_mask
 
     label = None if args.label == "all" else args.label
     return population_mask(adata, cell_type=args.cell_type, label=label,
@@ -388,10 +388,10 @@ def _population(adata, args: argparse.Namespace):  # noqa: ANN001, ANN202
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from discovery.graphs import GraphSpec, cohort_graph
-    from discovery.interventions import validate_graph
-    from pipelines.export import export_graph
-    from pipelines.run import open_run
+    from discovery.get.run import open_run
+    from discovery.io.graph_files import export_graph
+    from discovery.tl.graphs import GraphSpec, cohort_graph
+    from discovery.tl.interventions import validate_graph
 
     run = open_run(args.run_dir)
     mask = _population(run.adata, args)
@@ -414,9 +414,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_perturb(args: argparse.Namespace) -> int:
-    from discovery.interventions import perturb_genes
-    from pipelines.run import open_run
-    from pipelines.rundir import atomic_write
+    from discovery.get.run import open_run
+    from discovery.io.files import atomic_write
+    from discovery.tl.interventions import perturb_genes
 
     run = open_run(args.run_dir, need_features=False)
     mask = _population(run.adata, args)
@@ -439,7 +439,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     import subprocess
 
-    from pipelines.app.data import max_upload_mb
+    from app_pages.data import max_upload_mb
 
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -471,7 +471,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     import json
     import re
 
-    from discovery.feedback import FeedbackItem, FeedbackStore, default_url
+    from discovery.io.feedback import FeedbackItem, FeedbackStore, default_url
 
     manifest = args.run_dir / "manifest.json"
     if not manifest.is_file():
@@ -495,7 +495,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from pipelines.refine import refine_run
+    from pipelines.child_run import refine_run
 
     res = refine_run(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
                      quiet=args.quiet)

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from discovery.contract import InputError, Keys
-from discovery.preprocess import PreprocessConfig
+from discovery.io.contract import InputError, Keys
+from discovery.pp.preprocess import PreprocessConfig
+from discovery.tl.features import SAESpec
 from models.configs import check_known
 from models.training import TrainConfig
 
@@ -35,8 +36,8 @@ class CohortConfig:
 class ModelConfig:
     """The classifier: architecture name, its sizes (HF config), and training settings.
 
-    Empty ``arch`` / ``train`` mean the defaults of :data:`discovery.classifier.DEFAULT_ARCH` and
-    :data:`discovery.classifier.DEFAULT_TRAIN` for that architecture.
+    Empty ``arch`` / ``train`` mean the defaults of :data:`discovery.tl.classifier.DEFAULT_ARCH` and
+    :data:`discovery.tl.classifier.DEFAULT_TRAIN` for that architecture.
     """
 
     #: the MLP is the default: on the bundled cohort it is 26x faster to train, orders the
@@ -63,12 +64,12 @@ class ModelConfig:
             raise InputError(msg)
 
     def train_config(self) -> TrainConfig:
-        from discovery.classifier import DEFAULT_TRAIN
+        from discovery.tl.classifier import DEFAULT_TRAIN
 
         return TrainConfig.from_dict({**DEFAULT_TRAIN[self.kind], **self.train})
 
     def resolved_arch(self) -> dict[str, Any]:
-        from discovery.classifier import DEFAULT_ARCH
+        from discovery.tl.classifier import DEFAULT_ARCH
 
         return {**DEFAULT_ARCH[self.kind], **self.arch}
 
@@ -92,24 +93,24 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     baselines: tuple[str, ...] = ("wilcoxon", "pseudobulk", "logreg_l1")
     model: ModelConfig = field(default_factory=lambda: ModelConfig())
-    features: dict[str, Any] = field(default_factory=dict)
+    features: SAESpec = field(default_factory=SAESpec)
     #: cohort graphs: GraphSpec settings (node_threshold, edge_threshold, n_boot, batch_size,
     #: seed) plus n_top (features checked by ablation), cell_graphs (example cell graphs per
     #: population) and min_cells (smallest population that gets a graph)
     graphs: dict[str, Any] = field(default_factory=dict)
-    #: hypothesis generation: discovery.hypotheses.HypothesisSpec settings
+    #: hypothesis generation: discovery.tl.hypotheses.HypothesisSpec settings
     hypotheses: dict[str, Any] = field(default_factory=dict)
 
-    def hypothesis_spec(self):  # noqa: ANN201 - discovery.hypotheses.HypothesisSpec
-        from discovery.hypotheses import HypothesisSpec
+    def hypothesis_spec(self):  # noqa: ANN201 - discovery.tl.hypotheses.HypothesisSpec
+        from discovery.tl.hypotheses import HypothesisSpec
 
         check_known(self.hypotheses, HypothesisSpec.__dataclass_fields__, "hypotheses settings",
                     error=InputError)
         return HypothesisSpec(**self.hypotheses)
 
     def graph_settings(self) -> tuple[Any, dict[str, int]]:
-        """(discovery.graphs.GraphSpec, {"n_top", "cell_graphs", "min_cells"})."""
-        from discovery.graphs import GraphSpec
+        """(discovery.tl.graphs.GraphSpec, {"n_top", "cell_graphs", "min_cells"})."""
+        from discovery.tl.graphs import GraphSpec
 
         extra = {"n_top": 50, "cell_graphs": 1, "min_cells": 20}
         check_known(self.graphs, [*GraphSpec.__dataclass_fields__, *extra], "graphs settings",
@@ -121,18 +122,13 @@ class PipelineConfig:
             raise InputError(f"graphs settings: {err}") from err
         return spec, {k: int(self.graphs.get(k, v)) for k, v in extra.items()}
 
-    def sae_spec(self):  # noqa: ANN201 - discovery.features.SAESpec
-        from discovery.features import SAESpec
-
-        check_known(self.features, SAESpec.__dataclass_fields__, "features settings",
-                    error=InputError)
-        kw = dict(self.features)
-        if "seeds" in kw:
-            kw["seeds"] = tuple(kw["seeds"])
-        return SAESpec(**kw)
+    def sae_spec(self) -> SAESpec:
+        """The SAE settings (typed; see :class:`discovery.tl.features.SAESpec`)."""
+        return self.features
 
     def __post_init__(self) -> None:
-        self.sae_spec()  # validate early
+        if isinstance(self.features, dict):
+            self.features = SAESpec.from_dict(self.features)
         self.graph_settings()
         self.hypothesis_spec()
         if self.preset not in PRESETS:
@@ -149,7 +145,7 @@ class PipelineConfig:
             "preprocess": self.preprocess.to_dict(),
             "baselines": list(self.baselines),
             "model": self.model.to_dict(),
-            "features": dict(self.features),
+            "features": self.features.to_dict(),
             "graphs": dict(self.graphs),
             "hypotheses": dict(self.hypotheses),
         }
@@ -158,8 +154,9 @@ class PipelineConfig:
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         check_known(d, (f.name for f in fields(cls)), "config sections", error=InputError)
         kw: dict[str, Any] = {k: v for k, v in d.items()
-                              if k in ("preset", "seed", "baselines", "features", "graphs",
-                                       "hypotheses")}
+                              if k in ("preset", "seed", "baselines", "graphs", "hypotheses")}
+        if "features" in d:
+            kw["features"] = SAESpec.from_dict(d["features"])
         if "keys" in d:
             kw["keys"] = Keys.from_dict(d["keys"])
         if "model" in d:
@@ -175,7 +172,7 @@ class PipelineConfig:
 #: preset name -> overrides applied on top of the defaults
 PRESETS: dict[str, dict[str, Any]] = {
     "standard": {},
-    # the real PBMC dataset shipped with scanpy (discovery.datasets): log-normalised input, no
+    # the real PBMC dataset shipped with scanpy (discovery.io.datasets): log-normalised input, no
     # donors (every cell its own unit), one population; pick the class with --case
     "pbmc68k": {
         "cohort": {"scenario": "pbmc68k_reduced"},

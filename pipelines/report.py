@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from discovery.contract import InputError
-from pipelines.rundir import write_text
+from discovery.io.contract import InputError
+from discovery.io.files import write_text
+from discovery.pl.figures import donor_activation, faithfulness
 
 __all__ = ["graph_rows", "model_rows", "probe_rows", "sae_rows", "write_report"]
 
@@ -95,44 +96,14 @@ def _png(fig: Any) -> str:
 
 def _figures(hyps: list[dict], validations: dict[str, dict]) -> dict[str, str]:
     """Inline PNGs: donor-level plots of the top hypotheses, faithfulness curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out: dict[str, str] = {}
-    top = [h for h in hyps if h.get("donors")][:6]
-    if top:
-        fig, axes = plt.subplots(1, len(top), figsize=(2.6 * len(top), 2.8), squeeze=False)
-        for ax, h in zip(axes[0], top):
-            d = pd.DataFrame(h["donors"])
-            for j, (lab, grp) in enumerate(d.groupby("case")):
-                color = "#e76f51" if lab else "#457b9d"
-                x = j + (grp["split"] == "test").map({True: 0.15, False: -0.15})
-                ax.scatter(x, grp["activation"], s=14, color=color,
-                           marker="o", alpha=0.8)
-            ax.set_xticks([0, 1], ["control", "case"])
-            ax.set_title(f"{h['id']} · {h['cell_type']}", fontsize=8)
-            ax.set_ylabel("donor mean activation", fontsize=7)
-            ax.tick_params(labelsize=7)
-        fig.suptitle("Donor-level activation (left of each group: discovery donors; right: "
-                     "held-out test donors)", fontsize=8)
-        out["donors"] = _png(fig)
-        plt.close(fig)
-    if validations:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for name, val in validations.items():
-            curve = val.get("circuit_curve", [])
-            ax.plot([c["n_features"] for c in curve], [c["faithfulness"] for c in curve],
-                    marker="o", ms=3, label=name)
-        ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("symlog")
-        ax.set_xlabel("feature nodes in the circuit", fontsize=8)
-        ax.set_ylabel("faithfulness", fontsize=8)
-        ax.legend(fontsize=6)
-        ax.tick_params(labelsize=7)
-        out["faithfulness"] = _png(fig)
-        plt.close(fig)
+    for name, fig in (("donors", donor_activation(hyps)), ("faithfulness",
+                                                           faithfulness(validations))):
+        if fig is not None:
+            out[name] = _png(fig)
+            plt.close(fig)
     return out
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,28 +37,33 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from discovery import annotate, classifier, features
-from discovery import simulate as simulate_mod
-from discovery.attribution import SAEHook, check_sae_hooks
-from discovery.baselines import rank_genes
-from discovery.contract import InputError, get_keys, read, validate
-from discovery.datasets import DATASETS, load_dataset
-from discovery.graphs import GraphSpec, cohort_graph, population_mask
-from discovery.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
-from discovery.interventions import validate_graph
-from discovery.plans import PRIORITY_FORMULA, make_plans
-from discovery.preprocess import preprocess
-from discovery.sketch import h5ad_n_obs, read_sketched, sketch_anndata
-from discovery.yardstick import score_ranking
+from discovery.get.run import graph_index
+from discovery.io import layout
+from discovery.io import simulate as simulate_mod
+from discovery.io.contract import InputError, get_keys, read, validate
+from discovery.io.datasets import DATASETS, load_dataset
+from discovery.io.files import atomic_write, write_json
+from discovery.io.graph_files import export_graph, load_graph
+from discovery.io.layout import sae_key
+from discovery.io.sketch import h5ad_n_obs, read_sketched, sketch_anndata
+from discovery.pp.preprocess import preprocess
+from discovery.tl import annotate, classifier, features
+from discovery.tl.attribution import SAEHook, check_sae_hooks
+from discovery.tl.baselines import rank_genes
+from discovery.tl.embedding import umap
+from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
+from discovery.tl.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
+from discovery.tl.interventions import validate_graph, validation_summary
+from discovery.tl.plans import PRIORITY_FORMULA, make_plans
+from discovery.tl.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
-from pipelines.export import export_graph, load_graph
 from pipelines.report import write_report
-from pipelines.rundir import RunDir, adata_checksum, atomic_write, file_checksum, write_json
+from pipelines.rundir import RunDir, adata_checksum, file_checksum
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenRun", "RunResult", "analyse", "graph_index", "open_run", "run_pipeline"]
+__all__ = ["RunResult", "analyse", "run_pipeline"]
 
 
 @dataclass
@@ -73,53 +77,6 @@ class RunResult:
     features: dict[str, Any] | None = None
     graphs: dict[str, Any] | None = None
     hypotheses: dict[str, Any] | None = None
-
-
-@dataclass
-class OpenRun:
-    """A finished run loaded back: annotated data, model, SAE hooks and feature labels."""
-
-    path: Path
-    adata: ad.AnnData
-    model: Any
-    saes: list[SAEHook]
-    labels: dict[str, str]
-
-
-def _require(path: Path, what: str, stage: str) -> Path:
-    if not path.exists():
-        msg = (f"{path} not found: {what} is written by the '{stage}' stage; run "
-               f"`discovery run --out {path.parent if path.is_absolute() else '<RUN_DIR>'}` first")
-        raise InputError(msg)
-    return path
-
-
-def open_run(run_dir: str | Path, *, need_features: bool = True) -> OpenRun:
-    """Load a run directory's ``adata.h5ad``, ``model/`` and (first-seed) SAE for analysis."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        msg = f"run directory not found: {path}"
-        raise InputError(msg)
-    manifest = json.loads(_require(path / "manifest.json", "the manifest", "input").read_text())
-    adata = ad.read_h5ad(_require(path / "adata.h5ad", "the annotated data", "preprocess"))
-    model = classifier.load(_require(path / "model", "the model", "model"))
-    saes: list[SAEHook] = []
-    labels: dict[str, str] = {}
-    if need_features:
-        fdir = _require(path / "features", "the SAEs", "features")
-        quality = json.loads((fdir / "quality.json").read_text())
-        seed = quality["spec"]["seeds"][0]
-        saes = [SAEHook(quality["hook"], load_sae(fdir / f"sae_seed{seed}").eval())]
-        ann = pd.read_json(fdir / "annotations.json")
-        labels = dict(zip(ann["feature"], ann["label"]))
-    del manifest
-    return OpenRun(path, adata, model, saes, labels)
-
-
-def graph_index(run_dir: str | Path) -> dict[str, Any]:
-    """``graphs/index.json`` of a run (clear error when the graphs stage has not run)."""
-    p = _require(Path(run_dir) / "graphs" / "index.json", "the graph index", "graphs")
-    return json.loads(p.read_text())
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -194,14 +151,14 @@ def run_pipeline(
         }
         if "sketch" in input_desc:
             summary["sketch"] = input_desc["sketch"]
-        write_json(rd.file("input_summary.json"), summary)
-        outputs.append("input_summary.json")
+        write_json(rd.path / layout.INPUT_SUMMARY, summary)
+        outputs.append(layout.INPUT_SUMMARY)
     stages.update()
 
     # 2. preprocess --------------------------------------------------------------------------
     stages.set_postfix_str("preprocess")
     params = {"preprocess": config.preprocess.to_dict(), "keys": config.keys.to_dict()}
-    adata_path = rd.path / "adata.h5ad"
+    adata_path = rd.path / layout.ADATA
     if rd.is_done("preprocess", params):
         log.info("preprocess: reusing %s", adata_path)
         adata = ad.read_h5ad(adata_path)
@@ -209,13 +166,13 @@ def run_pipeline(
         with rd.stage("preprocess", params) as outputs:
             preprocess(adata, keys, config=config.preprocess)
             atomic_write(adata_path, lambda p: adata.write_h5ad(p, compression="gzip"))
-            outputs.append("adata.h5ad")
+            outputs.append(layout.ADATA)
     stages.update()
 
     # 3. baselines ---------------------------------------------------------------------------
     stages.set_postfix_str("baselines")
     params = {"baselines": list(config.baselines), "seed": config.seed}
-    rank_path = rd.path / "baselines" / "rankings.csv.gz"
+    rank_path = rd.path / layout.RANKINGS
     if not config.baselines:
         rankings = pd.DataFrame()
     elif rd.is_done("baselines", params):
@@ -230,9 +187,9 @@ def run_pipeline(
             atomic_write(rank_path, lambda p: rankings.to_csv(p, index=False, compression="gzip"))
             top = (rankings[rankings["rank"] <= 20]
                    .groupby(["method", "cell_type", "direction"])["gene"].apply(list))
-            write_json(rd.file("baselines", "top_genes.json"),
+            write_json(rd.path / layout.TOP_GENES,
                        {f"{m}|{ct}|{d}": g for (m, ct, d), g in top.items()})
-            outputs += ["baselines/rankings.csv.gz", "baselines/top_genes.json"]
+            outputs += [layout.RANKINGS, layout.TOP_GENES]
     stages.update()
 
     # 4. yardstick (simulated cohorts) --------------------------------------------------------
@@ -247,9 +204,9 @@ def run_pipeline(
                  for m in config.baselines],
                 ignore_index=True,
             )
-            atomic_write(rd.path / "baselines" / "yardstick.csv",
+            atomic_write(rd.path / layout.YARDSTICK,
                          lambda p: yard.to_csv(p, index=False))
-            outputs.append("baselines/yardstick.csv")
+            outputs.append(layout.YARDSTICK)
     stages.update()
 
     # 5. model ---------------------------------------------------------------------------------
@@ -320,13 +277,13 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
               "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
-    hpath, ppath = rd.path / "hypotheses.json", rd.path / "plans.json"
+    hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
     if rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file():
         return {"hypotheses": json.loads(hpath.read_text())["hypotheses"],
                 "plans": json.loads(ppath.read_text())["plans"]}
     with rd.stage("hypotheses", params) as outputs:
         index = graph_index(rd.path)
-        graphs = {e["slug"]: load_graph(rd.path / "graphs" / f"{e['slug']}.json")
+        graphs = {e["slug"]: load_graph(rd.path / layout.graph_file(e["slug"]))
                   for e in index["graphs"]}
         keys = get_keys(adata)
         hook = config.sae_spec().hook
@@ -343,21 +300,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                            "hypotheses": hyps})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
                            "priority_formula": PRIORITY_FORMULA, "plans": plans})
-        outputs += ["hypotheses.json", "plans.json"]
+        outputs += [layout.HYPOTHESES, layout.PLANS]
     return {"hypotheses": hyps, "plans": plans}
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
-
-
-def _validation_summary(val: dict[str, Any]) -> dict[str, Any]:
-    ab = val["ablation"]
-    return {"spearman_graph": ab["graph"]["spearman"], "spearman_model": ab["model"]["spearman"],
-            "sign_agreement_model": ab["model"]["sign_agreement"], "n_checked": len(ab["nodes"]),
-            "features_for_faithfulness_0.8": val["features_for_faithfulness_0.8"],
-            "m_full": val["m_full"], "m_empty": val["m_empty"],
-            "circuit_curve": val["circuit_curve"]}
 
 
 def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
@@ -367,67 +311,60 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
     hook = config.sae_spec().hook
     params = {"graphs": config.graphs, "hook": hook,
               "features_stage": rd.manifest["stages"]["features"].get("params_hash")}
-    gdir = rd.path / "graphs"
-    if rd.is_done("graphs", params) and (gdir / "index.json").is_file():
-        return json.loads((gdir / "index.json").read_text())
+    index_path = rd.path / layout.GRAPH_INDEX
+    if rd.is_done("graphs", params) and index_path.is_file():
+        return json.loads(index_path.read_text())
     with rd.stage("graphs", params) as outputs:
         saes = [SAEHook(hook, feats["sae"].eval())]
         try:
             check_sae_hooks(model, saes)
         except InputError as err:
             index = {"hook": hook, "graphs": [], "skipped": str(err)}
-            write_json(gdir / "index.json", index)
-            outputs.append("graphs/index.json")
+            write_json(index_path, index)
+            outputs.append(layout.GRAPH_INDEX)
             return index
         ann = feats["annotations"]
         labels = dict(zip(ann["feature"], ann["label"]))
-        keys = get_keys(adata)
-        logits = np.log(adata.obs["case_prob"].clip(1e-9, 1 - 1e-9)) - np.log(
-            (1 - adata.obs["case_prob"]).clip(1e-9, 1))
         entries = []
-        cell_types = sorted(adata.obs[keys.cell_type_key].astype(str).unique())
-        for ct in tqdm(cell_types, desc="graphs", disable=quiet, leave=False):
-            mask = population_mask(adata, cell_type=ct, label="case")
-            if mask.sum() < extra["min_cells"]:
-                continue
-            name = f"{ct}, {keys.case} cells"
-            slug = _slug(f"{ct}_case")
-            g = cohort_graph(adata, model, saes, mask=mask, name=name, labels=labels, spec=spec,
-                             quiet=True)
-            val = validate_graph(adata, model, saes, graph=g, mask=mask, n_top=extra["n_top"])
-            summary = _validation_summary(val)
-            g.graph.update({"cell_type": ct, "label": "case", "validation": summary})
-            export_graph(g, gdir / f"{slug}.json")
-            export_graph(g, gdir / f"{slug}.graphml")
-            write_json(gdir / f"{slug}.validation.json", val)
-            files = [f"graphs/{slug}.json", f"graphs/{slug}.graphml",
-                     f"graphs/{slug}.validation.json"]
-            top = np.argsort(-logits[mask].to_numpy())[:extra["cell_graphs"]]
-            cells = adata.obs_names[mask][top]
+        populations = case_populations(adata, min_cells=extra["min_cells"])
+        for pop in tqdm(populations, desc="graphs", disable=quiet, leave=False):
+            g = cohort_graph(adata, model, saes, mask=pop.mask, name=pop.name, labels=labels,
+                             spec=spec, quiet=True)
+            val = validate_graph(adata, model, saes, graph=g, mask=pop.mask,
+                                 n_top=extra["n_top"])
+            summary = validation_summary(val)
+            g.graph.update({"cell_type": pop.cell_type, "label": "case", "validation": summary})
+            files = [layout.graph_file(pop.slug), layout.graph_file(pop.slug, ".graphml"),
+                     layout.validation_file(pop.slug)]
+            export_graph(g, rd.path / files[0])
+            export_graph(g, rd.path / files[1])
+            write_json(rd.path / files[2], val)
+            cells = example_cells(adata, pop.mask, n=extra["cell_graphs"])
             for cell in cells:
                 one = adata.obs_names == cell
                 cg = cohort_graph(adata, model, saes, mask=one, name=f"cell {cell}",
                                   labels=labels, quiet=True,
                                   spec=GraphSpec(spec.node_threshold, spec.edge_threshold, 0,
                                                  spec.batch_size, spec.seed))
-                cg.graph.update({"cell": str(cell), "cell_type": ct})
-                export_graph(cg, gdir / "cells" / f"{_slug(str(cell))}.json")
-                files.append(f"graphs/cells/{_slug(str(cell))}.json")
+                cg.graph.update({"cell": cell, "cell_type": pop.cell_type})
+                name = layout.cell_graph_file(slugify(cell))
+                export_graph(cg, rd.path / name)
+                files.append(name)
             outputs += files
             entries.append({
-                "name": name, "slug": slug, "cell_type": ct, "label": "case",
-                "n_cells": int(mask.sum()), "n_donors": g.graph["n_donors"],
+                "name": pop.name, "slug": pop.slug, "cell_type": pop.cell_type, "label": "case",
+                "n_cells": int(pop.mask.sum()), "n_donors": g.graph["n_donors"],
                 "n_nodes": g.number_of_nodes(), "n_edges": g.number_of_edges(),
                 "replacement_score": g.graph["replacement_score"],
                 "completeness_score": g.graph["completeness_score"],
                 "max_completeness_error": g.graph["max_completeness_error"],
                 "mean_logit": g.graph["mean_logit"],
                 "validation": {k: v for k, v in summary.items() if k != "circuit_curve"},
-                "cell_graphs": [str(c) for c in cells], "files": files,
+                "cell_graphs": cells, "files": files,
             })
         index = {"hook": hook, "graphs": entries}
-        write_json(gdir / "index.json", index)
-        outputs.append("graphs/index.json")
+        write_json(index_path, index)
+        outputs.append(layout.GRAPH_INDEX)
     return index
 
 
@@ -437,83 +374,47 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
     spec = config.sae_spec()
     params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
         "params_hash")}
-    fdir = rd.path / "features"
-    key = f"X_sae_{spec.hook.replace('.', '_')}"
+    fdir = rd.path / layout.FEATURES_DIR
+    key = sae_key(spec.hook)
     if rd.is_done("features", params) and key in adata.obsm:
         log.info("features: reusing %s", fdir)
         if "X_umap" not in adata.obsm:  # runs made before the app needed it
-            _umap(adata, seed=config.seed)
-            atomic_write(rd.path / "adata.h5ad",
+            umap(adata, seed=config.seed)
+            atomic_write(rd.path / layout.ADATA,
                          lambda p: adata.write_h5ad(p, compression="gzip"))
-        return {"quality": json.loads((fdir / "quality.json").read_text()),
-                "sae": load_sae(fdir / f"sae_seed{spec.seeds[0]}"),
-                "annotations": pd.read_json(fdir / "annotations.json")}
+        return {"quality": json.loads((rd.path / layout.SAE_QUALITY).read_text()),
+                "sae": load_sae(rd.path / layout.sae_dir(spec.seeds[0])),
+                "annotations": pd.read_json(rd.path / layout.ANNOTATIONS)}
     with rd.stage("features", params) as outputs:
-        store_dir = rd.path / ".activations"
+        store_dir = rd.path / layout.ACTIVATIONS
+        fitted = features.fit_saes(adata, model, spec=spec, workdir=store_dir)
         shutil.rmtree(store_dir, ignore_errors=True)
-        store = features.collect_activations(adata, model, store_dir, hook=spec.hook)
-        train_rows = np.flatnonzero((adata.obs["split"] == "train").to_numpy())
-        fitted = features.train_saes(store, spec, train_rows=train_rows, quiet=quiet)
         quality = {}
-        for seed, (sae, hist) in zip(spec.seeds, fitted):
+        for seed, sae, hist in zip(spec.seeds, fitted.saes, fitted.histories):
             q = features.sae_quality(adata, model, sae, hook=spec.hook)
             q["train_samples_per_second"] = round(hist.samples_per_second, 1)
             quality[f"seed{seed}"] = q
-            sae.save(fdir / f"sae_seed{seed}")
-            outputs.append(f"features/sae_seed{seed}/sae.safetensors")
-        stability = features.match_features(
-            [s.decoder_directions.detach().numpy() for s, _ in fitted])
-        primary = fitted[0][0]
-        acts = features.encode_cells(adata, model, primary, hook=spec.hook)
-        _umap(adata, seed=config.seed)
+            sae.save(rd.path / layout.sae_dir(seed))
+            outputs.append(f"{layout.sae_dir(seed)}/sae.safetensors")
+        stability, primary = fitted.stability, fitted.primary
+        acts = np.asarray(adata.obsm[key])
+        umap(adata, seed=config.seed)
         table = annotate.annotate_features(adata, model, primary, acts=acts, hook=spec.hook,
-                                           feature_prefix=f"{spec.hook}:F", stability=stability)
+                                           stability=stability)
         summary = {
             "hook": spec.hook, "spec": spec.to_dict(), "per_seed": quality,
-            "median_stability": float(np.nanmedian(stability)) if len(fitted) > 1 else None,
+            "median_stability": (float(np.nanmedian(stability)) if len(fitted.saes) > 1
+                                 else None),
             "n_features": int(len(table)), "n_dead": int((table["frac_active"] == 0).sum()),
             "n_donor_q05": int((table["donor_q"] < 0.05).sum()),
             "n_confounded": int(table["confounded_by"].notna().sum()),
         }
-        write_json(fdir / "quality.json", summary)
-        atomic_write(fdir / "annotations.json",
+        write_json(rd.path / layout.SAE_QUALITY, summary)
+        atomic_write(rd.path / layout.ANNOTATIONS,
                      lambda p: table.to_json(p, orient="records", indent=1))
-        atomic_write(rd.path / "adata.h5ad", lambda p: adata.write_h5ad(p, compression="gzip"))
-        shutil.rmtree(store_dir, ignore_errors=True)
-        outputs += ["features/quality.json", "features/annotations.json", "adata.h5ad"]
+        atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
+        outputs += [layout.SAE_QUALITY, layout.ANNOTATIONS, layout.ADATA]
     return {"quality": summary, "sae": primary, "annotations": table}
-
-
-def _umap(adata: ad.AnnData, *, seed: int) -> None:
-    """``obsm['X_umap']`` (PCA of log-normalised expression -> UMAP) for the app.
-
-    umap-learn directly on the PCA (scanpy's ``pp.neighbors`` path breaks on SciPy sparse
-    arrays in the installed versions).
-    """
-    import scanpy as sc
-    import umap
-
-    tmp = ad.AnnData(X=adata.X, obs=adata.obs[[]].copy())
-    sc.pp.pca(tmp, n_comps=min(30, tmp.n_vars - 1, tmp.n_obs - 1), random_state=seed)
-    pcs = tmp.obsm["X_pca"]
-    k = min(15, tmp.n_obs - 1)
-    knn = None
-    if tmp.n_obs <= EXACT_KNN_MAX_CELLS:
-        # exact neighbours from scikit-learn: skips pynndescent, whose numba compilation took
-        # 42 s of a 2.9-min default run (profiled); the same graph UMAP would approximate
-        from sklearn.neighbors import NearestNeighbors
-
-        dist, idx = NearestNeighbors(n_neighbors=k).fit(pcs).kneighbors(pcs)
-        knn = (idx, dist.astype(np.float32), None)
-    reducer = umap.UMAP(n_neighbors=k, random_state=seed, n_jobs=1, precomputed_knn=knn or
-                        (None, None, None))
-    with warnings.catch_warnings():  # no NNDescent index: transform() of new cells is not used
-        warnings.filterwarnings("ignore", message="precomputed_knn")
-        adata.obsm["X_umap"] = reducer.fit_transform(pcs).astype(np.float32)
-
-
-#: above this many cells the UMAP neighbours come from pynndescent (approximate) instead
-EXACT_KNN_MAX_CELLS = 50_000
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
@@ -526,10 +427,10 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
         from models.pretrained import checkpoint_sha256
 
         params["checkpoint_sha256"] = checkpoint_sha256(mc.arch["checkpoint"])
-    model_dir = rd.path / "model"
+    model_dir = rd.path / layout.MODEL_DIR
     if rd.is_done("model", params) and "case_prob" in adata.obs:
         log.info("model: reusing %s", model_dir)
-        return classifier.load(model_dir), json.loads((model_dir / "metrics.json").read_text())
+        return classifier.load(model_dir), json.loads((rd.path / layout.METRICS).read_text())
     with rd.stage("model", params) as outputs:
         tc = mc.train_config()
         tc.seed = config.seed
@@ -542,13 +443,13 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
         tmp_dir = model_dir.with_name(".model.tmp")
         shutil.rmtree(tmp_dir, ignore_errors=True)
         trained.save(tmp_dir)
-        write_json(tmp_dir / "metrics.json", metrics)
+        write_json(tmp_dir / Path(layout.METRICS).name, metrics)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp_dir.rename(model_dir)
-        adata_path = rd.path / "adata.h5ad"
+        adata_path = rd.path / layout.ADATA
         atomic_write(adata_path, lambda p: adata.write_h5ad(p, compression="gzip"))
-        outputs += ["model/config.json", "model/model.safetensors", "model/metrics.json",
-                    "adata.h5ad"]
+        outputs += [f"{layout.MODEL_DIR}/config.json", f"{layout.MODEL_DIR}/model.safetensors",
+                    layout.METRICS, layout.ADATA]
     return trained.model, metrics
 
 

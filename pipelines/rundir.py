@@ -13,17 +13,16 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from discovery.contract import InputError
+from discovery.io.contract import InputError
+from discovery.io.files import atomic_write, json_default, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +41,6 @@ __all__ = [
 MANIFEST_SCHEMA_VERSION = 1
 _PACKAGES = ("discovery", "torch", "transformers", "scanpy", "anndata", "numpy", "scipy",
              "pandas", "scikit-learn", "networkx", "safetensors")
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
-    return atomic_write(path, lambda p: p.write_text(text + "\n"))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text))
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    msg = f"not JSON serialisable: {type(obj).__name__}"
-    raise TypeError(msg)
 
 
 #: a run name: one path component of letters, digits, '-', '_' and '.' (not leading)
@@ -112,7 +71,7 @@ def child_run_dir(root: str | Path, name: str) -> Path:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
+    blob = json.dumps(config, sort_keys=True, default=json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -270,5 +229,5 @@ def _run_id(chash: str, input_desc: dict[str, Any], seed: int) -> str:
     config and seed give a byte-identical hypotheses.json, wherever the run is written)."""
     content = {k: v for k, v in input_desc.items() if k not in ("path", "metadata")}
     key = json.dumps({"config": chash, "input": content, "seed": int(seed)}, sort_keys=True,
-                     default=_json_default)
+                     default=json_default)
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from discovery.preprocess import preprocess  # noqa: E402
-from discovery.simulate import simulate  # noqa: E402
+from discovery.io.simulate import simulate  # noqa: E402
+from discovery.pp.preprocess import preprocess  # noqa: E402
 
 SMALL = {"n_donors": 16, "cells_per_donor": 80, "n_genes": 600}
 
@@ -35,7 +35,7 @@ def _pp_small(_raw_small: ad.AnnData) -> ad.AnnData:
 
 @pytest.fixture
 def pp_small(_pp_small: ad.AnnData) -> ad.AnnData:
-    """The small cohort after :func:`discovery.preprocess.preprocess`, fresh copy per test."""
+    """The small cohort after :func:`discovery.pp.preprocess.preprocess`, fresh copy per test."""
     return _pp_small.copy()
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from discovery.contract import InputError
-from discovery.feedback import FeedbackItem, FeedbackStore
+from discovery.io.contract import InputError
+from discovery.io.feedback import FeedbackItem, FeedbackStore
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["hypotheses", "plan", "features", "graph", "feedback", "reports", "new_run"]
@@ -40,7 +40,7 @@ def test_overview_page(app):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(app, page):
-    app.switch_page(f"pipelines/app/pages/{page}.py")
+    app.switch_page(f"app_pages/{page}.py")
     app.run()
     _ok(app)
     assert app.title[0].value
@@ -49,7 +49,7 @@ def test_every_page_renders(app, page):
 def test_hypotheses_page_filters(app, tiny_run):
     import json
 
-    app.switch_page("pipelines/app/pages/hypotheses.py")
+    app.switch_page("app_pages/hypotheses.py")
     app.run()
     hyps = json.loads((tiny_run / "hypotheses.json").read_text())["hypotheses"]
     assert len(app.dataframe[0].value) == len(hyps)
@@ -61,7 +61,7 @@ def test_plan_page_shows_the_rationale(app, tiny_run):
     import json
 
     plans = json.loads((tiny_run / "plans.json").read_text())["plans"]
-    app.switch_page("pipelines/app/pages/plan.py")
+    app.switch_page("app_pages/plan.py")
     app.run()
     _ok(app)
     text = " ".join(m.value for m in app.markdown)
@@ -71,7 +71,7 @@ def test_plan_page_shows_the_rationale(app, tiny_run):
 
 
 def test_feedback_is_written_and_read_back(app, tmp_path):
-    app.switch_page("pipelines/app/pages/feedback.py")
+    app.switch_page("app_pages/feedback.py")
     app.run()
     app.radio(key="fb_kind").set_value("feature").run()
     target = app.selectbox(key="fb_target").options[0]
@@ -91,7 +91,7 @@ def test_feedback_is_written_and_read_back(app, tmp_path):
 
 
 def test_feedback_without_a_name_is_refused(app, tmp_path):
-    app.switch_page("pipelines/app/pages/feedback.py")
+    app.switch_page("app_pages/feedback.py")
     app.run()
     app.button[0].click().run()
     assert any("enter your name" in e.value for e in app.error)
@@ -136,7 +136,7 @@ def _new_run_app(root, monkeypatch, tmp_path, *, limit_mb: str = "1024") -> AppT
     monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pipelines/app/pages/new_run.py")
+    at.switch_page("app_pages/new_run.py")
     at.run()
     return at
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from discovery import classifier, features
-from discovery.attribution import SAEHook, attribute_block, check_sae_hooks, gene_attribution
-from discovery.contract import InputError
-from discovery.graphs import GraphSpec, cohort_graph, influence, population_mask
-from discovery.interventions import FeatureEdit, intervene, perturb_genes, validate_graph
+from discovery.io.contract import InputError
+from discovery.io.graph_files import CYJS_SCHEMA, export_graph, load_graph
+from discovery.tl import classifier, features
+from discovery.tl.attribution import SAEHook, attribute_block, check_sae_hooks, gene_attribution
+from discovery.tl.graphs import GraphSpec, cohort_graph, influence, population_mask
+from discovery.tl.interventions import FeatureEdit, intervene, perturb_genes, validate_graph
 from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
 from models.sae import build_sae
 from models.training import TrainConfig
 from models.transformer import GeneTransformerConfig, GeneTransformerForCellClassification
-from pipelines.export import CYJS_SCHEMA, export_graph, load_graph
 
 GENES = [f"G{i}" for i in range(30)]
 
@@ -116,8 +116,8 @@ def test_influence_sums_paths():
 # ----------------------------------------------------------------------------- trained cohort
 @pytest.fixture(scope="module")
 def trained():
-    from discovery.preprocess import preprocess
-    from discovery.simulate import simulate
+    from discovery.io.simulate import simulate
+    from discovery.pp.preprocess import preprocess
 
     torch.manual_seed(0)
     a = simulate("alzheimers", seed=3, n_donors=20, cells_per_donor=100, n_genes=600)
@@ -221,7 +221,7 @@ def test_interventions(trained):
 
 
 def test_gene_perturbation_against_nulls(trained):
-    from discovery.simulate import truth
+    from discovery.io.simulate import truth
 
     a, model, _ = trained
     mask = population_mask(a, cell_type="Microglia", label="case")

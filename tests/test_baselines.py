@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.baselines import BASELINES, RANKING_COLUMNS, rank_genes
-from discovery.preprocess import preprocess
-from discovery.simulate import simulate, truth
-from discovery.yardstick import score_ranking
+from discovery.io.simulate import simulate, truth
+from discovery.pp.preprocess import preprocess
+from discovery.tl.baselines import BASELINES, RANKING_COLUMNS, rank_genes
+from discovery.tl.yardstick import score_ranking
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,9 @@ def test_unknown_method(alz):
 
 
 def test_requires_preprocess(raw_small):
-    from discovery.contract import InputError
+    from discovery.io.contract import InputError
 
-    with pytest.raises(InputError, match="run `discovery.preprocess.preprocess"):
+    with pytest.raises(InputError, match="run `discovery.pp.preprocess.preprocess"):
         rank_genes(raw_small, "pseudobulk")
 
 

@@ -7,8 +7,8 @@ import json
 import anndata as ad
 import pytest
 
-from discovery.contract import get_keys
-from discovery.simulate import simulate
+from discovery.io.contract import get_keys
+from discovery.io.simulate import simulate
 from pipelines.cli import main
 
 from .conftest import SMALL

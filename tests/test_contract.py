@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from discovery.contract import InputError, Keys, read, validate
+from discovery.io.contract import InputError, Keys, read, validate
 
 
 def _err(adata, keys=None, **kw) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from discovery import classifier
+from discovery.tl import classifier
 from pipelines.cli import main
 
 CONFIG = {

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from discovery import annotate, classifier, features
-from discovery.contract import Keys
+from discovery.io.contract import Keys
+from discovery.tl import annotate, classifier, features
 from models.training import TrainConfig
 
 
@@ -25,7 +25,7 @@ def test_match_features_recovers_permutation():
 def test_enrichment_hypergeometric_known_value():
     from scipy import stats
 
-    from discovery import bundled
+    from discovery.io import bundled
 
     dam = list(bundled.gene_set("Disease-associated microglia").genes)
     universe = dam + [f"X{i}" for i in range(188)]  # 200 genes
@@ -72,8 +72,8 @@ def test_confound_scores_separate_label_from_batch():
 
 @pytest.fixture(scope="module")
 def fitted():
-    from discovery.preprocess import preprocess
-    from discovery.simulate import simulate
+    from discovery.io.simulate import simulate
+    from discovery.pp.preprocess import preprocess
 
     a = simulate("alzheimers", seed=2, n_donors=24, cells_per_donor=150, n_genes=800)
     preprocess(a)

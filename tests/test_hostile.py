@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from discovery.contract import InputError, Keys, read, validate
-from discovery.preprocess import drop_empty, preprocess
+from discovery.io.contract import InputError, Keys, read, validate
+from discovery.pp.preprocess import drop_empty, preprocess
 from pipelines.cli import main
 from pipelines.rundir import child_run_dir
 

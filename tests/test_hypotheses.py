@@ -7,15 +7,15 @@ import re
 
 import numpy as np
 
-from discovery.hypotheses import (
+from discovery.io.graph_files import load_graph
+from discovery.tl.hypotheses import (
     HypothesisSpec,
     _partial_r2,
     _status_and_score,
     hypotheses_to_ranking,
 )
-from discovery.plans import load_assays
+from discovery.tl.plans import load_assays
 from pipelines.cli import main
-from pipelines.export import load_graph
 
 from .conftest import TINY
 

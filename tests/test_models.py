@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from discovery import classifier
-from discovery.contract import InputError
+from discovery.io.contract import InputError
+from discovery.tl import classifier
 from models import CLASSIFIERS, load_classifier
 from models.training import TrainConfig, class_balance_weights, group_balance_weights
 
@@ -118,7 +118,7 @@ def test_group_balance_weights_make_batch_uninformative():
 def test_batch_balance_falls_back_when_a_class_batch_cell_is_too_thin(pp_small):
     """``balance='class_batch'`` is used when every class x batch cell of the training donors
     has >= 2 donors, and falls back to class weights, saying why, when one has fewer."""
-    from discovery.contract import get_keys
+    from discovery.io.contract import get_keys
 
     keys = get_keys(pp_small)
     tr = (pp_small.obs["split"] == "train").to_numpy()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.contract import InputError, Keys, get_keys
-from discovery.preprocess import PreprocessConfig, preprocess, select_genes, split_donors
+from discovery.io.contract import InputError, Keys, get_keys
+from discovery.pp.preprocess import PreprocessConfig, preprocess, select_genes, split_donors
 
 
 def test_counts_kept_and_x_log_normalised(raw_small):

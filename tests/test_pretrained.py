@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from discovery.contract import InputError
-from discovery.simulate import simulate
+from discovery.io.contract import InputError
+from discovery.io.simulate import simulate
 from models import load_classifier
 from models.pretrained import from_bert_checkpoint, map_genes
 from pipelines.cli import main

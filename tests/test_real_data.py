@@ -13,10 +13,10 @@ import pytest
 import scipy.sparse as sp
 from streamlit.testing.v1 import AppTest
 
-from discovery.bundled import read_yaml
-from discovery.contract import InputError, Keys, validate
-from discovery.datasets import pbmc68k_reduced
-from discovery.preprocess import LOGNORM_SKIPPED, preprocess_unlabelled
+from discovery.io.bundled import read_yaml
+from discovery.io.contract import InputError, Keys, validate
+from discovery.io.datasets import pbmc68k_reduced
+from discovery.pp.preprocess import LOGNORM_SKIPPED, preprocess_unlabelled
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 CASE = "Dendritic"
@@ -89,7 +89,7 @@ def test_the_app_shows_the_pbmc_run(pbmc_run, tmp_path, monkeypatch):
     at.run()
     assert not at.exception and not at.error
     for page in ("hypotheses", "plan", "features", "graph"):
-        at.switch_page(f"pipelines/app/pages/{page}.py")
+        at.switch_page(f"app_pages/{page}.py")
         at.run()
         assert not at.exception, (page, [e.value for e in at.exception])
         assert not at.error, (page, [e.value for e in at.error])
@@ -122,8 +122,8 @@ def _celltypist_sample() -> Path:
 
 
 def test_celltypist_raw_counts_without_labels(tiny_run):
-    from discovery import classifier
-    from discovery.contract import read
+    from discovery.io.contract import read
+    from discovery.tl import classifier
 
     path = _celltypist_sample()
     with pytest.raises(InputError, match="--metadata"):

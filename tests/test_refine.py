@@ -14,11 +14,11 @@ import scipy.sparse as sp
 import torch
 from streamlit.testing.v1 import AppTest
 
-from discovery.classifier import encode
-from discovery.feedback import FeedbackStore, default_url
-from discovery.refine import _pooled_mean, _projection_hook, fold_projection, suppression_basis
+from discovery.get.run import open_run
+from discovery.io.feedback import FeedbackStore, default_url
+from discovery.tl.classifier import encode
+from discovery.tl.refine import _pooled_mean, _projection_hook, fold_projection, suppression_basis
 from pipelines.cli import main
-from pipelines.run import open_run
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -102,7 +102,7 @@ def test_refine_loop_from_the_app(parent, monkeypatch):
     monkeypatch.delenv("DISCOVERY_FEEDBACK_URL", raising=False)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    at.switch_page("pipelines/app/pages/feedback.py")
+    at.switch_page("app_pages/feedback.py")
     at.run()
     at.radio(key="fb_kind").set_value("feature").run()
     feature = _batch_feature(parent)
@@ -126,7 +126,7 @@ def test_refine_loop_from_the_app(parent, monkeypatch):
 def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
     """``--mode retrain``: the marked features' driver genes that batch explains better than the
     label (donor level) leave the model's panel, and the model is retrained without them."""
-    from discovery.simulate import truth
+    from discovery.io.simulate import truth
 
     ann = pd.read_json(parent / "features" / "annotations.json")
     marked = ann.loc[(ann["confounded_by"] == "batch") & (ann["frac_active"] > 0), "feature"]
@@ -187,7 +187,7 @@ def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
 
 def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expression(tiny_run):
     """The donor-level rule is calibrated: a random donor-level 'batch' explains no gene."""
-    from discovery.refine import artifact_genes
+    from discovery.tl.refine import artifact_genes
 
     run = open_run(tiny_run)
     adata = run.adata
@@ -208,7 +208,7 @@ def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expressio
 def test_renormalising_without_mitochondrial_reads_removes_their_share(tiny_run):
     """After renormalisation every cell's non-mitochondrial reads sum to the target, so the
     mitochondrial fraction no longer scales every other gene (it did before)."""
-    from discovery.refine import renormalise_without
+    from discovery.tl.refine import renormalise_without
 
     adata = open_run(tiny_run).adata
     mt = adata.var["mt"].to_numpy(bool)
@@ -232,7 +232,7 @@ def test_matching_depth_thins_the_deeper_batch_to_the_shallower_one(tiny_run):
     """A batch sequenced deeper is binomially thinned, per cell type, to the other batch's
     depth: medians agree afterwards, counts only go down, the result is seeded, and nothing is
     thinned when the batches already agree."""
-    from discovery.refine import match_depth
+    from discovery.tl.refine import match_depth
 
     adata = open_run(tiny_run).adata
     counts = adata.layers["counts"].tocsr().astype(np.float64)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery import bundled
-from discovery.baselines import pseudobulk_matrix
-from discovery.contract import validate
-from discovery.simulate import SCENARIOS, simulate, truth
+from discovery.io import bundled
+from discovery.io.contract import validate
+from discovery.io.simulate import SCENARIOS, simulate, truth
+from discovery.tl.baselines import pseudobulk_matrix
 
 from .conftest import SMALL
 
@@ -63,7 +63,7 @@ def test_truth_is_json_safe_and_complete(raw_small):
 
 
 def _program_logfc(adata, prog):
-    from discovery.contract import Keys
+    from discovery.io.contract import Keys
 
     keys = Keys(case="AD", controls=("Control",), batch_key="batch")
     donors, summed, _ = pseudobulk_matrix(adata, keys, prog["cell_type"], min_cells=3)

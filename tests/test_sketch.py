@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from discovery.contract import InputError
-from discovery.simulate import simulate, truth, write_simulated
-from discovery.sketch import h5ad_n_obs, read_sketched, sketch_cells
+from discovery.io.contract import InputError
+from discovery.io.simulate import simulate, truth, write_simulated
+from discovery.io.sketch import h5ad_n_obs, read_sketched, sketch_cells
 
 KW = {"seed": 3, "n_donors": 8, "cells_per_donor": 150, "n_genes": 400}
 

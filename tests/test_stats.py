@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 
-from discovery.stats import aggregate_by, bh_fdr, donor_test, welch_t
+from discovery.tl.stats import aggregate_by, bh_fdr, donor_test, welch_t
 
 
 def test_bh_matches_scipy():

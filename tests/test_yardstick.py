@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from discovery.yardstick import (
+from discovery.tl.yardstick import (
     artifact_false_discoveries,
     average_precision,
     precision_at_k,

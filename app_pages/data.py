@@ -1,0 +1,155 @@
+"""Run-directory access for the app: which run is open, cached loaders, shared widgets.
+
+Pages call these functions only; they hold no science. JSON and tables are cached with
+``st.cache_data`` keyed on the file's modification time (a rerun of a stage shows up at once);
+the AnnData is a ``st.cache_resource``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from discovery.io.contract import InputError
+from discovery.io.feedback import FeedbackStore, default_url
+from discovery.io.graph_files import load_graph
+
+__all__ = ["RUN_ENV", "ROOT_ENV", "badge", "current_run", "graph", "json_file", "list_runs",
+           "load_adata", "store", "umap"]
+
+RUN_ENV = "DISCOVERY_RUN"
+ROOT_ENV = "DISCOVERY_RUNS_ROOT"
+
+STATUS_COLOURS = {"supported": "green", "candidate": "gray", "flagged": "orange",
+                  "rejected": "red"}
+
+
+#: the largest cohort file the app accepts, in MB (override with DISCOVERY_MAX_UPLOAD_MB);
+#: bigger cohorts run from the command line, which streams nothing through a browser
+UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB = "DISCOVERY_MAX_UPLOAD_MB", 1024.0
+
+
+def max_upload_mb() -> float:
+    return float(os.environ.get(UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
+
+
+def check_upload(name: str, size_bytes: int) -> None:
+    """Refuse an upload over the app's size limit, or of the wrong type, naming the fix."""
+    limit = max_upload_mb()
+    if size_bytes > limit * 2**20:
+        msg = (f"{name} is {size_bytes / 2**20:.1f} MB; the app accepts cohorts up to "
+               f"{limit:g} MB ({UPLOAD_ENV}). Run bigger ones from the command line: "
+               f"`discovery run {name} --out runs/<name>`, then open the run here.")
+        raise InputError(msg)
+    if not name.lower().endswith(".h5ad"):
+        msg = f"{name}: the app takes an .h5ad file; convert CSV counts with `discovery run`"
+        raise InputError(msg)
+
+
+def runs_root() -> Path:
+    """The folder new runs are written to (``DISCOVERY_RUNS_ROOT``, else the parent of
+    ``DISCOVERY_RUN``, else ``runs``)."""
+    start = os.environ.get(RUN_ENV)
+    return Path(os.environ.get(ROOT_ENV) or (Path(start).parent if start else "runs"))
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run directories (with a manifest.json) under ``root``, newest first."""
+    if not root.is_dir():
+        return []
+    runs = [p.parent for p in root.glob("*/manifest.json")]
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def current_run() -> Path | None:
+    """The run picked in the sidebar (default: ``DISCOVERY_RUN``, else the newest under the
+    root). Renders the picker; returns None when there is no run."""
+    start = os.environ.get(RUN_ENV)
+    root = runs_root()
+    runs = list_runs(root)
+    if start and Path(start) not in runs and (Path(start) / "manifest.json").is_file():
+        runs.insert(0, Path(start))
+    if not runs:
+        st.error(f"No run directory found under `{root}`. Create one with "
+                 "`discovery run --out runs/demo`, or start the app with "
+                 "`discovery app RUN_DIR`.")
+        return None
+    default = runs.index(Path(start)) if start and Path(start) in runs else 0
+    choice = st.sidebar.selectbox("Run", runs, index=default, format_func=lambda p: p.name,
+                                  key="run_dir")
+    return Path(choice)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@st.cache_data(show_spinner=False)
+def _json(path: str, mtime: float) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def json_file(run: Path, *parts: str) -> Any:
+    """Parsed JSON file of the run, or None when it does not exist."""
+    p = run.joinpath(*parts)
+    return _json(str(p), _mtime(p)) if p.is_file() else None
+
+
+@st.cache_data(show_spinner=False)
+def _table(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_json(path) if path.endswith(".json") else pd.read_csv(path)
+
+
+def table(run: Path, *parts: str) -> pd.DataFrame | None:
+    p = run.joinpath(*parts)
+    return _table(str(p), _mtime(p)) if p.is_file() else None
+
+
+@st.cache_resource(show_spinner="Loading the annotated data ...")
+def _adata(path: str, mtime: float):  # noqa: ANN202 - AnnData
+    import anndata as ad
+
+    return ad.read_h5ad(path)
+
+
+def load_adata(run: Path):  # noqa: ANN201 - AnnData
+    p = run / "adata.h5ad"
+    return _adata(str(p), _mtime(p))
+
+
+@st.cache_resource(show_spinner=False)
+def _graph(path: str, mtime: float) -> nx.DiGraph:
+    return load_graph(path)
+
+
+def graph(run: Path, slug: str) -> nx.DiGraph | None:
+    p = run / "graphs" / f"{slug}.json"
+    return _graph(str(p), _mtime(p)) if p.is_file() else None
+
+
+def umap(run: Path) -> np.ndarray | None:
+    """The cells' UMAP (``obsm['X_umap']``, computed by the pipeline's features stage)."""
+    a = load_adata(run)
+    return np.asarray(a.obsm["X_umap"]) if "X_umap" in a.obsm else None
+
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str) -> FeedbackStore:
+    return FeedbackStore(url)
+
+
+def store(run: Path) -> FeedbackStore:
+    """The feedback store of the run (``DISCOVERY_FEEDBACK_URL`` or RUN_DIR/feedback.sqlite)."""
+    return _store(default_url(run))
+
+
+def badge(status: str) -> str:
+    """Markdown badge for a hypothesis status."""
+    return f":{STATUS_COLOURS.get(status, 'gray')}-badge[{status}]"

@@ -1,0 +1,65 @@
+"""Features: where a feature fires (UMAP), its genes, enrichment, confounds, donors, stability."""
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app_pages.data import current_run, json_file, load_adata, table, umap
+from discovery.io.layout import sae_key
+from discovery.tl.annotate import donor_means
+
+run = current_run()
+if run is not None:
+    st.title("Features")
+    ann = table(run, "features", "annotations.json")
+    quality = json_file(run, "features", "quality.json")
+    if ann is None or quality is None:
+        st.info("This run has no features yet (the 'features' stage).")
+    else:
+        ann = ann[ann["frac_active"] > 0]
+        only_sig = st.toggle("only features that differ between donors (q < 0.05)", value=True)
+        view = ann[ann["donor_q"] < 0.05] if only_sig else ann
+        if view.empty:
+            view = ann
+        fid = st.selectbox("Feature", view["feature"].tolist(),
+                           format_func=lambda f: f"{f} · {ann.set_index('feature').loc[f, 'label']}")
+        row = ann.set_index("feature").loc[fid]
+        c = st.columns(4)
+        c[0].metric("home cell type", row["home_cell_type"])
+        c[1].metric("active in cells", f"{row['frac_active']:.1%}")
+        c[2].metric("donor effect (q)", f"{row['donor_effect']:+.2f} ({row['donor_q']:.1e})")
+        c[3].metric("stability", "–" if pd.isna(row["stability"]) else f"{row['stability']:.2f}")
+        if row.get("confounded_by"):
+            st.warning(f"Explained by {row['confounded_by']} better than by the label "
+                       f"(cell level, strength {row['confound_strength']:.2f}).")
+        adata = load_adata(run)
+        key = sae_key(quality['hook'])
+        left, right = st.columns([3, 2])
+        if key in adata.obsm:
+            act = np.asarray(adata.obsm[key])[:, int(row["index"])]
+            emb = umap(run)
+            if emb is None:
+                left.info("No UMAP in this run's adata.h5ad (obsm['X_umap']).")
+            df = pd.DataFrame({"UMAP1": emb[:, 0], "UMAP2": emb[:, 1], "activation": act}
+                              if emb is not None else {"UMAP1": [], "UMAP2": [], "activation": []})
+            left.altair_chart(alt.Chart(df).mark_circle(size=6).encode(
+                x="UMAP1:Q", y="UMAP2:Q",
+                color=alt.Color("activation:Q", scale=alt.Scale(scheme="viridis"))
+            ).properties(height=360), width="stretch")
+            per = donor_means(adata, act, cell_type=row["home_cell_type"]).rename(
+                columns={"value": "activation"})
+            right.altair_chart(alt.Chart(per).mark_circle(size=60).encode(
+                x=alt.X("label:N", title=None), y=alt.Y("activation:Q",
+                                                        title=f"mean in {row['home_cell_type']}"),
+                color="label:N", tooltip=["donor", "activation"]).properties(height=360),
+                width="stretch")
+        st.subheader("Genes")
+        g = st.columns(2)
+        g[0].dataframe(pd.DataFrame({"gene": row["signature"],
+                                     "attribution": row["signature_weights"]}), hide_index=True)
+        g[1].dataframe(pd.DataFrame(row["enrichment"]) if row["enrichment"] else pd.DataFrame(),
+                       hide_index=True)
+        st.subheader("Confound scores (partial R², within the home cell type)")
+        st.dataframe(pd.DataFrame([{k: row[k] for k in row.index if str(k).startswith("r2_")}]),
+                     hide_index=True)

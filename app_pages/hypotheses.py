@@ -1,0 +1,53 @@
+"""Hypotheses: sortable, filterable table with status badges and flags."""
+
+import pandas as pd
+import streamlit as st
+
+from app_pages.data import badge, current_run, json_file
+
+run = current_run()
+if run is not None:
+    st.title("Hypotheses")
+    doc = json_file(run, "hypotheses.json")
+    if not doc:
+        st.info("This run has no hypotheses yet (the 'hypotheses' stage of `discovery run`).")
+    else:
+        hyps = doc["hypotheses"]
+        rows = [{
+            "id": h["id"], "rank": h["rank"], "status": h["status"], "kind": h["kind"],
+            "cell type": h["cell_type"], "direction": h["direction"],
+            "top genes": ", ".join(g["symbol"] for g in h["genes"][:6]), "score": h["score"],
+            "attribution": h["evidence"]["attribution"],
+            "donor q": h["evidence"]["donor_level"]["q"],
+            "replicated": h["evidence"]["replication"]["replicated"],
+            "biomarker AUROC": h["evidence"]["replication"]["biomarker_auroc_test"],
+            "flags": "; ".join(f"{f['kind']}: {f['by']}" for f in h["flags"]),
+            "plans": ", ".join(h.get("plans", [])),
+        } for h in hyps]
+        df = pd.DataFrame(rows)
+        c = st.columns(3)
+        status = c[0].multiselect("status", sorted(df["status"].unique()),
+                                  default=sorted(df["status"].unique()))
+        cts = c[1].multiselect("cell type", sorted(df["cell type"].unique()))
+        min_score = c[2].slider("minimum score", 0.0, 1.0, 0.0, 0.05)
+        view = df[df["status"].isin(status) & (df["score"] >= min_score)]
+        if cts:
+            view = view[view["cell type"].isin(cts)]
+        n_flag = int((df["status"] == "flagged").sum())
+        st.markdown(" ".join(f"{badge(s)} {int((df['status'] == s).sum())}"
+                             for s in ("supported", "candidate", "flagged", "rejected")
+                             if (df["status"] == s).any()))
+        if n_flag:
+            st.warning(f"{n_flag} hypotheses are flagged: a technical covariate explains their "
+                       "signal better than the label. They are shortcuts, not findings.")
+        st.dataframe(view, hide_index=True, column_config={
+            "score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0),
+            "attribution": st.column_config.NumberColumn(format="%.3f"),
+            "donor q": st.column_config.NumberColumn(format="%.2e")})
+        with st.expander("How the score and the status are decided"):
+            st.write(doc.get("score_formula", ""))
+            for s, rule in doc.get("status_rules", {}).items():
+                st.markdown(f"- {badge(s)} {rule}")
+        pick = st.selectbox("Statement of", [h["id"] for h in hyps])
+        h = next(h for h in hyps if h["id"] == pick)
+        st.markdown(f"{badge(h['status'])} {h['statement']}")

@@ -1,0 +1,45 @@
+"""Overview: the cohort, the model's held-out metrics, shortcut probe, SAEs, baselines, graphs."""
+
+import pandas as pd
+import streamlit as st
+
+from app_pages.data import current_run, json_file, table
+from pipelines.report import graph_rows, model_rows, probe_rows, sae_rows
+
+run = current_run()
+if run is not None:
+    st.title("Overview")
+    manifest = json_file(run, "manifest.json") or {}
+    summary = json_file(run, "input_summary.json") or {}
+    st.caption(f"run {manifest.get('run_id')} · config {manifest.get('config_hash')} · "
+               f"seed {manifest.get('seed')}")
+    keys = summary.get("keys", {})
+    c = st.columns(4)
+    c[0].metric("cells", f"{summary.get('n_cells', 0):,}")
+    c[1].metric("donors", summary.get("n_donors"))
+    c[2].metric("genes", f"{summary.get('n_genes', 0):,}")
+    c[3].metric("case label", f"{keys.get('label_key')} = {keys.get('case')}")
+    metrics = json_file(run, "model", "metrics.json")
+    if metrics:
+        st.subheader(f"Model ({metrics.get('kind')}) on held-out donors")
+        st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
+        rows = probe_rows(metrics)
+        if rows:
+            st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "
+                        "representation, within each label (batch: balanced accuracy, chance 0.5).")
+            st.dataframe(pd.DataFrame(rows), hide_index=True)
+    quality = json_file(run, "features", "quality.json")
+    if quality:
+        st.subheader(f"Sparse autoencoders at `{quality['hook']}`")
+        st.dataframe(pd.DataFrame(sae_rows(quality)), hide_index=True)
+        st.caption(f"median stability across seeds {quality.get('median_stability')}; "
+                   f"{quality['n_donor_q05']} features differ between donors (q < 0.05); "
+                   f"{quality['n_confounded']} flagged as confounded")
+    yard = table(run, "baselines", "yardstick.csv")
+    if yard is not None:
+        st.subheader("Baselines against the planted truth")
+        st.dataframe(yard, hide_index=True)
+    index = json_file(run, "graphs", "index.json")
+    if index and index.get("graphs"):
+        st.subheader("Attribution graphs")
+        st.dataframe(pd.DataFrame(graph_rows(index)), hide_index=True)

@@ -1,0 +1,68 @@
+"""Plan — why: the rationale chain of one plan, its graph path, and the donors behind it."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app_pages.components import graph_view, node_details, subgraph_around
+from app_pages.data import badge, current_run, graph, json_file
+
+run = current_run()
+if run is not None:
+    st.title("Plan — why was it proposed?")
+    plans_doc = json_file(run, "plans.json")
+    hyps_doc = json_file(run, "hypotheses.json")
+    if not plans_doc or not plans_doc["plans"]:
+        st.info("This run has no plans yet.")
+    else:
+        plans = plans_doc["plans"]
+        ids = [p["id"] for p in plans]
+        wanted = st.query_params.get("plan")
+        pid = st.selectbox("Plan", ids, index=ids.index(wanted) if wanted in ids else 0,
+                           format_func=lambda i: f"{i} · {next(p['title'] for p in plans if p['id'] == i)}")
+        st.query_params["plan"] = pid
+        p = next(p for p in plans if p["id"] == pid)
+        h = next(h for h in hyps_doc["hypotheses"] if h["id"] == p["hypothesis"])
+        st.subheader(p["title"])
+        st.markdown(f"for **{h['id']}** {badge(h['status'])} · {h['kind']} · priority "
+                    f"{p['priority']:.3f} · {p['modality']}")
+        st.markdown(f"> {h['statement']}")
+        c = st.columns(2)
+        c[0].markdown(f"**Design.** {p['design']}")
+        c[0].markdown(f"**Expected outcome.** {p['expected_outcome']}")
+        c[1].markdown(f"**Falsified if.** {p['falsified_if']}")
+        c[1].markdown("**Controls.**\n" + "\n".join(f"- {x}" for x in p["controls"]))
+        st.subheader("Rationale chain")
+        for i, step in enumerate(p["rationale"], 1):
+            st.markdown(f"**{i}. {step['step']}** — {step['claim']}")
+            if step["numbers"]:
+                with st.expander("numbers and refs", expanded=False):
+                    st.dataframe(pd.DataFrame([{"quantity": k, "value": v}
+                                               for k, v in step["numbers"].items()]),
+                                 hide_index=True)
+                    st.caption("graph nodes: " + (", ".join(step["refs"]["nodes"]) or "–"))
+        st.subheader("Graph path")
+        g = graph(run, h["population_graph"])
+        if g is None:
+            st.info("The hypothesis's cohort graph is not in this run.")
+        else:
+            refs = sorted({n for s in p["rationale"] for n in s["refs"]["nodes"]})
+            sub = subgraph_around(g, refs)
+            st.caption(f"{g.graph.get('name')}: the rationale's nodes (red outline), the case "
+                       f"logit, and each feature's strongest gene inputs; click a node.")
+            selected = graph_view(sub, highlight=set(refs), key=f"why-{pid}", height="460px")
+            if selected:
+                node_details(g, selected[0])
+        st.subheader("Donors behind the claim")
+        donors = pd.DataFrame(h.get("donors", []))
+        if not donors.empty:
+            donors["group"] = donors["case"].map({True: "case", False: "control"})
+            chart = alt.Chart(donors).mark_circle(size=70).encode(
+                x=alt.X("group:N", title=None), y=alt.Y("activation:Q",
+                                                        title="donor mean activation"),
+                color=alt.Color("batch:N"), shape=alt.Shape("split:N"),
+                tooltip=["donor", "split", "batch", "activation", "biomarker"],
+            ).properties(height=300)
+            st.altair_chart(chart, width="stretch")
+            st.caption(f"Each point is a donor (pseudobulk of {h['cell_type']} cells), coloured by "
+                       "batch; held-out test donors are the replication set.")

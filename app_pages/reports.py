@@ -1,0 +1,21 @@
+"""Reports: the HTML report inline, and every file to download."""
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+from app_pages.data import current_run
+
+run = current_run()
+if run is not None:
+    st.title("Reports and exports")
+    html = run / "report.html"
+    if not html.is_file():
+        st.info("No report yet: `discovery report RUN_DIR` writes one.")
+    else:
+        c = st.columns(4)
+        c[0].download_button("report.html", html.read_bytes(), "report.html")
+        for col, name in zip(c[1:], ("report.md", "hypotheses.json", "plans.json")):
+            p = run / name
+            if p.is_file():
+                col.download_button(name, p.read_bytes(), name)
+        components.html(html.read_text(), height=900, scrolling=True)

@@ -1,0 +1,102 @@
+"""Reading a run directory back: the annotated data, the model, the SAEs and the result files.
+
+Every reader names the stage that writes a missing file (``run `discovery run` first``), so a
+notebook, the CLI and the app get the same clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import networkx as nx
+import pandas as pd
+import torch
+
+from discovery.io import layout
+from discovery.io.contract import InputError
+from discovery.io.graph_files import load_graph
+from discovery.tl import classifier
+from discovery.tl.attribution import SAEHook
+from models.sae import load_sae
+
+__all__ = ["OpenRun", "annotations", "graph", "graph_index", "open_run", "read_json",
+           "require"]
+
+
+@dataclass
+class OpenRun:
+    """A finished run loaded back: annotated data, model, SAE hooks and feature labels."""
+
+    path: Path
+    adata: ad.AnnData
+    model: torch.nn.Module
+    saes: list[SAEHook]
+    labels: dict[str, str]
+
+
+def require(run_dir: str | Path, name: str, *, what: str, stage: str) -> Path:
+    """``run_dir / name``, or an :class:`InputError` naming the stage that writes it."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    if not path.exists():
+        msg = (f"{path} not found: {what} is written by the '{stage}' stage; run "
+               f"`discovery run --out {run_dir if run_dir.is_absolute() else '<RUN_DIR>'}` "
+               "first")
+        raise InputError(msg)
+    return path
+
+
+def read_json(run_dir: str | Path, name: str, *, what: str, stage: str) -> Any:
+    """A JSON file of the run (``name`` from :mod:`discovery.io.layout`), with clear errors."""
+    path = require(run_dir, name, what=what, stage=stage)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        msg = f"{path} is not valid JSON ({err}); rerun the '{stage}' stage to rewrite it"
+        raise InputError(msg) from err
+
+
+def open_run(run_dir: str | Path, *, need_features: bool = True) -> OpenRun:
+    """Load a run directory's ``adata.h5ad``, ``model/`` and (first-seed) SAE for analysis."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        msg = f"run directory not found: {path}"
+        raise InputError(msg)
+    require(path, layout.MANIFEST, what="the manifest", stage="input")
+    adata = ad.read_h5ad(require(path, layout.ADATA, what="the annotated data",
+                                 stage="preprocess"))
+    model = classifier.load(require(path, layout.MODEL_DIR, what="the model", stage="model"))
+    saes: list[SAEHook] = []
+    labels: dict[str, str] = {}
+    if need_features:
+        require(path, layout.FEATURES_DIR, what="the SAEs", stage="features")
+        quality = read_json(path, layout.SAE_QUALITY, what="the SAE metrics", stage="features")
+        seed = quality["spec"]["seeds"][0]
+        saes = [SAEHook(quality["hook"], load_sae(path / layout.sae_dir(seed)).eval())]
+        ann = annotations(path)
+        labels = dict(zip(ann["feature"], ann["label"]))
+    return OpenRun(path, adata, model, saes, labels)
+
+
+def annotations(run_dir: str | Path) -> pd.DataFrame:
+    """The feature table (one row per SAE feature: label, genes, confounds, stability)."""
+    return pd.read_json(require(run_dir, layout.ANNOTATIONS, what="the feature annotations",
+                                stage="features"))
+
+
+def graph_index(run_dir: str | Path) -> dict[str, Any]:
+    """``graphs/index.json`` of a run (clear error when the graphs stage has not run)."""
+    return read_json(run_dir, layout.GRAPH_INDEX, what="the graph index", stage="graphs")
+
+
+def graph(run_dir: str | Path, slug: str) -> nx.DiGraph:
+    """One cohort graph of a run by its index ``slug`` (e.g. ``microglia_case``)."""
+    known = [e["slug"] for e in graph_index(run_dir)["graphs"]]
+    if slug not in known:
+        msg = f"no graph named {slug!r} in {run_dir}; available: {', '.join(known) or 'none'}"
+        raise InputError(msg)
+    return load_graph(Path(run_dir) / layout.graph_file(slug))

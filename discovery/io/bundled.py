@@ -1,0 +1,104 @@
+"""The one module that owns the paths of the data bundled with discovery.
+
+Everything under the repository's ``data/`` folder (gene sets, marker genes, assay catalogs,
+example configs) is read through here. In an installed wheel the folder ships as
+``discovery/_bundled_data``; in a source checkout it is ``data/`` at the repository root.
+Callers get fresh copies, so mutating a returned object never changes what the next caller sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["GeneSet", "data_dir", "data_path", "gene_set", "gene_sets", "read_yaml"]
+
+
+@functools.cache
+def data_dir() -> Path:
+    """Folder holding the bundled data files."""
+    package = Path(__file__).resolve().parent.parent  # discovery/
+    for candidate in (package / "_bundled_data", package.parent / "data"):
+        if (candidate / "gene_sets.yaml").is_file():
+            return candidate
+    msg = (
+        "discovery's bundled data folder was not found (looked for discovery/_bundled_data and "
+        f"data/ next to {package}). Reinstall the package with `pip install -e .` from the "
+        "repository root."
+    )
+    raise FileNotFoundError(msg)
+
+
+def data_path(name: str) -> Path:
+    """Path of one bundled file, e.g. ``data_path("gene_sets.yaml")``."""
+    path = data_dir() / name
+    if not path.exists():
+        available = sorted(p.name for p in data_dir().iterdir())
+        msg = f"no bundled data file {name!r}; available: {', '.join(available)}"
+        raise FileNotFoundError(msg)
+    return path
+
+
+@functools.cache
+def _read_yaml_cached(name: str) -> Any:
+    with data_path(name).open() as fh:
+        return yaml.safe_load(fh)
+
+
+def read_yaml(name: str) -> Any:
+    """Parsed content of a bundled YAML file (a deep copy: safe to modify)."""
+    return copy.deepcopy(_read_yaml_cached(name))
+
+
+@dataclass(frozen=True)
+class GeneSet:
+    """A named gene set with its provenance."""
+
+    name: str
+    category: str  # marker | disease | artifact
+    genes: tuple[str, ...]
+    source: str
+    tissue: str | None = None
+    cell_type: str | None = None
+    direction: str | None = None  # up | down, for disease programs
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def gene_sets(
+    *, category: str | None = None, tissue: str | None = None
+) -> list[GeneSet]:
+    """Bundled gene sets (``data/gene_sets.yaml``), optionally filtered."""
+    raw = read_yaml("gene_sets.yaml")["sets"]
+    out = []
+    for entry in raw:
+        known = {"name", "category", "genes", "source", "tissue", "cell_type", "direction"}
+        gs = GeneSet(
+            name=entry["name"],
+            category=entry["category"],
+            genes=tuple(entry["genes"]),
+            source=entry["source"],
+            tissue=entry.get("tissue"),
+            cell_type=entry.get("cell_type"),
+            direction=entry.get("direction"),
+            extra={k: v for k, v in entry.items() if k not in known},
+        )
+        if category is not None and gs.category != category:
+            continue
+        if tissue is not None and gs.tissue not in (tissue, None):
+            continue
+        out.append(gs)
+    return out
+
+
+def gene_set(name: str) -> GeneSet:
+    """One bundled gene set by exact name."""
+    sets = {gs.name: gs for gs in gene_sets()}
+    if name not in sets:
+        msg = f"no bundled gene set {name!r}; available: {', '.join(sorted(sets))}"
+        raise KeyError(msg)
+    return sets[name]

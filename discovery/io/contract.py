@@ -1,0 +1,446 @@
+"""The input contract: which AnnData a user may bring, and how it is checked before any work.
+
+An input is an AnnData with raw counts in ``X`` (or ``layers['counts']``) and gene symbols as
+``var_names``. The user names the obs columns (:class:`Keys`); :func:`validate` checks every rule
+and raises :class:`InputError` with a message that names the problem and the fix. :func:`read`
+loads ``.h5ad`` files and counts CSV/TSV + metadata CSV pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from models.configs import check_known
+from models.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CELL_UNIT_KEY",
+    "MIN_DONORS_PER_CLASS",
+    "POPULATION_KEY",
+    "InputError",
+    "Keys",
+    "case_mask",
+    "cell_units",
+    "counts_matrix",
+    "get_keys",
+    "read",
+    "validate",
+    "validate_matrix",
+]
+
+#: One donor per class in each of train / validation / test.
+MIN_DONORS_PER_CLASS = 3
+
+_CONTROL_NAMES = {"control", "ctrl", "healthy", "normal", "nci", "cn", "hc", "0", "false", "no"}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names of the obs columns the pipeline reads (DESIGN.md, the input contract)."""
+
+    label_key: str = "diagnosis"
+    case: str | None = None
+    #: None: no donor structure (one sample); every cell is its own unit (obs['cell_unit']),
+    #: the split is by cell and statistics are cell-level (see :func:`validate`)
+    donor_key: str | None = "donor"
+    #: None: one population of all cells (obs['population'])
+    cell_type_key: str | None = "cell_type"
+    batch_key: str | None = "batch"
+    covariate_keys: tuple[str, ...] = ()
+    #: filled by :func:`validate`: the label values treated as controls
+    controls: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["covariate_keys"] = list(self.covariate_keys)
+        d["controls"] = list(self.controls)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Keys:
+        d = dict(d)
+        d["covariate_keys"] = tuple(d.get("covariate_keys") or ())
+        d["controls"] = tuple(d.get("controls") or ())
+        check_known(d, cls.__dataclass_fields__, "key settings", error=InputError)
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------- reading
+def read(
+    path: str | Path,
+    *,
+    metadata: str | Path | None = None,
+    genes_in_rows: bool = False,
+    labelled: bool = True,
+) -> ad.AnnData:
+    """Load a cohort.
+
+    ``.h5ad``: an AnnData file. ``.csv``/``.tsv`` (optionally ``.gz``): a counts table with cells
+    in rows (``genes_in_rows=True`` for the transpose), first column the cell id, and
+    ``metadata``: a CSV/TSV whose first column holds the same cell ids (optional with
+    ``labelled=False``, for work that needs no labels: see :func:`validate_matrix`).
+    """
+    path = Path(path)
+    _check_file(path, "data")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() == ".h5ad":
+        try:
+            adata = ad.read_h5ad(path)
+        except Exception as err:  # h5py / anndata raise many types here
+            msg = (
+                f"{path} is not a readable AnnData .h5ad file ({type(err).__name__}: {err}). "
+                "Write it with `adata.write_h5ad(...)`, or pass a counts CSV with --metadata."
+            )
+            raise InputError(msg) from err
+        if metadata is not None:
+            adata.obs = adata.obs.join(_read_table(Path(metadata), "metadata"), rsuffix="_meta")
+        return adata
+    if any(s in suffixes for s in (".csv", ".tsv", ".txt")):
+        if metadata is None and labelled:
+            msg = (
+                f"{path} is a counts table; its cell metadata (label, donor, cell type) must come "
+                "from a second file: pass --metadata META.csv whose first column holds the cell ids."
+            )
+            raise InputError(msg)
+        counts = _read_table(path, "counts")
+        if genes_in_rows:
+            counts = counts.T
+        counts.index = counts.index.astype(str)
+        if metadata is None:  # unlabelled: cell ids only
+            return _counts_anndata(counts, pd.DataFrame(index=counts.index), path)
+        meta = _read_table(Path(metadata), "metadata")
+        meta.index = meta.index.astype(str)
+        missing = counts.index.difference(meta.index)
+        if len(missing) == len(counts.index):
+            msg = (
+                f"none of the {len(counts)} cell ids of {path.name} (e.g. {list(counts.index[:3])}) "
+                f"are in the first column of {Path(metadata).name} (e.g. {list(meta.index[:3])}). "
+                "If genes are in rows and cells in columns, pass --genes-in-rows."
+            )
+            raise InputError(msg)
+        if len(missing):
+            msg = (
+                f"{len(missing)} cells of {path.name} have no metadata row "
+                f"(e.g. {list(missing[:5])}); add them to {Path(metadata).name}."
+            )
+            raise InputError(msg)
+        return _counts_anndata(counts, meta.loc[counts.index].copy(), path)
+    msg = f"{path.name}: unknown file type; use .h5ad, or a counts .csv/.tsv with --metadata."
+    raise InputError(msg)
+
+
+def _counts_anndata(counts: pd.DataFrame, obs: pd.DataFrame, path: Path) -> ad.AnnData:
+    try:
+        values = counts.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        msg = (
+            f"{path.name} holds non-numeric values ({err}); the table must be cells x genes "
+            "counts with the cell id in the first column and gene symbols as the header."
+        )
+        raise InputError(msg) from err
+    return ad.AnnData(X=sp.csr_matrix(values), obs=obs,
+                      var=pd.DataFrame(index=counts.columns.astype(str)))
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        msg = f"{what} file not found: {path}. Check the path (relative paths start at {Path.cwd()})."
+        raise InputError(msg)
+    if path.is_dir():
+        msg = f"{what} path {path} is a folder; pass the file itself."
+        raise InputError(msg)
+    if path.stat().st_size == 0:
+        msg = f"{what} file {path} is empty (0 bytes); re-export it."
+        raise InputError(msg)
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    _check_file(path, what)
+    sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
+    try:
+        table = pd.read_csv(path, sep=sep, index_col=0)
+    except pd.errors.EmptyDataError as err:
+        msg = f"{what} file {path} has no rows; re-export it."
+        raise InputError(msg) from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        msg = f"{what} file {path} is not a readable {'TSV' if sep == chr(9) else 'CSV'} ({err})."
+        raise InputError(msg) from err
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        msg = f"{what} file {path} has {table.shape[0]} rows and {table.shape[1]} columns; it is empty."
+        raise InputError(msg)
+    return table
+
+
+# ------------------------------------------------------------------------------------ validation
+def counts_matrix(adata: ad.AnnData) -> Any:
+    """The raw counts: ``layers['counts']`` when present, else ``X``."""
+    return adata.layers["counts"] if "counts" in adata.layers else adata.X
+
+
+def validate(
+    adata: ad.AnnData,
+    keys: Keys | None = None,
+    *,
+    require_counts: bool = True,
+    min_donors_per_class: int = MIN_DONORS_PER_CLASS,
+) -> Keys:
+    """Check ``adata`` against the input contract before any work.
+
+    Reads ``obs[label_key, donor_key, cell_type_key, batch_key, *covariate_keys]``, ``X`` or
+    ``layers['counts']`` and ``var_names``. Writes nothing, except that duplicated gene names are
+    made unique in place (with a warning). Returns the keys with ``case`` and ``controls`` resolved.
+    Raises :class:`InputError` naming the problem and the fix.
+    """
+    keys = keys or Keys()
+    _check_not_empty(adata)
+    keys = _implicit_keys(adata, keys)
+
+    batch_key = keys.batch_key
+    if batch_key == "batch" and "batch" not in adata.obs:
+        batch_key = None  # the default batch column is optional
+    required = {
+        "--label-key": keys.label_key,
+        "--donor-key": keys.donor_key,
+        "--cell-type-key": keys.cell_type_key,
+    }
+    if batch_key is not None:
+        required["--batch-key"] = batch_key
+    for i, cov in enumerate(keys.covariate_keys):
+        required[f"--covariate-keys[{i}]"] = cov
+    available = ", ".join(map(str, adata.obs.columns)) or "(none)"
+    for flag, col in required.items():
+        if col not in adata.obs.columns:
+            msg = (
+                f"obs column {col!r} (given by {flag.split('[')[0]}) is missing. Available obs "
+                f"columns: {available}. Pass the right name, e.g. {flag.split('[')[0]} <column>."
+            )
+            raise InputError(msg)
+    for flag, col in required.items():
+        n_missing = int(adata.obs[col].isna().sum())
+        if n_missing:
+            msg = (
+                f"obs column {col!r} ({flag.split('[')[0]}) has {n_missing} missing values (NaN); "
+                "fill them or drop those cells before running."
+            )
+            raise InputError(msg)
+
+    case, controls = _resolve_label(adata.obs[keys.label_key], keys)
+
+    labels = adata.obs[keys.label_key].astype(str)
+    donors = adata.obs[keys.donor_key].astype(str)
+    per_donor = labels.groupby(donors, observed=True).nunique()
+    mixed = per_donor.index[per_donor > 1].tolist()
+    if mixed:
+        msg = (
+            f"{len(mixed)} donor(s) carry cells with different {keys.label_key!r} values "
+            f"(e.g. {mixed[:5]}); a diagnosis belongs to a donor. Fix the labels, or check that "
+            f"--donor-key ({keys.donor_key!r}) names the donor column."
+        )
+        raise InputError(msg)
+
+    validate_matrix(adata, require_counts=require_counts)
+
+    is_case = labels == case
+    donor_case = is_case.groupby(donors, observed=True).first()
+    n_case, n_ctrl = int(donor_case.sum()), int((~donor_case).sum())
+    if min(n_case, n_ctrl) < min_donors_per_class:
+        msg = (
+            f"too few donors for a donor-held-out train/validation/test split: found {n_case} "
+            f"{case!r} and {n_ctrl} control donors; at least {min_donors_per_class} per class are "
+            "needed (one per split). Add donors, or check --donor-key."
+        )
+        raise InputError(msg)
+
+    resolved = Keys(
+        label_key=keys.label_key,
+        case=case,
+        donor_key=keys.donor_key,
+        cell_type_key=keys.cell_type_key,
+        batch_key=batch_key,
+        covariate_keys=tuple(keys.covariate_keys),
+        controls=tuple(controls),
+    )
+    log.info(
+        "input valid: %d cells x %d genes, %d %s donors, %d control donors",
+        adata.n_obs, adata.n_vars, n_case, case, n_ctrl,
+    )
+    return resolved
+
+
+#: obs columns written when the donor / cell-type key is None
+CELL_UNIT_KEY, POPULATION_KEY = "cell_unit", "population"
+
+
+def cell_units(keys: Keys) -> bool:
+    """Whether the run has no donor structure (every cell is its own statistical unit)."""
+    return keys.donor_key == CELL_UNIT_KEY
+
+
+def _implicit_keys(adata: ad.AnnData, keys: Keys) -> Keys:
+    """Stand-in columns for a missing donor or cell-type key (written to ``obs``, with a
+    warning that says what it means for the statistics)."""
+    changes: dict[str, str] = {}
+    if keys.donor_key is None:
+        warnings.warn(
+            "no donor key: every cell is treated as its own unit (obs['cell_unit']). The "
+            "train/validation/test split is by cell, 'donor-level' statistics are cell-level, "
+            "and no hypothesis can be 'supported' (that needs independent donors). Results "
+            "describe this sample only.", UserWarning, stacklevel=3)
+        adata.obs[CELL_UNIT_KEY] = adata.obs_names.astype(str)
+        changes["donor_key"] = CELL_UNIT_KEY
+    if keys.cell_type_key is None:
+        adata.obs[POPULATION_KEY] = pd.Categorical(["all cells"] * adata.n_obs)
+        changes["cell_type_key"] = POPULATION_KEY
+    return replace(keys, **changes) if changes else keys
+
+
+def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
+    if pd.api.types.is_float_dtype(label) and label.nunique() > 2:
+        msg = (
+            f"obs[{keys.label_key!r}] holds {label.nunique()} distinct floating-point values "
+            f"(e.g. {label.unique()[:3].tolist()}); it looks like a measurement, not a case/control "
+            "label. Pass the column that holds the diagnosis with --label-key, or derive a "
+            "two-group label from it first."
+        )
+        raise InputError(msg)
+    values = sorted(label.astype(str).unique().tolist())
+    if len(values) < 2:
+        msg = (
+            f"obs[{keys.label_key!r}] has one class only ({values[0]!r}); a case/control "
+            "comparison needs both. Add the other group, or pick another --label-key."
+        )
+        raise InputError(msg)
+    if keys.case is not None:
+        if str(keys.case) not in values:
+            msg = (
+                f"--case {keys.case!r} is not a value of obs[{keys.label_key!r}]; its values "
+                f"are {values}."
+            )
+            raise InputError(msg)
+        case = str(keys.case)
+    elif len(values) > 2:
+        msg = (
+            f"obs[{keys.label_key!r}] has {len(values)} values {values}; name the case value with "
+            "--case (all other values become controls)."
+        )
+        raise InputError(msg)
+    else:
+        controls = [v for v in values if v.lower() in _CONTROL_NAMES]
+        if len(controls) != 1:
+            msg = (
+                f"cannot tell which of {values} in obs[{keys.label_key!r}] is the case; "
+                f"pass --case, e.g. --case {values[0]}."
+            )
+            raise InputError(msg)
+        case = next(v for v in values if v != controls[0])
+    return case, [v for v in values if v != case]
+
+
+def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
+    """The parts of the contract that need no labels: a non-empty numeric matrix (raw counts
+    when ``require_counts``), unique cell ids; duplicated gene names are made unique in place
+    (with a warning). Used alone for unlabelled data (QC, normalisation, gene selection, scoring
+    with a trained model); :func:`validate` calls it too."""
+    _check_not_empty(adata)
+    _check_matrix(adata, require_counts=require_counts)
+    if not adata.obs_names.is_unique:
+        dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
+        msg = (
+            f"{len(dups)} cell ids occur more than once in obs_names (e.g. {dups[:5]}). If the "
+            "same cells were concatenated twice, drop the copies; if they are different cells "
+            "(e.g. barcodes from several samples), make the ids unique first, e.g. "
+            "`adata.obs_names_make_unique()` or prefix each barcode with its sample."
+        )
+        raise InputError(msg)
+    if not adata.var_names.is_unique:
+        dups = adata.var_names[adata.var_names.duplicated()].unique().tolist()
+        warnings.warn(
+            f"{len(dups)} duplicated gene names (e.g. {dups[:5]}) were made unique by appending "
+            "'-1', '-2', ...",
+            UserWarning,
+            stacklevel=3,
+        )
+        adata.var_names_make_unique()
+
+
+def _check_not_empty(adata: ad.AnnData) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"the data is empty ({adata.n_obs} cells x {adata.n_vars} genes); nothing to analyse."
+        raise InputError(msg)
+
+
+def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
+    where = "layers['counts']" if "counts" in adata.layers else "X"
+    mat = counts_matrix(adata)
+    values = mat.data if sp.issparse(mat) else np.asarray(mat)
+    if not np.issubdtype(values.dtype, np.number):
+        msg = f"{where} has dtype {values.dtype}; expression must be numeric."
+        raise InputError(msg)
+    finite = np.isfinite(values)
+    if not finite.all():
+        n_bad = int((~finite).sum())
+        msg = (
+            f"{where} holds {n_bad} NaN/Inf values; counts must be finite. Replace them "
+            "(e.g. with 0 for unobserved) or drop the affected cells/genes."
+        )
+        raise InputError(msg)
+    if values.size == 0 or not np.any(values):
+        msg = (
+            f"{where} holds no signal: every value is 0. Check that the right matrix was "
+            "exported (e.g. counts in X or layers['counts'], not an empty placeholder)."
+        )
+        raise InputError(msg)
+    if not require_counts and (values < 0).any():
+        msg = (
+            f"{where} holds negative values (min {values.min():.3g}): it looks scaled "
+            "(z-scores), which the log-normalised input mode cannot use. Pass the log-normalised "
+            "matrix instead (e.g. `adata.raw.to_adata()` when X was scaled), or raw counts."
+        )
+        raise InputError(msg)
+    if require_counts:
+        if (values < 0).any():
+            msg = (
+                f"{where} holds negative values (min {values.min():.3g}); raw counts are needed. "
+                "If X is log-normalised or scaled, put the raw counts in layers['counts']."
+            )
+            raise InputError(msg)
+        if not np.all(np.equal(np.mod(values, 1), 0)):
+            msg = (
+                f"{where} holds non-integer values (e.g. {values[np.mod(values, 1) != 0][:3]}); "
+                "raw counts are needed. If X is normalised, put the raw counts in "
+                "layers['counts'] (e.g. from adata.raw or the count matrix you started from)."
+            )
+            raise InputError(msg)
+
+
+# --------------------------------------------------------------------------------------- helpers
+def get_keys(adata: ad.AnnData) -> Keys:
+    """The validated keys stored by :func:`discovery.pp.preprocess.preprocess`."""
+    try:
+        raw = adata.uns["discovery"]["keys"]
+    except KeyError as err:
+        msg = (
+            "adata has no validated keys in uns['discovery']['keys']; run "
+            "`discovery.pp.preprocess.preprocess(adata, keys)` first."
+        )
+        raise InputError(msg) from err
+    # stored as a JSON string: h5ad turns lists into arrays and cannot hold None
+    return Keys.from_dict(json.loads(raw) if isinstance(raw, str) else dict(raw))
+
+
+def case_mask(adata: ad.AnnData, keys: Keys | None = None) -> np.ndarray:
+    """Boolean per cell: ``True`` where the label equals the case value."""
+    keys = keys or get_keys(adata)
+    return (adata.obs[keys.label_key].astype(str) == str(keys.case)).to_numpy()

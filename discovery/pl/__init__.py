@@ -1,0 +1,5 @@
+"""``dc.pl``: every figure the report and the app show (matplotlib figures, headless)."""
+
+from discovery.pl.figures import donor_activation, faithfulness
+
+__all__ = ["donor_activation", "faithfulness"]

@@ -1,0 +1,200 @@
+"""What a computational biologist would run anyway: the baselines every ranking is compared with.
+
+Every method here, and every method plugged into the benchmark later, has one interface: it takes
+a preprocessed AnnData and returns a :data:`RANKING_COLUMNS` table of genes ranked per
+``(cell_type, direction)``, rank 1 being the strongest candidate disease gene in that direction.
+
+- ``wilcoxon``: scanpy's Wilcoxon rank-sum test, case vs control cells, per cell type (cell
+  level: its p-values treat cells as independent, so they are not donor-level evidence).
+- ``pseudobulk``: counts summed per donor x cell type, log2 CPM, Welch t-test between case and
+  control donors, Benjamini-Hochberg q-values (donor level).
+- ``logreg_l1``: L1-penalised logistic regression of the label on standardised log expression,
+  per cell type, ranked by coefficient.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+from discovery.io.contract import InputError, Keys, case_mask, counts_matrix, get_keys
+from discovery.tl.stats import aggregate_by, bh_fdr, welch_t
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BASELINES", "RANKING_COLUMNS", "rank_genes", "ranking_from_scores"]
+
+RANKING_COLUMNS = ["method", "cell_type", "direction", "rank", "gene", "score", "pval", "qval"]
+
+#: minimum cells of a donor in a cell type for its pseudobulk to count
+MIN_CELLS_PSEUDOBULK = 10
+
+
+def ranking_from_scores(
+    genes: np.ndarray,
+    score: np.ndarray,
+    *,
+    method: str,
+    cell_type: str,
+    pval: np.ndarray | None = None,
+    qval: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Turn signed scores (positive = higher in cases) into up and down rankings.
+
+    Ties are broken by gene order (stable), so rankings are deterministic.
+    """
+    score = np.asarray(score, float)
+    pval = np.full(len(genes), np.nan) if pval is None else np.asarray(pval, float)
+    qval = np.full(len(genes), np.nan) if qval is None else np.asarray(qval, float)
+    frames = []
+    for direction, sign in (("up", 1.0), ("down", -1.0)):
+        s = np.nan_to_num(sign * score, nan=-np.inf)
+        order = np.argsort(-s, kind="mergesort")
+        frames.append(pd.DataFrame({
+            "method": method,
+            "cell_type": cell_type,
+            "direction": direction,
+            "rank": np.arange(1, len(genes) + 1),
+            "gene": np.asarray(genes)[order],
+            "score": sign * score[order],
+            "pval": pval[order],
+            "qval": qval[order],
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cell_types(adata: ad.AnnData, keys: Keys, min_cells: int = 20) -> list[str]:
+    counts = adata.obs[keys.cell_type_key].astype(str).value_counts()
+    return sorted(counts.index[counts >= min_cells])
+
+
+def _wilcoxon(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
+    frames = []
+    is_case = case_mask(adata, keys)
+    ct_col = adata.obs[keys.cell_type_key].astype(str).to_numpy()
+    for ct in _cell_types(adata, keys):
+        sub = adata[ct_col == ct]
+        grp = np.where(is_case[ct_col == ct], "case", "control")
+        if len(set(grp)) < 2:
+            continue
+        tmp = ad.AnnData(X=sub.X, obs=pd.DataFrame({"g": pd.Categorical(grp)}, index=sub.obs_names),
+                         var=pd.DataFrame(index=sub.var_names))
+        tmp.uns["log1p"] = {"base": None}
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no counts: NaN score
+            sc.tl.rank_genes_groups(tmp, "g", groups=["case"], reference="control",
+                                    method="wilcoxon", tie_correct=True)
+        res = sc.get.rank_genes_groups_df(tmp, group="case").set_index("names")
+        res = res.loc[sub.var_names]
+        frames.append(ranking_from_scores(sub.var_names.to_numpy(), res["scores"].to_numpy(),
+                                          method="wilcoxon", cell_type=ct,
+                                          pval=res["pvals"].to_numpy(),
+                                          qval=res["pvals_adj"].to_numpy()))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pseudobulk_matrix(
+    adata: ad.AnnData, keys: Keys, cell_type: str, *, min_cells: int = MIN_CELLS_PSEUDOBULK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Summed raw counts per donor in one cell type.
+
+    Returns ``(donors, counts: (donors, genes), donor_is_case)`` over donors with at least
+    ``min_cells`` cells of that type.
+    """
+    mask = (adata.obs[keys.cell_type_key].astype(str) == cell_type).to_numpy()
+    donors = adata.obs[keys.donor_key].astype(str).to_numpy()[mask]
+    counts = counts_matrix(adata)[mask]
+    names, summed, n = aggregate_by(counts, donors)
+    is_case = pd.Series(case_mask(adata, keys)[mask]).groupby(donors).first()
+    keep = n >= min_cells
+    return names[keep], summed[keep], is_case.loc[names[keep]].to_numpy()
+
+
+def _pseudobulk(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
+    frames = []
+    genes = adata.var_names.to_numpy()
+    for ct in _cell_types(adata, keys):
+        _, summed, is_case = pseudobulk_matrix(adata, keys, ct)
+        if is_case.sum() < 2 or (~is_case).sum() < 2:
+            log.warning("pseudobulk: %s has fewer than 2 donors per class; skipped", ct)
+            continue
+        lib = summed.sum(1, keepdims=True)
+        cpm = summed / lib * 1e6
+        logcpm = np.log2(cpm + 1.0)
+        # filterByExpr-like: a gene is tested when >= 10 counts worth of CPM in the smaller group
+        min_group = int(min(is_case.sum(), (~is_case).sum()))
+        cpm_cut = 10.0 / np.median(lib) * 1e6
+        tested = (cpm >= cpm_cut).sum(0) >= min_group
+        res = welch_t(logcpm[is_case][:, tested], logcpm[~is_case][:, tested])
+        t = np.zeros(len(genes))
+        p = np.ones(len(genes))
+        q = np.full(len(genes), np.nan)
+        t[tested] = res.t
+        p[tested] = res.p
+        q[tested] = bh_fdr(res.p)
+        signed = np.sign(t) * -np.log10(np.clip(p, 1e-300, 1.0))
+        frames.append(ranking_from_scores(genes, signed, method="pseudobulk", cell_type=ct,
+                                          pval=p, qval=q))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _logreg_l1(adata: ad.AnnData, keys: Keys, *, seed: int = 0, C: float = 0.05) -> pd.DataFrame:
+    frames = []
+    is_case = case_mask(adata, keys)
+    ct_col = adata.obs[keys.cell_type_key].astype(str).to_numpy()
+    genes = adata.var_names.to_numpy()
+    for ct in _cell_types(adata, keys):
+        m = ct_col == ct
+        y = is_case[m]
+        if y.all() or not y.any():
+            continue
+        X = adata.X[m]
+        X = X.toarray() if sp.issparse(X) else np.asarray(X, float)
+        sd = X.std(0)
+        Xs = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
+        model = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear",
+                                   class_weight="balanced", random_state=seed, max_iter=200)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            model.fit(Xs, y)
+        frames.append(ranking_from_scores(genes, model.coef_[0], method="logreg_l1",
+                                          cell_type=ct))
+    return pd.concat(frames, ignore_index=True)
+
+
+#: name -> function(adata, keys, *, seed) returning a ranking table
+BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
+    "wilcoxon": _wilcoxon,
+    "pseudobulk": _pseudobulk,
+    "logreg_l1": _logreg_l1,
+}
+
+
+def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame:
+    """Rank genes per (cell type, direction) with a baseline method.
+
+    Reads ``uns['discovery']['keys']`` (run :func:`discovery.pp.preprocess.preprocess` first),
+    log-normalised ``X``, ``layers['counts']`` and the label / donor / cell-type obs columns.
+    Writes nothing. Returns a table with :data:`RANKING_COLUMNS`.
+    """
+    if method not in BASELINES:
+        msg = f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}"
+        raise ValueError(msg)
+    keys = get_keys(adata)
+    if method == "pseudobulk" and "counts" not in adata.layers:
+        msg = ("the pseudobulk baseline sums raw counts per donor, and this data has none "
+               "(log-normalised input); leave it out of `baselines` in the config")
+        raise InputError(msg)
+    log.info("baseline %s on %d cells", method, adata.n_obs)
+    return BASELINES[method](adata, keys, seed=seed)[RANKING_COLUMNS]

@@ -1,0 +1,733 @@
+"""Candidate hypotheses from cohort graphs and feature annotations, with their evidence.
+
+A hypothesis is a feature — or a *supernode* of co-acting features — that the model uses to call
+the case cells of one cell type cases. It is built only from measured facts:
+
+1. **Candidates**: in each cell type's cohort graph (case cells), the features whose direct
+   effect on the case logit is at least ``min_share`` of the total |attribution| into the logit
+   (SAE error included). A feature can be a candidate in several cell types (one direction of
+   the model may carry a different program in each). Candidates of one population are merged into a supernode when their decoder
+   directions have cosine >= ``merge_cosine``, or when they are enriched for the same gene set,
+   and their donor-level effects point the same way; and, once their genes are known (step 2),
+   when they share >= ``merge_genes`` of their top 10 genes in the same direction (a feature with
+   a technical flag is never merged with one without).
+2. **Genes**: every measured gene (not only the model's input panel: a program's genes need not
+   be model inputs) is correlated with the hypothesis's activation (sum over its features)
+   across the cells of its cell type from the *discovery* donors (train + validation), after
+   regressing both on batch and on each cell's mitochondrial fraction (so genes that merely
+   share a technical axis with the feature drop out). Cells, not donor means, because a feature
+   usually marks a cell state that only part of a donor's cells are in; genes detected in fewer
+   than half of the discovery donors' pseudobulks (without donors: in fewer than 5% of the
+   cells) are left out. The program is the genes that rise with the activation — what a
+   non-negative feature detects — unless those that fall with it correlate ``against_ratio``
+   (2) times more strongly (a feature that marks a loss, like synaptic genes down); the top
+   genes of that side form the program, both sides' top genes are kept in
+   ``evidence.gene_sides``, and ``direction`` is whether the program is higher or lower in case
+   donors. (The inference stays at donor level: the tests in step 3 are on donor means.)
+3. **Evidence** (hypotheses.json ``evidence``): attribution share; ablation effect (all features
+   of the hypothesis mean-ablated in its population, measured, next to the graph's prediction);
+   donor-level test on discovery donors (Welch on donor means; q = BH over hypotheses);
+   replication on the held-out test donors (same direction, one-sided p < 0.05) and the
+   distilled biomarker's test-donor AUROC; stability across SAE seeds; a cross-check panel (ranks
+   of its genes under Wilcoxon, pseudobulk, L1 logistic regression, Integrated Gradients, and
+   in-silico deletion against random-gene nulls) with an agreement score; confound checks at
+   donor level (partial R² of batch, QC covariates, sex, age, cell-type composition vs the label;
+   single-donor influence).
+4. **Distilled biomarker**: the mean z-scored pseudobulk expression of the top genes (signed by
+   direction) in the cell type — computable without the model; its AUROC on test donors next to
+   the model's. ``kind`` = ``biomarker`` when the simple score reaches AUROC >= 0.8, else
+   ``mechanism`` (the signal needs the model).
+
+Status (the only place it is decided): ``flagged`` when a technical covariate explains the
+hypothesis's donor-level signal better than the label (or its main feature is annotated as
+confounded, or its top-10 genes hold >= 3 genes of one artifact gene set) — never ``supported``; ``supported`` when donor-level q < 0.05, it replicates on test
+donors, its genes' distilled biomarker reaches AUROC >= ``min_gene_auroc`` on test donors, its
+stability >= ``min_stability`` and it is not flagged; otherwise ``candidate``
+(``rejected`` is set by expert feedback). Score, in [0, 1]:
+
+``score = 0.30 A + 0.25 D + 0.15 R + 0.15 S + 0.15 G``, times 0.25 when flagged, with
+A = attribution share / the largest share in the run, D = min(1, -log10(q) / 5),
+R = 1 if replicated (0.5 if same direction only), S = stability, G = cross-check agreement.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from discovery.io import bundled
+from discovery.io.contract import case_mask, cell_units, get_keys
+from discovery.io.layout import feature_index, sae_key
+from discovery.tl.attribution import SAEHook, integrated_gradients
+from discovery.tl.classifier import encode
+from discovery.tl.interventions import FeatureEdit, intervene, perturb_genes
+from discovery.tl.stats import bh_fdr, partial_r2, residualise, welch_t
+
+#: a hypothesis whose top-10 genes hold this many of one artifact gene set (mitochondrial,
+#: ribosomal, dissociation stress, heat shock; data/gene_sets.yaml) is flagged
+ARTIFACT_PROGRAM_GENES = 3
+#: a hypothesis gene must be detected in this share of the discovery donors' pseudobulks ...
+MIN_DETECTED_DONORS = 0.5
+#: ... or, without donors (every cell its own unit), in this share of the cells
+MIN_DETECTED_CELLS = 0.05
+
+__all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses",
+           "hypotheses_to_ranking"]
+
+SCORE_FORMULA = ("score = 0.30·A + 0.25·D + 0.15·R + 0.15·S + 0.15·G (× 0.25 if flagged); "
+                 "A = attribution share / largest share in the run, D = min(1, −log10 q / 5), "
+                 "R = 1 replicated on test donors (0.5 same direction only), S = stability "
+                 "across SAE seeds, G = cross-check agreement")
+STATUS_RULES = {
+    "supported": "donor-level q < 0.05 (discovery donors), replicates on held-out test donors "
+                 "(same direction, one-sided p < 0.05), its genes' distilled biomarker reaches "
+                 "AUROC ≥ min_gene_auroc (0.7) on test donors, stability ≥ min_stability, not "
+                 "flagged",
+    "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
+               "the label, or one of its features is annotated as explained by batch / QC in "
+               "the hypothesis's cell type, or its top-10 genes hold >= 3 genes of one "
+               "artifact gene set (mitochondrial, ribosomal, dissociation, heat shock); never "
+               "supported",
+    "candidate": "everything else with a causal effect on the case logit",
+    "rejected": "an expert rejected it (feedback)",
+}
+TECHNICAL = ("batch", "pct_counts_mt", "total_counts")
+
+
+@dataclass
+class HypothesisSpec:
+    """Settings of hypothesis generation (defaults documented in the module docstring)."""
+
+    min_share: float = 0.03
+    max_per_population: int = 6
+    merge_cosine: float = 0.5
+    merge_genes: int = 5
+    n_genes: int = 20
+    #: a hypothesis's genes are those that rise with its activation (what a non-negative feature
+    #: detects) unless the genes that fall with it correlate this many times more strongly
+    #: (a feature that marks a loss, e.g. synaptic genes down)
+    against_ratio: float = 2.0
+    alpha: float = 0.05
+    min_stability: float = 0.4
+    #: the program genes must carry the signal too: test-donor AUROC of the distilled biomarker
+    min_gene_auroc: float = 0.7
+    biomarker_auroc: float = 0.8
+    n_perturb: int = 5
+    n_null: int = 30
+    ig_cells: int = 200
+    min_cells_per_donor: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Union:
+    def __init__(self, items: list[str]) -> None:
+        self.parent = {i: i for i in items}
+
+    def find(self, i: str) -> str:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+class _Cohort:
+    """Donor-level views of the cohort shared by every hypothesis."""
+
+    def __init__(self, adata: ad.AnnData, model: torch.nn.Module, min_cells: int) -> None:
+        keys = get_keys(adata)
+        self.adata = adata
+        self.keys = keys
+        # every measured gene (a program's genes need not be model inputs); the model's panel
+        # is a column subset of it
+        self.model_genes = list(model.config.gene_names)
+        self.genes = list(adata.var_names)
+        pos = {g: i for i, g in enumerate(self.genes)}
+        if any(g not in pos for g in self.model_genes):
+            encode(adata, self.model_genes)  # raises the error naming the missing genes
+        self.model_cols = np.array([pos[g] for g in self.model_genes])
+        self.x = encode(adata, self.genes).numpy()
+        self.ct = adata.obs[keys.cell_type_key].astype(str).to_numpy()
+        self.donor = adata.obs[keys.donor_key].astype(str).to_numpy()
+        self.is_case = case_mask(adata, keys)
+        self.split = adata.obs["split"].astype(str).to_numpy()
+        self.min_cells = min_cells
+        d = pd.DataFrame({"donor": self.donor, "case": self.is_case, "split": self.split,
+                          "ct": self.ct})
+        first = d.groupby("donor").first()
+        self.donor_case = first["case"]
+        self.donor_split = first["split"]
+        # donor-level technical and biological covariates
+        cov: dict[str, pd.Series] = {}
+        if keys.batch_key:
+            b = adata.obs[keys.batch_key].astype(str)
+            cov["batch"] = b.groupby(self.donor).agg(lambda s: s.mode().iloc[0])
+        for c in ("pct_counts_mt", "total_counts"):
+            if c in adata.obs:
+                v = adata.obs[c].astype(float)
+                v = np.log1p(v) if c == "total_counts" else v
+                cov[c] = pd.Series(v.to_numpy()).groupby(self.donor).mean()
+        for c in ("sex", "age", *keys.covariate_keys):
+            if c in adata.obs and c not in cov:
+                col = adata.obs[c]
+                if pd.api.types.is_numeric_dtype(col):
+                    cov[c] = pd.Series(col.to_numpy(float)).groupby(self.donor).mean()
+                else:
+                    cov[c] = col.astype(str).groupby(self.donor).agg(lambda s: s.mode().iloc[0])
+        self.covariates = cov
+        self._pb: dict[str, pd.DataFrame] = {}
+
+    def covariate_matrix(self, donors: pd.Index, names: tuple[str, ...]) -> np.ndarray:
+        cols = []
+        for n in names:
+            if n not in self.covariates:
+                continue
+            s = self.covariates[n].reindex(donors)
+            if s.dtype == object:
+                cols.append(pd.get_dummies(s, drop_first=True).to_numpy(float))
+            else:
+                cols.append(s.to_numpy(float)[:, None])
+        return np.column_stack(cols) if cols else np.empty((len(donors), 0))
+
+    def pseudobulk(self, cell_type: str) -> pd.DataFrame:
+        """Mean log-normalised expression per donor in ``cell_type`` (donors with enough cells)."""
+        if cell_type not in self._pb:
+            m = self.ct == cell_type
+            df = pd.DataFrame(self.x[m], columns=self.genes)
+            g = df.groupby(self.donor[m])
+            counts = g.size()
+            self._pb[cell_type] = g.mean()[counts >= self.min_cells]
+        return self._pb[cell_type]
+
+    def donor_values(self, values: np.ndarray, cell_type: str) -> pd.Series:
+        m = self.ct == cell_type
+        s = pd.Series(values[m]).groupby(self.donor[m])
+        return s.mean()[s.size() >= self.min_cells]
+
+    def cell_rows(self, cell_type: str, donors: pd.Index) -> np.ndarray:
+        """Row indices of the cells of ``cell_type`` from ``donors``."""
+        return np.flatnonzero((self.ct == cell_type) & np.isin(self.donor, np.asarray(donors)))
+
+    def cell_covariate(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A numeric per-cell covariate as a ``(rows, 0 or 1)`` matrix (none when absent)."""
+        if name not in self.adata.obs:
+            return np.empty((len(rows), 0))
+        return self.adata.obs[name].to_numpy(float)[rows][:, None]
+
+    def cell_batch(self, rows: np.ndarray) -> np.ndarray:
+        """Batch of each cell as dummy columns (none without a batch key)."""
+        if not self.keys.batch_key:
+            return np.empty((len(rows), 0))
+        b = self.adata.obs[self.keys.batch_key].astype(str).to_numpy()[rows]
+        return pd.get_dummies(b, drop_first=True).to_numpy(float)
+
+    def composition(self, cell_type: str) -> pd.Series:
+        share = pd.Series(self.ct == cell_type).groupby(self.donor).mean()
+        return share
+
+
+def _welch(values: pd.Series, case: pd.Series) -> dict[str, float]:
+    c = case.reindex(values.index).astype(bool).to_numpy()
+    v = values.to_numpy(float)
+    if c.sum() < 2 or (~c).sum() < 2:
+        return {"effect": float("nan"), "t": float("nan"), "p": float("nan"),
+                "n_case": int(c.sum()), "n_control": int((~c).sum())}
+    r = welch_t(v[c][:, None], v[~c][:, None])
+    return {"effect": float(r.effect[0]), "t": float(r.t[0]), "p": float(r.p[0]),
+            "n_case": int(c.sum()), "n_control": int((~c).sum())}
+
+
+def _candidates(graphs: dict[str, nx.DiGraph],
+                spec: HypothesisSpec) -> dict[str, dict[str, dict]]:
+    """cell type -> {feature id -> its share, weight and predicted ablation in that population}.
+
+    A feature can be a candidate in several cell types: the same direction in the model may
+    carry a different program in each (its genes are found per cell type).
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for name, g in graphs.items():
+        ct = g.graph.get("cell_type")
+        if ct is None or "output" not in g:
+            continue
+        inc = {u: d["weight"] for u, _, d in g.in_edges("output", data=True)}
+        total = sum(abs(w) for w in inc.values())
+        if total <= 0:
+            continue
+        feats = [(u, w) for u, w in inc.items() if g.nodes[u].get("kind") == "feature"]
+        feats.sort(key=lambda t: -abs(t[1]))
+        for u, w in feats[: spec.max_per_population]:
+            share = abs(w) / total
+            if share >= spec.min_share:
+                out.setdefault(ct, {})[u] = {
+                    "cell_type": ct, "graph": name, "share": share, "weight": w,
+                    "predicted_ablation": g.nodes[u].get("predicted_ablation"),
+                    "mean_logit": g.graph.get("mean_logit")}
+    return out
+
+
+def _group(feats: list[str], sae: SAEHook, ann: pd.DataFrame, effects: dict[str, float],
+           spec: HypothesisSpec) -> list[list[str]]:
+    """Supernodes: decoder cosine >= merge_cosine or the same enriched gene set, same sign."""
+    idx = {f: feature_index(f) for f in feats}
+    dirs = sae.sae.decoder_directions.detach().numpy()
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    top_set = ann.set_index("feature")["top_set"].to_dict() if "top_set" in ann else {}
+    uf = _Union(feats)
+    for i, a in enumerate(feats):
+        for b in feats[i + 1:]:
+            if np.sign(effects[a]) != np.sign(effects[b]):
+                continue
+            cos = float(dirs[idx[a]] @ dirs[idx[b]])
+            same_set = top_set.get(a) and top_set.get(a) == top_set.get(b)
+            if cos >= spec.merge_cosine or same_set:
+                uf.join(a, b)
+    groups: dict[str, list[str]] = {}
+    for f in feats:
+        groups.setdefault(uf.find(f), []).append(f)
+    return list(groups.values())
+
+
+def propose_hypotheses(
+    adata: ad.AnnData,
+    model: torch.nn.Module,
+    sae: SAEHook,
+    *,
+    graphs: dict[str, nx.DiGraph],
+    annotations: pd.DataFrame,
+    rankings: pd.DataFrame | None = None,
+    model_test_auroc: float | None = None,
+    spec: HypothesisSpec | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """Ranked hypotheses (hypotheses.json records, DESIGN.md schema plus extra fields).
+
+    ``graphs``: cohort graphs by name, each with ``graph['cell_type']`` (the run's graphs).
+    ``annotations``: the feature table of :func:`discovery.tl.annotate.annotate_features`.
+    ``rankings``: the baseline rankings (cross-check panel). Reads log-normalised ``X``,
+    ``obsm['X_sae_<hook>']``, ``obs['split']`` and the key columns. Writes nothing.
+    """
+    # tiny or unbalanced cohorts give empty donor groups: their statistics are NaN by design
+    # (status candidate, statement "not testable"), not a numerical accident worth a warning
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _propose(adata, model, sae, graphs=graphs, annotations=annotations,
+                        rankings=rankings,
+                        model_test_auroc=model_test_auroc, spec=spec or HypothesisSpec(),
+                        seed=seed, quiet=quiet)
+
+
+def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
+             graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame,
+             rankings: pd.DataFrame | None, model_test_auroc: float | None,
+             spec: HypothesisSpec, seed: int, quiet: bool) -> list[dict[str, Any]]:
+    key = sae_key(sae.hook)
+    if key not in adata.obsm:
+        from discovery.tl.features import encode_cells
+
+        encode_cells(adata, model, sae.sae, hook=sae.hook)
+    acts = np.asarray(adata.obsm[key])
+    no_donors = cell_units(get_keys(adata))
+    # without donors every cell is its own unit: a "donor" of one cell
+    cohort = _Cohort(adata, model, 1 if no_donors else spec.min_cells_per_donor)
+    ann = annotations.set_index("feature", drop=False)
+    disc = cohort.donor_split.isin(["train", "val"])
+    hyps: list[dict[str, Any]] = []
+    for ct, cands in sorted(_candidates(graphs, spec).items()):
+        feats = list(cands)
+        effects = {}
+        for f in feats:
+            dv = cohort.donor_values(acts[:, feature_index(f)], ct)
+            effects[f] = _welch(dv[disc.reindex(dv.index).fillna(False)],
+                                cohort.donor_case)["effect"]
+        groups = _group(feats, sae, ann, effects, spec)
+        evs = [_evidence(cohort, acts, ct, g, cands, ann, spec) for g in groups]
+        # second merge: features whose programs are the same genes (>= merge_genes of the top
+        # 10 shared, same direction) are one hypothesis
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(evs)):
+                for j in range(i + 1, len(evs)):
+                    a = {g["symbol"] for g in evs[i]["genes"][:10]}
+                    b = {g["symbol"] for g in evs[j]["genes"][:10]}
+                    if evs[i]["direction"] == evs[j]["direction"] and \
+                            len(a & b) >= spec.merge_genes and \
+                            _technical(evs[i]) == _technical(evs[j]):
+                        group = sorted(evs[i]["features"] + evs[j]["features"],
+                                       key=lambda f: -cands[f]["share"])
+                        evs[i] = _evidence(cohort, acts, ct, group, cands, ann, spec)
+                        del evs[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        hyps.extend(evs)
+    if not hyps:
+        return []
+    qs = bh_fdr(np.array([h["evidence"]["donor_level"]["p"] for h in hyps]))
+    max_share = max(h["evidence"]["attribution"] for h in hyps)
+    ig_cache: dict[str, pd.Series] = {}
+    # in-silico perturbation once per (cell type, mode) over every hypothesis's top genes, so
+    # the random-gene nulls are shared
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for h in hyps:
+        mode = "delete" if h["direction"] == "up" else "up"
+        genes = _model_inputs(h, cohort)[: spec.n_perturb]
+        wanted.setdefault((h["cell_type"], mode), []).extend(genes)
+    pert_tables: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def perturbations(ct: str, mode: str) -> pd.DataFrame:
+        if (ct, mode) not in pert_tables:
+            pop = (cohort.ct == ct) & cohort.is_case
+            genes = list(dict.fromkeys(wanted.get((ct, mode), [])))
+            pert_tables[ct, mode] = (
+                perturb_genes(adata, model, genes, mode=mode, mask=pop, n_null=spec.n_null,
+                              seed=seed) if genes
+                else pd.DataFrame(columns=["gene", "effect", "n_cells", "n_donors", "null_mean",
+                                           "null_sd", "z", "p", "q"]))
+        return pert_tables[ct, mode]
+
+    for h, q in tqdm(list(zip(hyps, qs)), desc="hypotheses", disable=quiet, leave=False):
+        h["evidence"]["donor_level"]["q"] = float(q)
+        _cross_check(h, adata, model, sae, cohort, rankings, ig_cache, perturbations, spec, seed)
+        h["evidence"]["replication"]["model_auroc_test"] = model_test_auroc
+        _status_and_score(h, max_share, spec)
+    hyps.sort(key=lambda h: (-h["score"], h["id_hint"]))
+    for i, h in enumerate(hyps, 1):
+        h["id"] = f"H{i}"
+        h["rank"] = i
+        h["statement"] = _statement(h, str(cohort.keys.case))
+        del h["id_hint"]
+    return hyps
+
+
+def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
+              cands: dict[str, dict], ann: pd.DataFrame, spec: HypothesisSpec) -> dict[str, Any]:
+    idx = [feature_index(f) for f in group]
+    activation = acts[:, idx].sum(1)
+    dv = cohort.donor_values(activation, ct)
+    pb = cohort.pseudobulk(ct).reindex(dv.index).dropna()
+    dv = dv.reindex(pb.index)
+    split = cohort.donor_split.reindex(dv.index)
+    disc = split.isin(["train", "val"]).to_numpy()
+    test = (split == "test").to_numpy()
+    case = cohort.donor_case
+    donor_level = _welch(dv[disc], case)
+    direction_sign = 1.0 if donor_level["effect"] >= 0 else -1.0
+    # genes: partial correlation with the activation across the cells of the cell type in the
+    # discovery donors, given batch and each cell's mitochondrial fraction
+    rows = cohort.cell_rows(ct, dv.index[disc])
+    tech = np.column_stack([cohort.cell_covariate("pct_counts_mt", rows),
+                            cohort.cell_batch(rows)])
+    y = residualise(activation[rows].astype(np.float64)[:, None], tech)[:, 0]
+    X = residualise(cohort.x[rows].astype(np.float64), tech)
+    # a donor pseudobulk detects nearly every real gene; a single cell (no-donor mode) detects
+    # a cell-type marker only in its own cells, so there the bar is a share of cells
+    min_detected = MIN_DETECTED_CELLS if cell_units(cohort.keys) else MIN_DETECTED_DONORS
+    expressed = (pb[disc] > 0).mean(0).to_numpy() >= min_detected
+    sd = X.std(0) * y.std()
+    r = np.divide((X - X.mean(0)).T @ (y - y.mean()) / len(y), sd, out=np.zeros(X.shape[1]),
+                  where=sd > 0)
+    r[~expressed] = 0.0
+    pos, neg = np.sort(r)[::-1][:10], np.sort(-r)[::-1][:10]
+    side = -1.0 if neg.mean() >= spec.against_ratio * max(pos.mean(), 0.0) else 1.0
+    sides = {"with_activation": [cohort.genes[i] for i in np.argsort(-r, kind="stable")[:5]],
+             "against_activation": [cohort.genes[i] for i in np.argsort(r, kind="stable")[:5]],
+             "mean_r_top10": [float(pos.mean()), float(-neg.mean())]}
+    order = np.argsort(-side * r, kind="stable")[: spec.n_genes]
+    genes = [{"symbol": cohort.genes[i], "weight": float(side * r[i])} for i in order]
+    direction = "up" if direction_sign * side > 0 else "down"
+    # distilled biomarker: mean z-scored pseudobulk of the top genes, signed by direction
+    top = [cohort.genes[i] for i in order[:10]]
+    z = (pb[top] - pb[top][disc].mean()) / pb[top][disc].std().replace(0, 1)
+    score = z.mean(1) * (1 if direction == "up" else -1)
+    yt = case.reindex(dv.index).astype(bool).to_numpy()
+    biomarker_auc = (float(roc_auc_score(yt[test], score[test]))
+                     if test.any() and len(set(yt[test])) == 2 else float("nan"))
+    rep = _welch(dv[test], case)
+    same = np.sign(rep["effect"]) == np.sign(donor_level["effect"])
+    p_one = rep["p"] / 2 if same else 1 - rep["p"] / 2
+    stab = [ann.loc[f, "stability"] for f in group if f in ann.index]
+    stab = [s for s in stab if s is not None and np.isfinite(s)]
+    confounds = _confounds(cohort, dv, ct, disc)
+    share = sum(cands[f]["share"] for f in group)
+    pred = [cands[f]["predicted_ablation"] for f in group]
+    h = {
+        "id_hint": f"{ct}:{group[0]}",
+        "cell_type": ct, "direction": direction, "genes": genes, "features": group,
+        "feature_labels": {f: str(ann.loc[f, "label"]) if f in ann.index else f for f in group},
+        "population_graph": cands[group[0]]["graph"],
+        "evidence": {
+            "attribution": float(share),
+            "attribution_weight": float(sum(cands[f]["weight"] for f in group)),
+            "ablation_predicted": float(sum(p for p in pred if p is not None)),
+            "donor_level": {**donor_level, "n_donors": donor_level["n_case"]
+                            + donor_level["n_control"], "donors": "train+val"},
+            "stability": float(np.mean(stab)) if stab else float("nan"),
+            "replication": {"effect": rep["effect"], "p_one_sided": float(p_one),
+                            "n_donors": rep["n_case"] + rep["n_control"],
+                            "same_direction": bool(same),
+                            "replicated": bool(same and p_one < spec.alpha),
+                            "biomarker_auroc_test": biomarker_auc},
+            "confounds": confounds,
+            "gene_sides": sides,
+        },
+        "biomarker": {"genes": top, "direction": direction,
+                      "definition": f"mean z-scored pseudobulk expression of {len(top)} genes "
+                                    f"in {ct} ({'higher' if direction == 'up' else 'lower'} = "
+                                    f"more case-like)", "auroc_test": biomarker_auc},
+    }
+    batch = cohort.covariates.get("batch")
+    h["donors"] = [{"donor": str(d), "activation": float(v), "case": bool(case.get(d, False)),
+                    "split": str(split.get(d, "")),
+                    "batch": None if batch is None else str(batch.get(d)),
+                    "biomarker": float(score.get(d, np.nan))}
+                   for d, v in dv.items()]
+    h["flags"] = _flags(h, ann)
+    if cell_units(cohort.keys):
+        h["flags"].append({"kind": "no_donors", "by": "design", "strength": 1.0,
+                           "detail": "the data has no donor structure: statistics are over "
+                                     "cells of one sample, so the finding cannot be generalised "
+                                     "beyond it (never 'supported')"})
+    return h
+
+
+def _confounds(cohort: _Cohort, dv: pd.Series, ct: str, disc: np.ndarray) -> dict[str, Any]:
+    """Partial R² of each covariate vs the label for the donor-level activation (all donors)."""
+    y = dv.to_numpy(float)
+    label = cohort.donor_case.reindex(dv.index).astype(float).to_numpy()
+    out: dict[str, Any] = {}
+    names = [n for n in cohort.covariates if n not in ("label",)]
+    for n in names:
+        cov = cohort.covariate_matrix(dv.index, (n,))
+        if cov.shape[1] == 0 or np.allclose(cov.std(0), 0):
+            continue
+        r2_cov, r2_label = partial_r2(y, label, cov)
+        out[n] = {"r2": float(r2_cov), "r2_label": float(r2_label)}
+    comp = cohort.composition(ct).reindex(dv.index).to_numpy(float)[:, None]
+    if comp.std() > 0:
+        r2_cov, r2_label = partial_r2(y, label, comp)
+        out["composition"] = {"r2": float(r2_cov), "r2_label": float(r2_label)}
+    # single-donor influence: the largest drop in |t| when one discovery donor is left out
+    idx = np.flatnonzero(disc)
+    base = _welch(dv.iloc[idx], cohort.donor_case)
+    worst, who = 0.0, None
+    for i in idx:
+        keep = [j for j in idx if j != i]
+        t = _welch(dv.iloc[keep], cohort.donor_case)["t"]
+        if np.isfinite(t) and np.isfinite(base["t"]):
+            drop = (abs(base["t"]) - abs(t)) / max(abs(base["t"]), 1e-9)
+            if drop > worst:
+                worst, who = drop, str(dv.index[i])
+    out["donor"] = {"max_t_drop": float(worst), "donor": who}
+    return out
+
+
+def _model_inputs(h: dict[str, Any], cohort: _Cohort) -> list[str]:
+    """The hypothesis's genes that the model reads (in-silico perturbation can only move those)."""
+    panel = set(cohort.model_genes)
+    return [g["symbol"] for g in h["genes"] if g["symbol"] in panel]
+
+
+def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
+                 cohort: _Cohort, rankings: pd.DataFrame | None, ig_cache: dict[str, pd.Series],
+                 perturbations: Any, spec: HypothesisSpec, seed: int) -> None:
+    ct, direction = h["cell_type"], h["direction"]
+    top = [g["symbol"] for g in h["genes"][:10]]
+    panel: dict[str, dict[str, int | None]] = {}
+    if rankings is not None and len(rankings):
+        for method, sub in rankings.groupby("method"):
+            s = sub[(sub["cell_type"] == ct) & (sub["direction"] == direction)]
+            rank = dict(zip(s["gene"], s["rank"]))
+            panel[str(method)] = {g: (int(rank[g]) if g in rank else None) for g in top}
+    pop = (cohort.ct == ct) & cohort.is_case
+    if ct not in ig_cache:
+        rng = np.random.default_rng(seed)
+        cells = np.flatnonzero(pop)
+        cells = rng.choice(cells, size=min(spec.ig_cells, len(cells)), replace=False)
+        dtype = next(model.parameters()).dtype
+        x = torch.from_numpy(cohort.x[np.sort(cells)][:, cohort.model_cols]).to(dtype)
+        ig_cache[ct] = pd.Series(integrated_gradients(model, x).mean(0),
+                                 index=cohort.model_genes)
+    ig = ig_cache[ct] * (1 if direction == "up" else -1)
+    ig_rank = ig.rank(ascending=False, method="first").astype(int)
+    # genes outside the model's panel have no attribution: rank None
+    panel["integrated_gradients"] = {g: (int(ig_rank[g]) if g in ig_rank.index else None)
+                                     for g in top}
+    # in-silico: move each top gene to the control side (delete a gene that is up in cases,
+    # raise 4x one that is down); if the model relies on it the case logit must drop
+    mode = "delete" if direction == "up" else "up"
+    pert = perturbations(ct, mode).set_index("gene")
+    pert = pert.loc[_model_inputs(h, cohort)[: spec.n_perturb]].reset_index()
+    hits = [(row.q < 0.1 if np.isfinite(row.q) else False) and row.effect < 0
+            for row in pert.itertuples()]
+    h["evidence"]["in_silico"] = {
+        "mode": mode, "genes": pert["gene"].tolist(),
+        "effect": [float(v) for v in pert["effect"]], "q": [float(v) for v in pert["q"]],
+        "mean_effect": float(np.nanmean(pert["effect"])) if len(pert) else float("nan"),
+    }
+    agree = []
+    for ranks in panel.values():
+        agree.append(np.mean([r is not None and r <= 50 for r in ranks.values()]))
+    agree.append(float(np.mean(hits)) if hits else 0.0)
+    h["evidence"]["cross_check"] = {"ranks": panel, "in_silico_hits": int(sum(hits)),
+                                    "agreement": float(np.mean(agree))}
+    # measured ablation of all the hypothesis's features in its population
+    edits = [FeatureEdit.parse(f, "mean") for f in h["features"]]
+    res = intervene(adata, model, [sae], edits=edits, mask=pop)
+    per_donor = res["delta"].groupby(cohort.donor[pop]).mean()
+    h["evidence"]["ablation_delta"] = float(per_donor.mean())
+
+
+def _technical(h: dict[str, Any]) -> bool:
+    """Whether a hypothesis carries a technical flag (never merged with a clean one)."""
+    return any(f["kind"] in ("confounded", "artifact_genes") for f in h["flags"])
+
+
+def _flags(h: dict[str, Any], ann: pd.DataFrame) -> list[dict[str, Any]]:
+    """Confound and artifact flags of a hypothesis (kind ``confounded`` changes its status)."""
+    ev = h["evidence"]
+    flags = []
+    for name, c in ev["confounds"].items():
+        if name in TECHNICAL and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
+            flags.append({"kind": "confounded", "by": name,
+                          "strength": float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
+                          "detail": f"{name} explains {c['r2']:.0%} of the donor-level "
+                                    f"variance of the activation beyond the label; the label "
+                                    f"{c['r2_label']:.0%} beyond {name}"})
+    for f in h["features"]:
+        if f not in ann.index:
+            continue
+        row = ann.loc[f]
+        by = row.get("confounded_by")
+        if by and row.get("home_cell_type") == h["cell_type"]:
+            donor = ev["confounds"].get(by)
+            # cells are not independent: a donor-level check that favours the label wins
+            label_wins = donor is not None and donor["r2_label"] >= donor["r2"]
+            flags.append({"kind": "cell_level_confound" if label_wins else "confounded",
+                          "by": str(by), "strength": float(row.get("confound_strength") or 0.0),
+                          "detail": f"feature {f} is annotated as explained by {by} within "
+                                    f"{h['cell_type']} cells (cell-level partial R²)"
+                                    + ("; at donor level the label explains more "
+                                       f"({donor['r2_label']:.2f} vs {donor['r2']:.2f})"
+                                       if label_wins else "")})
+        elif row.get("top_set_category") == "artifact":
+            flags.append({"kind": "artifact_genes", "by": str(row.get("top_set")),
+                          "strength": 0.0,
+                          "detail": f"the attribution signature of {f} is enriched for "
+                                    f"{row.get('top_set')} (an artifact gene set); the "
+                                    "donor-level checks do not explain the signal by it"})
+    top = {g["symbol"] for g in h["genes"][:10]}
+    for gs in bundled.gene_sets(category="artifact"):
+        hits = sorted(top & set(gs.genes))
+        if len(hits) >= ARTIFACT_PROGRAM_GENES:
+            flags.append({"kind": "artifact_program", "by": gs.name,
+                          "strength": len(hits) / 10,
+                          "detail": f"{len(hits)} of its top-10 genes ({', '.join(hits)}) are "
+                                    f"{gs.name}, a technical gene set: the program reads as "
+                                    "an artifact, however well it separates the donors"})
+    for name in ("sex", "age", "composition"):
+        c = ev["confounds"].get(name)
+        if c and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
+            flags.append({"kind": "covariate", "by": name,
+                          "strength": float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
+                          "detail": f"{name} explains the donor-level signal at least as well "
+                                    f"as the label (partial R² {c['r2']:.2f} vs "
+                                    f"{c['r2_label']:.2f})"})
+    d = ev["confounds"].get("donor", {})
+    if d.get("max_t_drop", 0) > 0.5:
+        flags.append({"kind": "single_donor", "by": d.get("donor"),
+                      "strength": float(d["max_t_drop"]),
+                      "detail": f"leaving out donor {d.get('donor')} removes "
+                                f"{d['max_t_drop']:.0%} of the donor-level t statistic"})
+    return flags
+
+
+def _status_and_score(h: dict[str, Any], max_share: float, spec: HypothesisSpec) -> None:
+    flags = h["flags"]
+    ev = h["evidence"]
+    dl, rep = ev["donor_level"], ev["replication"]
+    stab = ev["stability"]
+    stable = np.isfinite(stab) and stab >= spec.min_stability
+    technical = any(f["kind"] in ("confounded", "artifact_program") for f in flags)
+    if technical:
+        status = "flagged"
+    elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
+          and np.isfinite(rep["biomarker_auroc_test"])
+          and rep["biomarker_auroc_test"] >= spec.min_gene_auroc
+          and not any(f["kind"] in ("single_donor", "no_donors") for f in flags)):
+        status = "supported"
+    else:
+        status = "candidate"
+    h["status"] = status
+    auc = rep["biomarker_auroc_test"]
+    h["kind"] = "biomarker" if np.isfinite(auc) and auc >= spec.biomarker_auroc else "mechanism"
+    a = ev["attribution"] / max_share if max_share > 0 else 0.0
+    dscore = min(1.0, -math.log10(max(dl["q"], 1e-300)) / 5) if np.isfinite(dl["q"]) else 0.0
+    r = 1.0 if rep["replicated"] else (0.5 if rep["same_direction"] else 0.0)
+    s = float(stab) if np.isfinite(stab) else 0.0
+    g = ev["cross_check"]["agreement"]
+    score = 0.30 * a + 0.25 * dscore + 0.15 * r + 0.15 * s + 0.15 * g
+    h["score"] = float(score * (0.25 if status == "flagged" else 1.0))
+    h["score_parts"] = {"A": a, "D": dscore, "R": r, "S": s, "G": g}
+
+
+def _statement(h: dict[str, Any], case: str) -> str:
+    ev = h["evidence"]
+    dl, rep = ev["donor_level"], ev["replication"]
+    genes = ", ".join(g["symbol"] for g in h["genes"][:5])
+    n = len(h["features"])
+    what = f"feature {h['features'][0]}" if n == 1 else f"{n} co-acting features"
+    rep_txt = ("replicated in held-out test donors" if rep["replicated"] else
+               "not replicated in held-out test donors")
+    flag = next((f" Flagged: {f['detail']}." for f in h["flags"] if f["kind"] == "confounded"),
+                "")
+    return (f"In {h['cell_type']}, the model's {case} call relies on {what} "
+            f"({ev['attribution']:.0%} of the attribution to the case logit; ablating "
+            f"{'it' if n == 1 else 'them'} moves the logit by {ev['ablation_delta']:+.2f}), "
+            + (f"{'more' if dl['effect'] > 0 else 'less'} active in {case} donors (donor-level "
+               f"effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, {dl['n_donors']} donors; "
+               f"{rep_txt}); " if np.isfinite(dl["effect"]) else
+               f"not testable at donor level ({dl['n_donors']} donors with enough cells); ")
+            + f"the genes that track {'it' if n == 1 else 'them'} across donors ({genes}) are "
+            f"{'higher' if h['direction'] == 'up' else 'lower'} in {case}.{flag}")
+
+
+def hypotheses_to_ranking(hypotheses: list[dict[str, Any]], *, method: str = "discovery",
+                          include_flagged: bool = False) -> pd.DataFrame:
+    """Gene ranking per (cell type, direction) from hypotheses in rank order (yardstick input).
+
+    Flagged hypotheses are left out (they are shortcuts, not findings) unless
+    ``include_flagged``. Within a hypothesis genes keep their weight order; a gene listed by an
+    earlier hypothesis keeps its first position.
+    """
+    rows = []
+    for h in sorted(hypotheses, key=lambda h: h["rank"]):
+        if h["status"] in ("flagged", "rejected") and not include_flagged:
+            continue
+        for g in h["genes"]:
+            rows.append({"method": method, "cell_type": h["cell_type"],
+                         "direction": h["direction"], "gene": g["symbol"],
+                         "score": h["score"] * g["weight"],
+                         "pval": h["evidence"]["donor_level"]["p"],
+                         "qval": h["evidence"]["donor_level"]["q"], "hypothesis": h["id"]})
+    df = pd.DataFrame(rows, columns=["method", "cell_type", "direction", "gene", "score", "pval",
+                                     "qval", "hypothesis"])
+    df = df.drop_duplicates(["cell_type", "direction", "gene"], keep="first")
+    df["rank"] = df.groupby(["cell_type", "direction"]).cumcount() + 1
+    return df.reset_index(drop=True)

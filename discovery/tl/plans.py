@@ -1,0 +1,245 @@
+"""Experimental plans from hypotheses, each with the rationale chain that says why.
+
+Assays come from the bundled catalog (``data/assays.yaml``): an assay is eligible for a
+hypothesis when the hypothesis's kind (biomarker | mechanism), direction and status are among the
+assay's. Flagged hypotheses get only the assays that test the shortcut (e.g. batch-balanced
+re-processing); rejected ones get none. Up to ``per_hypothesis`` assays per hypothesis, chosen by
+priority:
+
+``priority = expected information x feasibility``, with expected information = hypothesis score
+x assay informativeness and feasibility = 1 / sqrt(cost tier x time tier).
+
+Every text field is a catalog template filled with the hypothesis's measured numbers; controls
+come from its flags and the cohort (batch balance, sex and age matching, a positive-control
+gene set, the cell type's marker). The rationale chain walks plan -> hypothesis -> graph path ->
+features -> genes -> evidence numbers; ``refs.nodes`` name nodes of the hypothesis's exported
+cohort graph (only nodes that are in it), ``refs.features`` feature ids.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import networkx as nx
+
+from discovery.io.bundled import gene_sets, read_yaml
+
+__all__ = ["PRIORITY_FORMULA", "load_assays", "make_plans"]
+
+PRIORITY_FORMULA = ("priority = (hypothesis score × assay informativeness) × "
+                    "1/sqrt(cost tier × time tier)")
+
+
+def load_assays() -> list[dict[str, Any]]:
+    """The bundled assay catalog (``data/assays.yaml``)."""
+    return read_yaml("assays.yaml")["assays"]
+
+
+def _marker(cell_type: str) -> str:
+    for gs in gene_sets(category="marker"):
+        if cell_type in (gs.name, gs.cell_type) and gs.genes:
+            return gs.genes[0]
+    return f"a marker of {cell_type}"
+
+
+def _fill(text: str, facts: dict[str, Any]) -> str:
+    out = " ".join(str(text).split())
+    for k, v in facts.items():
+        out = out.replace("{" + k + "}", str(v))
+    return out
+
+
+def _facts(h: dict[str, Any], case: str) -> dict[str, Any]:
+    ev = h["evidence"]
+    dl = ev["donor_level"]
+    genes = [g["symbol"] for g in h["genes"][:5]]
+    pred = ev.get("in_silico", {}).get("mean_effect")
+    conf = next((f["by"] for f in h["flags"] if f["kind"] == "confounded"), "batch")
+    return {
+        "genes": ", ".join(genes), "gene1": genes[0] if genes else "the lead gene",
+        "cell_type": h["cell_type"], "case": case, "marker": _marker(h["cell_type"]),
+        "effect": f"{dl['effect']:+.2f}", "q": f"{dl['q']:.2g}", "n_donors": dl["n_donors"],
+        "auroc": f"{ev['replication']['biomarker_auroc_test']:.2f}",
+        "pred_effect": "n/a" if pred is None or not math.isfinite(pred) else f"{pred:+.2f}",
+        "direction_word": "higher" if h["direction"] == "up" else "lower",
+        "perturb_mode": "delete" if h["direction"] == "up" else "up",
+        "confounder": conf,
+    }
+
+
+def _controls(h: dict[str, Any], facts: dict[str, Any], covariates: list[str]) -> list[str]:
+    out = [f"non-{facts['cell_type']} cells of the same sections / donors as a cell-type control",
+           f"{facts['marker']} as the {facts['cell_type']} identity marker"]
+    kinds = {f["kind"] for f in h["flags"]}
+    bys = {f["by"] for f in h["flags"]}
+    out.append("case and control donors balanced within every processing batch"
+               + (" (batch was flagged here)" if "batch" in bys else ""))
+    for c in ("sex", "age"):
+        if c in covariates:
+            out.append(f"groups matched on {c}")
+    if "pct_counts_mt" in bys or "total_counts" in bys:
+        out.append("quality-matched samples (RIN / mitochondrial fraction), QC covariates in the "
+                   "model")
+    if "single_donor" in kinds:
+        out.append("a sensitivity analysis leaving out the most influential donor")
+    return out
+
+
+def _rationale(h: dict[str, Any], graph: nx.DiGraph | None, assay: dict[str, Any],
+               case: str) -> list[dict[str, Any]]:
+    ev = h["evidence"]
+    feats = h["features"]
+
+    def in_graph(n: str) -> bool:
+        return graph is not None and n in graph
+
+    f_nodes = [f for f in feats if in_graph(f)]
+    steps = [{
+        "step": "attribution graph",
+        "claim": f"In the cohort graph of {h['cell_type']} {case} cells, "
+                 f"{len(feats)} feature(s) carry {ev['attribution']:.1%} of the attribution to "
+                 f"the case logit.",
+        "refs": {"nodes": f_nodes + (["output"] if in_graph("output") else []),
+                 "features": feats},
+        "numbers": {"attribution_share": ev["attribution"],
+                    "direct_effect_on_logit": ev["attribution_weight"]},
+    }]
+    if graph is not None and f_nodes:
+        edges = sorted(((u, v, d["weight"]) for f in f_nodes for u, v, d in
+                        graph.in_edges(f, data=True) if graph.nodes[u].get("kind") == "gene"),
+                       key=lambda t: -abs(t[2]))[:5]
+        if edges:
+            steps.append({
+                "step": "graph path: genes -> features",
+                "claim": "Genes with the largest direct effects on these features in the graph: "
+                         + ", ".join(f"{graph.nodes[u]['label']} -> {v} ({w:+.3f})"
+                                     for u, v, w in edges) + ".",
+                "refs": {"nodes": sorted({u for u, _, _ in edges} | {v for _, v, _ in edges}),
+                         "features": sorted({v for _, v, _ in edges})},
+                "numbers": {f"{u}->{v}": w for u, v, w in edges},
+            })
+    steps.append({
+        "step": "intervention",
+        "claim": f"Mean-ablating the feature(s) in these cells moves the mean case logit by "
+                 f"{ev['ablation_delta']:+.3f} (graph prediction "
+                 f"{ev['ablation_predicted']:+.3f}).",
+        "refs": {"nodes": f_nodes, "features": feats},
+        "numbers": {"ablation_delta": ev["ablation_delta"],
+                    "ablation_predicted": ev["ablation_predicted"]},
+    })
+    gene_nodes = [f"gene:{g['symbol']}" for g in h["genes"][:10] if in_graph(f"gene:{g['symbol']}")]
+    steps.append({
+        "step": "program genes",
+        "claim": f"Across discovery donors, the genes that track the feature(s) in "
+                 f"{h['cell_type']} (partial correlation given batch and mitochondrial "
+                 f"fraction) are " + ", ".join(f"{g['symbol']} ({g['weight']:+.2f})"
+                                             for g in h["genes"][:5]) + ".",
+        "refs": {"nodes": gene_nodes, "features": feats},
+        "numbers": {g["symbol"]: g["weight"] for g in h["genes"][:10]},
+    })
+    dl, rep = ev["donor_level"], ev["replication"]
+    steps.append({
+        "step": "donor-level test",
+        "claim": f"The feature(s) are {'more' if dl['effect'] > 0 else 'less'} active in "
+                 f"{case} donors: effect {dl['effect']:+.3f}, p = {dl['p']:.2g}, q = "
+                 f"{dl['q']:.2g} over {dl['n_donors']} discovery donors (Welch on donor means).",
+        "refs": {"nodes": f_nodes, "features": feats},
+        "numbers": {k: dl[k] for k in ("effect", "t", "p", "q", "n_donors")},
+    })
+    steps.append({
+        "step": "replication",
+        "claim": f"Held-out test donors: effect {rep['effect']:+.3f}, one-sided p = "
+                 f"{rep['p_one_sided']:.2g} ({'replicated' if rep['replicated'] else 'not replicated'}); "
+                 f"the distilled biomarker ({len(h['biomarker']['genes'])} genes) reaches AUROC "
+                 f"{rep['biomarker_auroc_test']:.2f} on test donors"
+                 + (f" vs the model's {rep['model_auroc_test']:.2f}."
+                    if rep.get("model_auroc_test") is not None else "."),
+        "refs": {"nodes": gene_nodes, "features": feats},
+        "numbers": {"effect": rep["effect"], "p_one_sided": rep["p_one_sided"],
+                    "biomarker_auroc_test": rep["biomarker_auroc_test"],
+                    "model_auroc_test": rep.get("model_auroc_test")},
+    })
+    cc = ev["cross_check"]
+    steps.append({
+        "step": "cross-check",
+        "claim": f"Agreement of other methods on the top genes: {cc['agreement']:.2f} "
+                 f"(share of genes in each method's top 50, and in-silico hits: "
+                 f"{cc['in_silico_hits']}).",
+        "refs": {"nodes": gene_nodes, "features": feats},
+        "numbers": {"agreement": cc["agreement"], "in_silico_hits": cc["in_silico_hits"]},
+    })
+    conf_txt = "; ".join(f["detail"] for f in h["flags"]) or (
+        "no technical covariate, sex, age, composition or single donor explains the "
+        "donor-level signal better than the label")
+    steps.append({
+        "step": "confound checks",
+        "claim": conf_txt[0].upper() + conf_txt[1:] + ".",
+        "refs": {"nodes": f_nodes, "features": feats},
+        "numbers": {k: v.get("r2") for k, v in ev["confounds"].items() if "r2" in v},
+    })
+    steps.append({
+        "step": "assay choice",
+        "claim": f"{assay['name']}: suits a {h['status']} {h['kind']} hypothesis with genes "
+                 f"{'up' if h['direction'] == 'up' else 'down'} in {case}; it tests "
+                 f"{' '.join(str(assay['tests']).split())}.",
+        "refs": {"nodes": f_nodes, "features": feats},
+        "numbers": {"cost_tier": assay["cost_tier"], "time_tier": assay["time_tier"],
+                    "informativeness": assay["informativeness"]},
+    })
+    return steps
+
+
+def make_plans(
+    hypotheses: list[dict[str, Any]],
+    graphs: dict[str, nx.DiGraph],
+    *,
+    case: str,
+    covariates: list[str] | None = None,
+    per_hypothesis: int = 2,
+    assays: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Plans (plans.json records) for ``hypotheses``; sets each hypothesis's ``plans`` ids.
+
+    ``graphs``: the cohort graphs by name (``hypothesis['population_graph']``), used to resolve
+    rationale refs. Plans are returned by decreasing priority, ids ``P1``, ``P2`` ...
+    """
+    assays = assays if assays is not None else load_assays()
+    covariates = covariates or []
+    plans: list[dict[str, Any]] = []
+    for h in hypotheses:
+        h["plans"] = []
+        if h["status"] == "rejected":
+            continue
+        eligible = [a for a in assays if h["kind"] in a["kinds"]
+                    and h["direction"] in a["directions"] and h["status"] in a["statuses"]]
+        facts = _facts(h, case)
+        scored = []
+        for a in eligible:
+            info = h["score"] * float(a["informativeness"])
+            feas = 1.0 / math.sqrt(float(a["cost_tier"]) * float(a["time_tier"]))
+            scored.append((info * feas, a))
+        scored.sort(key=lambda t: (-t[0], t[1]["id"]))
+        n = 1 if h["status"] == "flagged" else per_hypothesis
+        graph = graphs.get(h.get("population_graph", ""))
+        for priority, a in scored[:n]:
+            plans.append({
+                "id": "", "hypothesis": h["id"], "assay_id": a["id"],
+                "title": f"{a['name']}: {facts['genes']} in {h['cell_type']}",
+                "assay": a["name"], "modality": a["modality"],
+                "design": _fill(a["design"], facts),
+                "expected_outcome": _fill(a["expected"], facts),
+                "falsified_if": _fill(a["falsified_if"], facts),
+                "readout": _fill(a["readout"], facts),
+                "prerequisites": [_fill(p, facts) for p in a["prerequisites"]],
+                "controls": _controls(h, facts, covariates),
+                "priority": float(priority),
+                "source": " ".join(str(a["source"]).split()),
+                "rationale": _rationale(h, graph, a, case),
+            })
+    plans.sort(key=lambda p: (-p["priority"], p["hypothesis"], p["assay_id"]))
+    by_h = {h["id"]: h for h in hypotheses}
+    for i, p in enumerate(plans, 1):
+        p["id"] = f"P{i}"
+        by_h[p["hypothesis"]]["plans"].append(p["id"])
+    return plans

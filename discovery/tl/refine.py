@@ -1,0 +1,473 @@
+"""Expert feedback that changes what the model relies on.
+
+An expert marks a feature (or a hypothesis, i.e. its features) as a ``technical_artifact`` or a
+``confounder``. The reason names directions inside the model — the features' decoder directions
+at the SAE hook — and the model is changed at that place:
+
+- **ablate** (immediately): the directions are mean-ablated at ``pooled`` for every cell: the
+  component of ``pooled`` along the span of the directions is replaced by its training-mean value.
+  Because the head after ``pooled`` is linear this is exact as a weight edit: with ``U`` an
+  orthonormal basis of the span and ``c`` the training mean of ``pooled``, ``w' = w - U U^T w``
+  and ``b' = b + w^T U U^T c``. The child model is an ordinary checkpoint.
+- **finetune** (ablate + fine-tune, as Sparse Feature Circuits' SHIFT compares): the parent
+  model is fine-tuned with the same projection applied inside the forward pass, plus a penalty on
+  what is left of the named covariate in ``pooled``: for each label, the squared distance between
+  the covariate groups' mean ``pooled`` (normalised by its variance). The projection is then
+  folded into the head as above. Measured on the ``confounded`` scenario, the trunk re-encodes
+  the batch along new directions (benchmarks/results/feedback.md).
+- **retrain** (ablate + retrain without the artifact's inputs): the reason names features, the
+  features' gene signatures (attribution through the model) name the input genes that drive
+  them, and :func:`artifact_genes` keeps those the named covariate explains better than the
+  label at donor level. The model is retrained from scratch, with the parent's settings, on the
+  panel without them — the artifact is gone from what the model can read, not only from one
+  direction it happened to use. When the reason is a QC metric computed from a gene group
+  (``pct_counts_mt``: mitochondrial reads), the artifact is not carried by a few genes but by
+  the normalisation: a cell's mitochondrial reads shrink every other gene's share of its
+  library. :func:`renormalise_without` then recomputes ``X`` with the group out of the library
+  size, and the group is withheld from the inputs — the standard treatment of mitochondrial
+  reads in single-nucleus data.
+
+:func:`propose_similar` propagates a verdict to features similar by decoder cosine or by the same
+artifact enrichment (proposals, which the scientist confirms); :func:`fit_check` turns the marked
+examples into a rule applied to every feature ("batch explains this feature better than the
+label", threshold fitted from the marked features).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.metrics import roc_auc_score
+
+from discovery.io.contract import InputError, case_mask, get_keys
+from discovery.pp.preprocess import normalize, qc_metrics, select_genes
+from discovery.tl.classifier import encode, evaluate
+from discovery.tl.stats import aggregate_by, bh_fdr, partial_f_tests
+from models.sae import SparseAutoencoder
+
+__all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
+           "match_depth", "propose_similar", "reselect_panel", "renormalise_without", "retrain_without",
+           "suppression_basis"]
+
+#: QC covariates computed from a gene group (``var`` column): the group is taken out of the
+#: library size and out of the model's inputs when such a covariate is the reason
+QC_GENE_GROUPS = {"pct_counts_mt": "mt", "pct_counts_ribo": "ribo"}
+
+ACTIONABLE = ("technical_artifact", "confounder")
+
+
+def suppression_basis(sae: SparseAutoencoder, features: list[int]) -> torch.Tensor:
+    """Orthonormal basis ``(d, k)`` of the decoder directions of ``features``."""
+    if not features:
+        msg = "no features to suppress"
+        raise InputError(msg)
+    dirs = sae.decoder_directions.detach()[features].T.double()  # (d, k)
+    q, r = torch.linalg.qr(dirs)
+    keep = r.diagonal().abs() > 1e-8 * r.diagonal().abs().max()
+    return q[:, keep].float()
+
+
+def _pooled_mean(adata: Any, model: torch.nn.Module) -> torch.Tensor:
+    x = encode(adata[(adata.obs["split"] == "train").to_numpy()], list(model.config.gene_names))
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([c["pooled"] for _, _, c in model.iter_cache(x, ["pooled"],
+                                                                      batch_size=1024)]).mean(0)
+
+
+@torch.no_grad()
+def fold_projection(model: torch.nn.Module, basis: torch.Tensor,
+                    center: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` whose head ignores ``pooled`` along ``basis`` (mean-ablation)."""
+    child = copy.deepcopy(model)
+    w = child.head.weight.data[0].double()  # (d,)
+    u = basis.double()
+    proj = u @ (u.T @ w)
+    child.head.weight.data[0] = (w - proj).to(child.head.weight.dtype)
+    child.head.bias.data[0] += float(proj @ center.double())
+    return child
+
+
+def _projection_hook(basis: torch.Tensor, center: torch.Tensor):  # noqa: ANN202
+    def fn(act: torch.Tensor, name: str) -> torch.Tensor:
+        d = act - center
+        return act - (d @ basis) @ basis.T
+
+    return fn
+
+
+def retrain_without(
+    adata: Any,
+    model: torch.nn.Module,
+    basis: torch.Tensor,
+    *,
+    covariate: str | None,
+    epochs: int = 8,
+    lr: float = 5e-4,
+    penalty: float = 1.0,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Fine-tune ``model`` with ``basis`` projected out of ``pooled`` and the covariate penalised.
+
+    Training donors only; the epoch with the best validation AUROC (with the projection) is kept;
+    the projection is folded into the head of the returned model. Returns (model, history).
+    """
+    keys = get_keys(adata)
+    split = adata.obs["split"].to_numpy()
+    x = encode(adata, list(model.config.gene_names))
+    y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
+    cov = None
+    if covariate and covariate in adata.obs:
+        cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
+    center = _pooled_mean(adata, model)
+    child = copy.deepcopy(model)
+    hook = {"pooled": _projection_hook(basis, center)}
+    tr = torch.from_numpy(np.flatnonzero(split == "train"))
+    va = split == "val"
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(child.parameters(), lr=lr, weight_decay=0.01)
+    pos = float(y[tr].mean())
+    w_pos, w_neg = 0.5 / max(pos, 1e-6), 0.5 / max(1 - pos, 1e-6)
+    best, best_state, hist = -math.inf, copy.deepcopy(child.state_dict()), []
+    bs = 256
+    for epoch in range(epochs):
+        child.train()
+        perm = tr[torch.randperm(len(tr), generator=gen)]
+        tot_pen = 0.0
+        for i in range(0, len(perm), bs):
+            idx = perm[i:i + bs]
+            cache: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, name: str, cache=cache) -> None:
+                cache["pooled"] = act
+
+            with child.hooks({**hook}), child.hooks({"pooled": grab}):
+                out = child(x[idx])
+            wts = torch.where(y[idx] > 0.5, w_pos, w_neg)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                out.logits, y[idx], weight=wts)
+            if cov is not None and penalty > 0:
+                p = cache["pooled"]
+                var = p.var(0).sum().clamp(min=1e-6)
+                pen = p.new_zeros(())
+                for lab in (0.0, 1.0):
+                    m = y[idx] == lab
+                    groups = cov[idx][m]
+                    if m.sum() < 4 or groups.unique().numel() < 2:
+                        continue
+                    pm = p[m]
+                    mu = pm.mean(0)
+                    for gval in groups.unique():
+                        gm = groups == gval
+                        if gm.sum() >= 2:
+                            pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
+                loss = loss + penalty * pen / var
+                tot_pen += float(pen.detach() / var.detach())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(child.parameters(), 1.0)
+            opt.step()
+        child.eval()
+        with torch.no_grad(), child.hooks(hook):
+            lv = child(x[torch.from_numpy(np.flatnonzero(va))]).logits
+        auc = float(roc_auc_score(y[torch.from_numpy(va)].numpy(), lv.numpy()))
+        hist.append({"epoch": epoch, "val_auroc": auc, "penalty": tot_pen})
+        if auc > best:
+            best, best_state = auc, copy.deepcopy(child.state_dict())
+    child.load_state_dict(best_state)
+    child.eval()
+    new_center = _pooled_mean(adata, child)
+    return fold_projection(child, basis, new_center), {"epochs": hist, "best_val_auroc": best}
+
+
+def balanced_eval(adata: Any, probs: np.ndarray, *, split: str = "test") -> dict[str, Any]:
+    """Metrics on a batch-balanced held-out set.
+
+    Donors of ``split`` are subsampled (deterministically, by donor id) so that every batch holds
+    as many case as control donors; donor-level AUROC on that subset, plus the mean of the
+    within-batch cell-level AUROCs over all held-out cells (batches with both labels).
+    """
+    keys = get_keys(adata)
+    if not keys.batch_key:
+        return {"note": "no batch column; the batch-balanced set is the whole split",
+                **evaluate(adata, probs, split=split, keys=keys)}
+    obs = adata.obs
+    m = (obs["split"] == split).to_numpy()
+    donors = obs.loc[m, [keys.donor_key, keys.batch_key]].astype(str)
+    donors["case"] = case_mask(adata, keys)[m]
+    d = donors.groupby(keys.donor_key).first()
+    keep = []
+    for _, grp in d.groupby(keys.batch_key):
+        cases = sorted(grp.index[grp["case"]])
+        ctrls = sorted(grp.index[~grp["case"]])
+        n = min(len(cases), len(ctrls))
+        keep += cases[:n] + ctrls[:n]
+    within = []
+    is_case = case_mask(adata, keys)
+    for _, idx in obs[m].groupby(keys.batch_key, observed=True).indices.items():
+        rows = np.flatnonzero(m)[idx]
+        if len(set(is_case[rows])) == 2:
+            within.append(float(roc_auc_score(is_case[rows], probs[rows])))
+    out: dict[str, Any] = {"n_balanced_donors": len(keep),
+                           "within_batch_cell_auroc": float(np.mean(within)) if within
+                           else float("nan")}
+    if len(keep) >= 2 and len({d.loc[k, "case"] for k in keep}) == 2:
+        dm = pd.Series(probs[m]).groupby(donors[keys.donor_key].to_numpy()).mean()
+        out["balanced_donor_auroc"] = float(roc_auc_score(
+            [bool(d.loc[k, "case"]) for k in keep], dm.loc[keep].to_numpy()))
+    else:
+        out["balanced_donor_auroc"] = float("nan")
+    return out
+
+
+def propose_similar(sae: SparseAutoencoder, annotations: pd.DataFrame, marked: list[int], *,
+                    min_cosine: float = 0.5) -> list[dict[str, Any]]:
+    """Features similar to the marked ones: decoder cosine >= ``min_cosine`` or the same
+    artifact gene set in their enrichment. Proposals only; the scientist confirms."""
+    dirs = sae.decoder_directions.detach().numpy()
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    ann = annotations.set_index("index")
+    sets = {i: ann.loc[i, "top_set"] for i in marked if i in ann.index}
+    out = []
+    for j in range(dirs.shape[0]):
+        if j in marked or ann.loc[j, "frac_active"] == 0:
+            continue
+        cos = float(max(dirs[j] @ dirs[i] for i in marked))
+        same_set = (ann.loc[j, "top_set_category"] == "artifact"
+                    and ann.loc[j, "top_set"] in set(sets.values()))
+        if cos >= min_cosine or same_set:
+            out.append({"feature": str(ann.loc[j, "feature"]), "index": int(j),
+                        "cosine": cos, "same_artifact_set": bool(same_set),
+                        "label": str(ann.loc[j, "label"])})
+    return sorted(out, key=lambda r: -r["cosine"])
+
+
+def fit_check(annotations: pd.DataFrame, marked: list[int], *,
+              covariate: str = "batch") -> dict[str, Any]:
+    """Turn marked examples into a rule for every feature: ``r2_<covariate> > r2_label`` and
+    ``r2_<covariate> >= t``, with t the smallest value among the marked features (so every
+    marked example passes). Returns the rule, its threshold and the features it flags."""
+    col = f"r2_{covariate}"
+    if col not in annotations:
+        return {"rule": None, "why": f"annotations have no {col} column"}
+    ann = annotations.set_index("index")
+    vals = [float(ann.loc[i, col] or 0.0) for i in marked if i in ann.index]
+    if not vals:
+        return {"rule": None, "why": "no marked feature in the annotations"}
+    t = min(vals)
+    r2 = ann[col].fillna(0.0).astype(float)
+    lab = ann["r2_label"].fillna(0.0).astype(float)
+    hits = ann.index[(r2 >= t) & (r2 > lab) & (ann["frac_active"] > 0)]
+    return {"rule": f"{col} > r2_label and {col} >= {t:.4f}", "covariate": covariate,
+            "threshold": t, "flags": [str(ann.loc[i, "feature"]) for i in hits
+                                      if i not in marked]}
+
+
+def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
+                   covariate: str, genes: list[str], n_signature: int = 20,
+                   scope: str = "panel",
+                   alpha: float = 0.05, min_effect: float = 0.5,
+                   min_cells: int = 5) -> dict[str, Any]:
+    """Input genes that carry the artifact of the ``marked`` features.
+
+    Candidates: the top ``n_signature`` genes of each marked feature's signature (gradient x
+    input through the model, :mod:`discovery.tl.annotate`) that are in ``genes`` (the model's
+    panel) and, with ``scope="panel"`` (default), every other panel gene: the expert's reason
+    becomes a check applied to every input (a marked feature's top signature misses artifact
+    genes that other, unmarked features carry, and the retrained model finds them). Each is tested at donor level: pseudobulk mean expression per (donor, cell type) over
+    the discovery donors (train + val), centred per cell type and averaged per donor, in a
+    linear model on the label and the covariate. A gene is withheld when the covariate's term is
+    significant (F-test, BH q < ``alpha`` over the candidates), its partial R² exceeds the
+    label's, and its effect is at least ``min_effect`` log-expression units (0.5: a 1.65-fold
+    shift; on the ``confounded`` scenario the planted batch genes shift by 0.54-2.3 and the
+    genes that batch only nudges through library size by at most 0.49). Returns the withheld
+    genes and the table of every candidate.
+    """
+    keys = get_keys(adata)
+    ann = annotations.set_index("index")
+    cands: list[str] = []
+    panel = set(genes)
+    if scope not in ("signatures", "panel"):
+        msg = f"scope must be 'signatures' or 'panel', got {scope!r}"
+        raise InputError(msg)
+    for i in marked:
+        if i in ann.index:
+            for g in list(ann.loc[i, "signature"] or [])[:n_signature]:
+                if g in panel and g not in cands:
+                    cands.append(g)
+    from_marked = set(cands)
+    if scope == "panel":
+        cands += [g for g in genes if g not in from_marked]
+    out: dict[str, Any] = {"covariate": covariate, "candidates": len(cands),
+                           "from_marked_features": len(from_marked), "genes": [],
+                           "table": [], "rule": f"{covariate} term F-test BH q < {alpha}, "
+                                                f"partial R² of {covariate} > label's, effect "
+                                                f">= {min_effect} log units (donor pseudobulk, "
+                                                "discovery donors)"}
+    if not cands or covariate not in adata.obs:
+        return out
+    obs = adata.obs
+    disc = obs["split"].isin(["train", "val"]).to_numpy()
+    ct = (obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
+          else np.full(adata.n_obs, "all"))
+    donor = obs[keys.donor_key].astype(str).to_numpy()
+    unit = donor + "\x1f" + ct
+    names, pb, n = aggregate_by(adata[disc][:, cands].X, unit[disc], how="mean")
+    ok = n >= min_cells
+    # one value per donor: the pseudobulks with each cell type's mean removed, averaged over the
+    # donor's cell types (cell types of one donor share its random effects, so testing
+    # donor x cell type units as if independent would inflate the evidence)
+    unit_ct = pd.Series([u.split("\x1f", 1)[1] for u in names[ok]])
+    centred = pd.DataFrame(pb[ok]) - pd.DataFrame(pb[ok]).groupby(unit_ct).transform("mean")
+    unit_donor = [u.split("\x1f", 1)[0] for u in names[ok]]
+    y = centred.groupby(unit_donor).mean()
+    numeric = pd.api.types.is_numeric_dtype(obs[covariate])
+    cells = pd.DataFrame({"donor": donor[disc], "case": case_mask(adata, keys)[disc],
+                          "cov": obs[covariate].to_numpy()[disc] if numeric
+                          else obs[covariate].astype(str).to_numpy()[disc]})
+    per_donor = cells.groupby("donor").agg(case=("case", "first"),
+                                           cov=("cov", "mean" if numeric else "first"))
+    per_donor = per_donor.loc[y.index]
+    # a numeric covariate (a QC metric) enters as its donor mean, a categorical one as dummies
+    cov = (per_donor["cov"].to_numpy(float)[:, None] if numeric
+           else pd.get_dummies(per_donor["cov"], drop_first=True).to_numpy(float))
+    terms = {"label": per_donor["case"].to_numpy(float)[:, None], "cov": cov}
+    if terms["cov"].shape[1] == 0 or len(set(terms["label"][:, 0])) < 2:
+        return out
+    pb = y.to_numpy()
+    cell_types = np.empty((len(pb), 0))
+    res = [partial_f_tests(pb[:, j], terms, cell_types) for j in range(len(cands))]
+    # effect size of the covariate in the full model, in log-expression units: the largest
+    # |coefficient| of its dummies, or coefficient x donor SD for a numeric covariate
+    design = np.column_stack([np.ones(len(pb)), terms["label"], terms["cov"]])
+    beta, *_ = np.linalg.lstsq(design, pb, rcond=None)
+    scale = terms["cov"].std(0) if numeric else np.ones(terms["cov"].shape[1])
+    effect = np.abs(beta[2:] * scale[:, None]).max(0)
+    q = bh_fdr(np.array([r["cov"][1] for r in res]))
+    for g, r, qj, eff in zip(cands, res, q, effect):
+        withheld = bool(qj < alpha and r["cov"][0] > r["label"][0] and eff >= min_effect)
+        out["table"].append({"gene": g, f"r2_{covariate}": round(r["cov"][0], 4),
+                             "r2_label": round(r["label"][0], 4), "q": float(qj),
+                             "effect": round(float(eff), 4), "withheld": withheld,
+                             "source": "marked feature" if g in from_marked else "check"})
+        if withheld:
+            out["genes"].append(g)
+    return out
+
+
+def _normalize_params(adata: Any) -> dict[str, Any]:
+    """How ``X`` was normalised (``uns['normalize']['params']``; empty when unrecorded)."""
+    return adata.uns.get("normalize", {}).get("params", {})
+
+
+def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
+                min_cells: int = 20) -> dict[str, Any]:
+    """Equalise sequencing depth across the levels of ``by`` by thinning counts; in place.
+
+    A batch is not only the genes it shifts: libraries of one batch are often sequenced deeper,
+    and depth reaches every gene of a log-normalised profile (how many genes are detected, how
+    far a single count is from zero), so a model withheld the batch's genes can still read the
+    batch from depth. Within each cell type, when the median total count of the deepest level
+    exceeds the shallowest by ``min_ratio`` or more, every cell of a level is binomially thinned
+    with probability (shallowest median / its level's median) — downsampling to a common depth,
+    as Cell Ranger ``aggr`` does across libraries. ``layers['counts']`` is replaced by the
+    thinned counts, the QC metrics are recomputed and ``X`` is renormalised the way it was
+    (keeping a gene group left out of the size). Deterministic for a ``seed``.
+
+    Returns, for the audit trail, the per cell type and level median depth before and the
+    thinning probability applied (empty ``thinned`` when no cell type differs enough).
+    """
+    if "counts" not in adata.layers:
+        msg = ("matching depth needs raw counts (layers['counts']); this run was made from "
+               "log-normalised input")
+        raise InputError(msg)
+    if by not in adata.obs:
+        msg = f"obs has no column {by!r} to match depth across"
+        raise InputError(msg)
+    keys = get_keys(adata)
+    counts = sp.csr_matrix(adata.layers["counts"])
+    total = np.asarray(counts.sum(axis=1)).ravel()
+    ct = (adata.obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
+          else np.full(adata.n_obs, "all"))
+    level = adata.obs[by].astype(str).to_numpy()
+    prob = np.ones(adata.n_obs)
+    table = []
+    for c in np.unique(ct):
+        cells = {lv: (ct == c) & (level == lv) for lv in np.unique(level[ct == c])}
+        med = {lv: float(np.median(total[m])) for lv, m in cells.items() if m.sum() >= min_cells}
+        if len(med) < 2 or min(med.values()) <= 0:
+            continue
+        low = min(med.values())
+        if max(med.values()) / low < min_ratio:
+            continue
+        for lv, m in med.items():
+            prob[cells[lv]] = low / m
+            table.append({"cell_type": c, "level": lv, "median_depth": m,
+                          "keep_probability": round(low / m, 4)})
+    out = {"by": by, "min_ratio": min_ratio, "thinned": table}
+    if not table:
+        return out
+    rng = np.random.default_rng(seed)
+    thinned = counts.astype(np.int64, copy=True)
+    rows = np.repeat(np.arange(adata.n_obs), np.diff(thinned.indptr))
+    thinned.data = rng.binomial(thinned.data, prob[rows])
+    thinned.eliminate_zeros()
+    adata.layers["counts"] = thinned.astype(np.float32)
+    qc_metrics(adata)
+    params = _normalize_params(adata)
+    normalize(adata, target_sum=float(params.get("target_sum", 1e4)),
+              size_without=params.get("size_without"))
+    out["median_depth_after"] = float(np.median(adata.obs["total_counts"]))
+    return out
+
+
+def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: int,
+                   pin_genes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Choose the gene panel again on the corrected data, without the ``withheld`` genes.
+
+    The parent's panel was chosen by variance on data whose variance the artifact inflated:
+    the artifact's genes (and genes it reaches through depth) took panel slots that genes
+    varying for other reasons would have had. After the correction (thinning, renormalising)
+    the highly variable genes are selected again among the genes not withheld, as
+    :func:`discovery.pp.preprocess.select_genes` does (pins kept). ``var['highly_variable']`` then
+    marks the new selection together with the withheld genes — the panel before withholding,
+    so that a later refinement still finds what was withheld (panel = highly variable −
+    withheld). Returns the genes that entered and left the panel.
+    """
+    withheld = set(withheld)
+    old = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - withheld
+    keep = [g for g in adata.var_names if g not in withheld]
+    sub = ad.AnnData(X=adata[:, keep].X, var=pd.DataFrame(index=keep))
+    sub.uns["log1p"] = {"base": None}
+    select_genes(sub, n_top_genes=n_top_genes, pin_genes=[g for g in pin_genes if g in keep])
+    new = set(sub.var_names[sub.var["highly_variable"].to_numpy(bool)])
+    adata.var["highly_variable"] = adata.var_names.isin(sorted(new | withheld))
+    return {"n_top_genes": int(n_top_genes), "n_panel": len(new),
+            "entered": sorted(new - old), "left": sorted(old - new)}
+
+
+def renormalise_without(adata: Any, group: str) -> dict[str, Any]:
+    """Recompute ``X`` with the ``var[group]`` genes left out of each cell's size
+    (:func:`discovery.pp.preprocess.normalize` with ``size_without``); in place.
+
+    Needs ``layers['counts']`` (count input). Returns the group's genes and the median change of
+    the size factor, for the audit trail.
+    """
+    if "counts" not in adata.layers:
+        msg = ("renormalising without a gene group needs raw counts (layers['counts']); this run "
+               "was made from log-normalised input: use --mode retrain with a batch reason, or "
+               "--mode ablate")
+        raise InputError(msg)
+    target = float(_normalize_params(adata).get("target_sum", 1e4))
+    size = normalize(adata, target_sum=target, size_without=group)
+    total = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    return {"group": group, "genes": list(adata.var_names[adata.var[group].to_numpy(bool)]),
+            "median_size_ratio": float(np.median(size / np.maximum(total, 1)))}

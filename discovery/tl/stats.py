@@ -1,0 +1,196 @@
+"""Donor-aware statistics shared by every claim the project makes.
+
+Cells of one donor are not independent samples, so evidence is computed on pseudobulk: one value
+per donor (and cell type), tested between case and control donors, with Benjamini-Hochberg FDR.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+__all__ = ["DonorTest", "LeastSquares", "aggregate_by", "bh_fdr", "donor_test", "least_squares",
+           "logit", "partial_f_tests", "partial_r2", "r_squared", "residualise", "welch_t"]
+
+
+def bh_fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN.
+
+    q_(i) = min_{j >= i} p_(j) * m / j over the sorted p-values, capped at 1.
+    """
+    p = np.asarray(p, dtype=float)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    pv = p[ok]
+    order = np.argsort(pv, kind="mergesort")
+    ranked = pv[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+def aggregate_by(
+    values: np.ndarray | sp.spmatrix, groups: np.ndarray, *, how: str = "sum"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregate rows of ``values: (cells, n)`` by ``groups: (cells,)``.
+
+    Returns ``(group_names, aggregated: (groups, n), n_cells_per_group)``; ``how`` is ``sum``
+    (pseudobulk counts) or ``mean`` (mean activation).
+    """
+    codes, names = pd.factorize(np.asarray(groups), sort=True)
+    n_groups = len(names)
+    indicator = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
+    )
+    agg = indicator @ values
+    agg = agg.toarray() if sp.issparse(agg) else np.asarray(agg)
+    n = np.bincount(codes, minlength=n_groups)
+    if how == "mean":
+        agg = agg / n[:, None]
+    elif how != "sum":
+        msg = f"how must be 'sum' or 'mean', got {how!r}"
+        raise ValueError(msg)
+    return np.asarray(names), agg, n
+
+
+class WelchResult(NamedTuple):
+    t: np.ndarray
+    p: np.ndarray
+    effect: np.ndarray  # mean(case) - mean(control)
+
+
+def welch_t(case: np.ndarray, control: np.ndarray) -> WelchResult:
+    """Column-wise Welch t-test of ``case: (n1, m)`` vs ``control: (n0, m)`` (two-sided).
+
+    t = (mean1 - mean0) / sqrt(s1^2/n1 + s0^2/n0), Welch-Satterthwaite degrees of freedom.
+    Columns with zero variance in both groups get t = 0, p = 1.
+    """
+    case = np.asarray(case, float)
+    control = np.asarray(control, float)
+    n1, n0 = case.shape[0], control.shape[0]
+    m1, m0 = case.mean(0), control.mean(0)
+    v1 = case.var(0, ddof=1) / n1
+    v0 = control.var(0, ddof=1) / n0
+    se2 = v1 + v0
+    effect = m1 - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = effect / np.sqrt(se2)
+        df = se2**2 / (v1**2 / (n1 - 1) + v0**2 / (n0 - 1))
+        p = 2 * stats.t.sf(np.abs(t), df)
+    flat = se2 <= 0
+    t = np.where(flat, 0.0, t)
+    p = np.where(flat, 1.0, p)
+    return WelchResult(t, p, effect)
+
+
+class DonorTest(NamedTuple):
+    """Donor-level (pseudobulk) case-vs-control test of one or more quantities."""
+
+    effect: np.ndarray  # mean over case donors - mean over control donors
+    t: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    n_case: int
+    n_control: int
+
+
+def donor_test(per_donor: np.ndarray, donor_is_case: np.ndarray) -> DonorTest:
+    """Test ``per_donor: (donors, m)`` values between case and control donors (Welch, BH)."""
+    per_donor = np.asarray(per_donor, float)
+    if per_donor.ndim == 1:
+        per_donor = per_donor[:, None]
+    donor_is_case = np.asarray(donor_is_case, bool)
+    n1, n0 = int(donor_is_case.sum()), int((~donor_is_case).sum())
+    if n1 < 2 or n0 < 2:
+        nan = np.full(per_donor.shape[1], np.nan)
+        return DonorTest(nan, nan, nan, nan, n1, n0)
+    res = welch_t(per_donor[donor_is_case], per_donor[~donor_is_case])
+    return DonorTest(res.effect, res.t, res.p, bh_fdr(res.p), n1, n0)
+
+
+# ------------------------------------------------------------------------- least squares
+# One implementation of ordinary least squares with an intercept, used by feature annotation
+# (partial R² of covariates), hypotheses (residualising genes on technical axes, donor-level
+# confound checks) and refinement (F-tests of the artifact's genes).
+def _design(covars: np.ndarray, n: int) -> np.ndarray:
+    """``[1, covars]``: the covariates with an intercept column (only the intercept if empty)."""
+    covars = np.asarray(covars, float)
+    return np.column_stack([np.ones(n), covars]) if covars.size else np.ones((n, 1))
+
+
+class LeastSquares(NamedTuple):
+    residuals: np.ndarray  # same shape as y
+    rss: float  # residual sum of squares (summed over columns of y)
+    rank: int  # rank of the design [1, covars]
+
+
+def least_squares(y: np.ndarray, covars: np.ndarray) -> LeastSquares:
+    """Least squares of ``y: (n,) or (n, k)`` on ``covars: (n, p)`` plus an intercept.
+
+    beta = argmin |y - [1, X] beta|², residuals = y - [1, X] beta.
+    """
+    X = _design(covars, len(y))
+    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    res = y - X @ beta
+    return LeastSquares(res, float((res**2).sum()), int(rank))
+
+
+def residualise(y: np.ndarray, covars: np.ndarray) -> np.ndarray:
+    """Residuals of the columns of ``y`` after least squares on ``covars`` (+ intercept)."""
+    return least_squares(y, covars).residuals
+
+
+def r_squared(y: np.ndarray, covars: np.ndarray) -> float:
+    """R² = 1 - RSS / TSS of ``y: (n,)`` on ``covars`` (+ intercept); 0 when ``y`` is constant."""
+    tot = ((y - y.mean()) ** 2).sum()
+    return float(1 - least_squares(y, covars).rss / tot) if tot > 0 else 0.0
+
+
+def partial_r2(y: np.ndarray, label: np.ndarray, cov: np.ndarray) -> tuple[float, float]:
+    """Partial R² of ``cov`` and of ``label: (n,)`` for ``y``, each given the other.
+
+    R²(cov | label) = R²(label, cov) - R²(label), floored at 0; likewise for the label.
+    """
+    full = r_squared(y, np.column_stack([label, cov]))
+    return max(0.0, full - r_squared(y, label[:, None])), max(0.0, full - r_squared(y, cov))
+
+
+def partial_f_tests(y: np.ndarray, terms: dict[str, np.ndarray],
+                    nuisance: np.ndarray) -> dict[str, tuple[float, float]]:
+    """For each term: (partial R², F-test p) given the other terms and the nuisance columns.
+
+    F = ((RSS_reduced - RSS_full) / df1) / (RSS_full / df2), df1 = rank difference,
+    df2 = n - rank_full; p is NaN when the test has no degrees of freedom.
+    """
+    full = least_squares(y, np.column_stack([*terms.values(), nuisance]))
+    tot = float(((y - y.mean()) ** 2).sum())
+    out = {}
+    for name in terms:
+        red = least_squares(y, np.column_stack([v for k, v in terms.items() if k != name]
+                                               + [nuisance]))
+        df1, df2 = full.rank - red.rank, len(y) - full.rank
+        r2 = max(0.0, (red.rss - full.rss) / tot) if tot > 0 else 0.0
+        if df1 <= 0 or df2 <= 0 or full.rss <= 0:
+            out[name] = (r2, float("nan"))
+            continue
+        f = ((red.rss - full.rss) / df1) / (full.rss / df2)
+        out[name] = (r2, float(stats.f.sf(max(f, 0.0), df1, df2)))
+    return out
+
+
+def logit(p: np.ndarray, *, eps: float = 1e-9) -> np.ndarray:
+    """log(p / (1 - p)) with ``p`` clipped to [eps, 1 - eps]."""
+    p = np.asarray(p)
+    if not np.issubdtype(p.dtype, np.floating):
+        p = p.astype(float)
+    # computed in the input's precision (float32 probabilities give float32 logits)
+    return np.log(np.clip(p, eps, 1 - eps)) - np.log(np.clip(1 - p, eps, 1))

@@ -1,0 +1,341 @@
+"""``discovery refine``: feedback -> a child run whose model no longer relies on what the expert
+rejected, with graphs and hypotheses recomputed and a before/after comparison.
+
+Reads the parent's feedback store (``disagree`` with reason ``technical_artifact`` or
+``confounder``; a hypothesis stands for its features), suppresses those features' directions
+(:mod:`discovery.tl.refine`: ``ablate``, ``finetune`` or ``retrain``), writes the child run (its manifest records
+the parent and the feedback ids), and ``refine.json``: batch-balanced held-out metrics, the share
+of attribution through features explained by the named covariate, and the hypothesis ranking
+before and after. Every step is logged in the store's action table (the audit trail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from discovery.get.run import open_run
+from discovery.io.contract import InputError, get_keys
+from discovery.io.feedback import FeedbackStore, default_url
+from discovery.io.files import atomic_write, write_json
+from discovery.io.layout import feature_id, parse_feature_id
+from discovery.tl import classifier
+from discovery.tl.refine import (
+    ACTIONABLE,
+    QC_GENE_GROUPS,
+    artifact_genes,
+    balanced_eval,
+    fit_check,
+    fold_projection,
+    match_depth,
+    propose_similar,
+    renormalise_without,
+    reselect_panel,
+    retrain_without,
+    suppression_basis,
+)
+from pipelines.config import PipelineConfig
+from pipelines.report import write_report
+from pipelines.run import features_stage, graphs_stage, hypotheses_stage
+from pipelines.rundir import RunDir, config_hash
+
+__all__ = ["REFINE_MODES", "covariate_share", "refine_run"]
+
+#: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
+#: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
+REFINE_MODES = ("ablate", "finetune", "retrain")
+
+
+def _feature_targets(items: pd.DataFrame, hyps: list[dict], hook: str) -> tuple[list[int], list[int]]:
+    """Feature indices named by actionable feedback, and the feedback ids behind them."""
+    by_h = {h["id"]: h for h in hyps}
+    feats: list[int] = []
+    ids: list[int] = []
+    for row in items.itertuples():
+        if row.verdict != "disagree" or row.reason not in ACTIONABLE:
+            continue
+        names = [row.target_id] if row.target_kind == "feature" else (
+            by_h[row.target_id]["features"] if row.target_id in by_h else [])
+        for n in names:
+            h, f = parse_feature_id(n)
+            if h == hook:
+                feats.append(f)
+                ids.append(int(row.id))
+    return sorted(set(feats)), sorted(set(ids))
+
+
+def covariate_share(run_dir: Path, covariate: str) -> float:
+    """Share of |attribution into the case logit| through features explained by ``covariate``
+    (annotation ``confounded_by``), over the run's cohort graphs weighted by cells."""
+    from discovery.io.graph_files import load_graph
+
+    index = json.loads((run_dir / "graphs" / "index.json").read_text())
+    ann = pd.read_json(run_dir / "features" / "annotations.json").set_index("feature")
+    conf = set(ann.index[ann["confounded_by"] == covariate])
+    num = den = 0.0
+    for e in index["graphs"]:
+        g = load_graph(run_dir / "graphs" / f"{e['slug']}.json")
+        inc = [(u, abs(d["weight"])) for u, _, d in g.in_edges("output", data=True)]
+        tot = sum(w for _, w in inc)
+        if tot > 0:
+            num += e["n_cells"] * sum(w for u, w in inc if u in conf) / tot
+            den += e["n_cells"]
+    return num / den if den else float("nan")
+
+
+def _program_ranks(hyps: list[dict], truth: dict | None, *,
+                   include_flagged: bool = False) -> dict[str, int | None]:
+    """Best rank of each planted program's hypothesis (right cell type and direction, >= 3
+    program genes in its top 10), among unflagged hypotheses unless ``include_flagged``."""
+    if not truth:
+        return {}
+    out = {}
+    for name, p in truth["programs"].items():
+        if not p.get("effect_size"):
+            continue
+        ranks = [h["rank"] for h in hyps if h["cell_type"] == p["cell_type"]
+                 and h["direction"] == p["direction"]
+                 and (include_flagged or h["status"] != "flagged")
+                 and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3]
+        out[name] = min(ranks) if ranks else None
+    return out
+
+
+def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
+               covariate: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Build the child run of ``parent_dir`` in ``out`` from the parent's feedback.
+
+    ``covariate``: the obs column that explains the artifact, as the expert names it (e.g.
+    ``pct_counts_mt``); by default the covariate most of the marked features are annotated as
+    confounded by, else the batch key."""
+    if mode not in REFINE_MODES:
+        msg = f"mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}"
+        raise InputError(msg)
+    parent_dir, out = Path(parent_dir), Path(out)
+    if out.resolve() == parent_dir.resolve():
+        msg = "the child run needs its own directory (--out must differ from the parent)"
+        raise InputError(msg)
+    parent = open_run(parent_dir)
+    manifest = json.loads((parent_dir / "manifest.json").read_text())
+    run_id = manifest["run_id"]
+    hyps_path = parent_dir / "hypotheses.json"
+    if not hyps_path.is_file():
+        msg = f"{parent_dir} has no hypotheses.json; finish `discovery run` first"
+        raise InputError(msg)
+    parent_hyps = json.loads(hyps_path.read_text())["hypotheses"]
+    store = FeedbackStore(default_url(parent_dir))
+    items = store.items(run_id)
+    sae_hook = parent.saes[0]
+    feats, fb_ids = _feature_targets(items, parent_hyps, sae_hook.hook)
+    if not feats:
+        msg = (f"no actionable feedback for run {run_id}: refine needs 'disagree' with reason "
+               f"{' or '.join(ACTIONABLE)} on a feature ({sae_hook.hook}:F<i>) or a hypothesis "
+               "(`discovery feedback RUN_DIR --target ...`)")
+        raise InputError(msg)
+    ann = pd.read_json(parent_dir / "features" / "annotations.json")
+    named = Counter(ann.set_index("index").loc[feats, "confounded_by"].dropna())
+    keys = get_keys(parent.adata)
+    if covariate is not None and covariate not in parent.adata.obs:
+        msg = (f"covariate {covariate!r} is not an obs column of the run; choose one of "
+               f"{', '.join(map(str, parent.adata.obs.columns))}")
+        raise InputError(msg)
+    covariate = covariate or (named.most_common(1)[0][0] if named else keys.batch_key)
+    store.log_action(run_id, "refine:start", detail=json.dumps(
+        {"mode": mode, "features": [feature_id(sae_hook.hook, i) for i in feats],
+         "feedback": fb_ids, "covariate": covariate}))
+    proposals = propose_similar(sae_hook.sae, ann, feats)
+    store.log_action(run_id, "propagate:proposed", detail=json.dumps(
+        [p["feature"] for p in proposals]))
+    check = fit_check(ann, feats, covariate=covariate or "batch")
+    store.log_action(run_id, "generalise:check", detail=json.dumps(
+        {k: check.get(k) for k in ("rule", "flags")}))
+
+    config = PipelineConfig.from_dict(manifest["config"])
+    suppressed = [feature_id(sae_hook.hook, i) for i in feats]
+    rd = RunDir(out)
+    rd.init(config=config.to_dict(), seed=config.seed,
+            input_desc={"kind": "child run", "parent": str(parent_dir.resolve()),
+                        "parent_run": run_id, "mode": mode, "feedback_ids": list(fb_ids),
+                        "suppressed": suppressed},
+            parent_run=run_id)
+    rd.manifest["feedback"] = {"ids": fb_ids, "mode": mode, "suppressed": suppressed,
+                               "covariate": covariate}
+    for name in ("input_summary.json", "baselines"):
+        src = parent_dir / name
+        if src.is_dir():
+            shutil.copytree(src, out / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, out / name)
+    adata = parent.adata
+    basis = suppression_basis(sae_hook.sae, feats)
+    history: dict[str, Any] = {}
+    parent_probs = adata.obs["case_prob"].to_numpy().copy()
+    with rd.stage("model", {"mode": mode, "features": feats, "parent": run_id}) as outputs:
+        if mode == "ablate":
+            from discovery.tl.refine import _pooled_mean
+
+            child = fold_projection(parent.model, basis, _pooled_mean(adata, parent.model))
+        elif mode == "finetune":
+            child, history = retrain_without(adata, parent.model, basis, covariate=covariate,
+                                             seed=config.seed)
+        else:
+            child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,
+                                                    config, quiet=quiet)
+            table = history["withheld"]["table"]
+            store.log_action(run_id, "retrain:withheld", detail=json.dumps(
+                {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"],
+                 "from_marked_features": [r["gene"] for r in table if r["withheld"]
+                                          and r["source"] == "marked feature"],
+                 "from_the_check": [r["gene"] for r in table if r["withheld"]
+                                    and r["source"] == "check"],
+                 "renormalised": history.get("renormalised"),
+                 "depth_matched": history.get("depth_matched")}))
+        probs = classifier.predict(adata, child)
+        adata.obs["case_prob"] = probs
+        metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
+                   for s in ("val", "test")}
+        metrics["kind"] = json.loads((parent_dir / "model" / "metrics.json").read_text()).get(
+            "kind")
+        metrics["refine"] = {"mode": mode, "history": history}
+        tmp = out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        child.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "metrics.json", metrics)
+        # later stages are cached by this stage's params: key them on the weights themselves,
+        # so a child rebuilt with other code or other withheld genes never reuses stale features
+        rec = rd.manifest["stages"]["model"]
+        rec["params"]["weights_sha256"] = hashlib.sha256(
+            (tmp / "model.safetensors").read_bytes()).hexdigest()
+        rec["params_hash"] = config_hash(rec["params"])
+        shutil.rmtree(out / "model", ignore_errors=True)
+        tmp.rename(out / "model")
+        atomic_write(out / "adata.h5ad", lambda p: adata.write_h5ad(p, compression="gzip"))
+        outputs += ["model/model.safetensors", "model/metrics.json", "adata.h5ad"]
+    store.log_action(run_id, f"model:{mode}", child_run=str(out))
+    feats_res = features_stage(rd, adata, child, config, quiet=quiet)
+    graphs_stage(rd, adata, child, feats_res, config, quiet=quiet)
+    rankings = pd.read_csv(out / "baselines" / "rankings.csv.gz") if (
+        out / "baselines" / "rankings.csv.gz").is_file() else None
+    hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config, quiet=quiet)
+
+    parent_metrics = json.loads((parent_dir / "model" / "metrics.json").read_text())
+    truth = None
+    if "simulation" in adata.uns:
+        from discovery.io.simulate import truth as sim_truth
+
+        truth = sim_truth(adata)
+    cov = covariate or "batch"
+    comparison = {
+        "schema_version": 1, "parent": str(parent_dir), "parent_run": run_id,
+        "child_run": rd.manifest["run_id"], "mode": mode, "feedback_ids": fb_ids,
+        "suppressed": [feature_id(sae_hook.hook, i) for i in feats], "covariate": cov,
+        "proposed_similar": proposals, "check": check,
+        "before": {
+            "test_donor_auroc": parent_metrics["test"]["donor_auroc"],
+            "test_cell_auroc": parent_metrics["test"]["cell_auroc"],
+            **balanced_eval(adata, parent_probs),
+            "covariate_attribution_share": covariate_share(parent_dir, cov),
+            "program_ranks": _program_ranks(parent_hyps, truth),
+            "n_flagged": sum(h["status"] == "flagged" for h in parent_hyps),
+        },
+        "after": {
+            "test_donor_auroc": metrics["test"]["donor_auroc"],
+            "test_cell_auroc": metrics["test"]["cell_auroc"],
+            **balanced_eval(adata, probs),
+            "covariate_attribution_share": covariate_share(out, cov),
+            "program_ranks": _program_ranks(hyp["hypotheses"], truth),
+            "n_flagged": sum(h["status"] == "flagged" for h in hyp["hypotheses"]),
+        },
+        "ranking": _ranking_diff(parent_hyps, hyp["hypotheses"]),
+    }
+    b, a = comparison["before"], comparison["after"]
+    comparison["covariate_share_drop"] = (
+        1 - a["covariate_attribution_share"] / b["covariate_attribution_share"]
+        if b["covariate_attribution_share"] > 0 else float("nan"))
+    write_json(out / "refine.json", comparison)
+    with rd.stage("report", {"refine": comparison["child_run"]}) as outputs:
+        outputs += write_report(out)
+    store.log_action(run_id, "child:done", child_run=str(out), detail=json.dumps(
+        {"covariate_share": [b["covariate_attribution_share"], a["covariate_attribution_share"]],
+         "balanced_donor_auroc": [b.get("balanced_donor_auroc"), a.get("balanced_donor_auroc")]},
+        default=float))
+    return comparison
+
+
+def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],
+                           covariate: str | None, config: PipelineConfig, *,
+                           quiet: bool) -> tuple[Any, dict[str, Any]]:
+    """Retrain from scratch (the parent's model settings) without the artifact's input genes.
+
+    A QC covariate computed from a gene group (:data:`QC_GENE_GROUPS`) renormalises ``X``
+    without the group first (in place: the child run's data), and withholds the group."""
+    if not covariate:
+        msg = ("retrain needs the covariate that explains the artifact (a batch column, or "
+               "features annotated as confounded); use --mode ablate")
+        raise InputError(msg)
+    history: dict[str, Any] = {}
+    panel = set(model.config.gene_names)
+    if covariate in QC_GENE_GROUPS:
+        renorm = renormalise_without(adata, QC_GENE_GROUPS[covariate])
+        genes = [g for g in renorm["genes"] if g in panel]
+        art = {"covariate": covariate, "genes": genes, "candidates": len(renorm["genes"]),
+               "table": [{"gene": g, "withheld": True, "source": "gene group"} for g in genes],
+               "rule": f"{covariate} is computed from the {QC_GENE_GROUPS[covariate]!r} genes: "
+                       "they are left out of each cell's library size and of the inputs"}
+        history["renormalised"] = {k: v for k, v in renorm.items() if k != "genes"}
+    else:
+        art = artifact_genes(adata, ann, feats, covariate=covariate,
+                             genes=list(model.config.gene_names))
+        if not art["genes"]:
+            msg = (f"none of the {art['candidates']} genes that drive the marked features is "
+                   f"explained by {covariate!r} better than by the label, so there is nothing "
+                   "to withhold; use --mode finetune or --mode ablate")
+            raise InputError(msg)
+        if not pd.api.types.is_numeric_dtype(adata.obs[covariate]):
+            # a batch reaches every gene through sequencing depth as well: thin it away (needs
+            # raw counts; a run from log-normalised input says so in its history)
+            depth = (match_depth(adata, covariate, seed=config.seed)
+                     if "counts" in adata.layers else
+                     {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
+            if depth["thinned"] or "skipped" in depth:
+                history["depth_matched"] = depth
+    # genes an earlier refinement withheld stay out: the parent's panel is the starting point
+    hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]
+    before = [g for g in hvg if g not in panel]
+    if before:
+        history["withheld_before"] = before
+    # the panel is chosen again on the corrected data, the withheld genes left out
+    history["panel"] = reselect_panel(adata, {*before, *art["genes"]},
+                                      n_top_genes=config.preprocess.n_top_genes,
+                                      pin_genes=config.preprocess.pin_genes)
+    mc = config.model
+    tc = mc.train_config()
+    tc.seed = config.seed
+    trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
+                               exclude_genes=[*before, *art["genes"]], quiet=quiet)
+    return trained.model, {**history, "withheld": art, "best_epoch": trained.history.best_epoch}
+
+
+def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]:
+    """Each child hypothesis matched to the parent's (same cell type and direction, >= 5 shared
+    top-10 genes): rank and status before and after."""
+    rows = []
+    for h in after:
+        top = {g["symbol"] for g in h["genes"][:10]}
+        match = next((p for p in before if p["cell_type"] == h["cell_type"]
+                      and p["direction"] == h["direction"]
+                      and len(top & {g["symbol"] for g in p["genes"][:10]}) >= 5), None)
+        rows.append({"hypothesis": h["id"], "cell_type": h["cell_type"],
+                     "direction": h["direction"],
+                     "genes": ", ".join(g["symbol"] for g in h["genes"][:5]),
+                     "rank_after": h["rank"], "status_after": h["status"],
+                     "parent": None if match is None else match["id"],
+                     "rank_before": None if match is None else match["rank"],
+                     "status_before": None if match is None else match["status"]})
+    return rows
