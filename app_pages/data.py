@@ -20,6 +20,7 @@ import streamlit as st
 from discovery.io.contract import InputError
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.graph_files import load_graph
+from pipelines.config import UPLOAD_ENV, max_upload_mb
 
 __all__ = ["RUN_ENV", "ROOT_ENV", "badge", "current_run", "graph", "json_file", "list_runs",
            "load_adata", "store", "umap"]
@@ -29,15 +30,6 @@ ROOT_ENV = "DISCOVERY_RUNS_ROOT"
 
 STATUS_COLOURS = {"supported": "green", "candidate": "gray", "flagged": "orange",
                   "rejected": "red"}
-
-
-#: the largest cohort file the app accepts, in MB (override with DISCOVERY_MAX_UPLOAD_MB);
-#: bigger cohorts run from the command line, which streams nothing through a browser
-UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB = "DISCOVERY_MAX_UPLOAD_MB", 1024.0
-
-
-def max_upload_mb() -> float:
-    return float(os.environ.get(UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
 
 
 def check_upload(name: str, size_bytes: int) -> None:

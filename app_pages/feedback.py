@@ -61,7 +61,7 @@ if run is not None:
         child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
         go = st.form_submit_button("Create the child run")
     if go:
-        from pipelines.child_run import refine_run
+        from pipelines.child_run import comparison_rows, refine_run
         from pipelines.rundir import child_run_dir
 
         try:
@@ -71,17 +71,9 @@ if run is not None:
         except Exception as err:  # noqa: BLE001 - shown to the user, not a traceback
             st.error(str(err))
         else:
-            b, a = res["before"], res["after"]
             st.success(f"Child run {child_name} ({mode}): {', '.join(res['suppressed'])} "
                        "suppressed.")
-            keys = [("test_donor_auroc", "test donor AUROC"),
-                    ("balanced_donor_auroc", "batch-balanced donor AUROC"),
-                    ("within_batch_cell_auroc", "within-batch cell AUROC"),
-                    ("covariate_attribution_share",
-                     f"attribution via {res['covariate']}-explained features"),
-                    ("n_flagged", "flagged hypotheses")]
-            st.dataframe([{"": label, "before": b.get(k), "after": a.get(k)}
-                          for k, label in keys], hide_index=True)
+            st.dataframe(comparison_rows(res), hide_index=True)
             st.dataframe(res["ranking"], hide_index=True)
             if res["proposed_similar"]:
                 st.info("Similar features to review: " + ", ".join(

@@ -45,7 +45,7 @@ from pipelines.report import write_report
 from pipelines.run import features_stage, graphs_stage, hypotheses_stage
 from pipelines.rundir import RunDir, config_hash
 
-__all__ = ["REFINE_MODES", "covariate_share", "refine_run"]
+__all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_share", "refine_run"]
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -320,6 +320,22 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
                                exclude_genes=[*before, *art["genes"]], quiet=quiet)
     return trained.model, {**history, "withheld": art, "best_epoch": trained.history.best_epoch}
+
+
+#: the measures a before/after comparison shows, in order, with their labels
+COMPARISON_MEASURES = (("test_donor_auroc", "test donor AUROC"),
+                       ("balanced_donor_auroc", "batch-balanced donor AUROC"),
+                       ("within_batch_cell_auroc", "within-batch cell AUROC"),
+                       ("covariate_attribution_share", "attribution via {covariate} features"),
+                       ("n_flagged", "flagged hypotheses"))
+
+
+def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The before/after table of a :func:`refine_run` result, one row per measure (the CLI and
+    the app show the same rows)."""
+    b, a = result["before"], result["after"]
+    return [{"measure": label.format(covariate=result["covariate"]), "before": b.get(k),
+             "after": a.get(k)} for k, label in COMPARISON_MEASURES]
 
 
 def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]:

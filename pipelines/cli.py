@@ -299,14 +299,12 @@ def _print_run_summary(res) -> None:  # noqa: ANN001
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from discovery.io.files import atomic_write
-    from discovery.io.simulate import simulate, write_simulated
+    from discovery.io.simulate import chunk_size, simulate, write_simulated
 
     t0 = time.perf_counter()
     kw = {"seed": args.seed, "n_donors": args.donors, "cells_per_donor": args.cells_per_donor,
           "n_genes": args.genes}
-    chunk = args.chunk_cells
-    if chunk is None and args.donors * args.cells_per_donor > 200_000:
-        chunk = 50_000
+    chunk = chunk_size(args.donors * args.cells_per_donor, args.chunk_cells)
     if chunk:
         shape: list[tuple[int, int]] = []
         atomic_write(args.out, lambda p: shape.append(
@@ -379,22 +377,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _population(adata, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    from discovery.tl.graphs import population_mask
-
-    label = None if args.label == "all" else args.label
-    return population_mask(adata, cell_type=args.cell_type, label=label,
-                           split=getattr(args, "split", None))
-
-
 def cmd_graph(args: argparse.Namespace) -> int:
     from discovery.get.run import open_run
     from discovery.io.graph_files import export_graph
-    from discovery.tl.graphs import GraphSpec, cohort_graph
+    from discovery.tl.graphs import GraphSpec, cohort_graph, population_mask
     from discovery.tl.interventions import validate_graph
 
     run = open_run(args.run_dir)
-    mask = _population(run.adata, args)
+    mask = population_mask(run.adata, cell_type=args.cell_type, label=args.label,
+                           split=getattr(args, "split", None))
     name = f"{args.cell_type or 'all cell types'}, {args.label} cells"
     spec = GraphSpec(node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     g = cohort_graph(run.adata, run.model, run.saes, mask=mask, name=name, labels=run.labels,
@@ -416,10 +407,12 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_perturb(args: argparse.Namespace) -> int:
     from discovery.get.run import open_run
     from discovery.io.files import atomic_write
+    from discovery.tl.graphs import population_mask
     from discovery.tl.interventions import perturb_genes
 
     run = open_run(args.run_dir, need_features=False)
-    mask = _population(run.adata, args)
+    mask = population_mask(run.adata, cell_type=args.cell_type, label=args.label,
+                           split=getattr(args, "split", None))
     genes = [g.strip() for g in args.genes.split(",") if g.strip()]
     table = perturb_genes(run.adata, run.model, genes, mode=args.mode, factor=args.factor,
                           mask=mask, n_null=args.n_null)
@@ -439,7 +432,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     import subprocess
 
-    from app_pages.data import max_upload_mb
+    from pipelines.config import max_upload_mb
 
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -461,30 +454,23 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
-REASON_ALIASES = {"batch": "technical_artifact", "artifact": "technical_artifact",
-                  "technical": "technical_artifact", "confound": "confounder",
-                  "known": "known_biology", "cell_type": "wrong_cell_type",
-                  "direction": "implausible_direction"}
-
-
 def cmd_feedback(args: argparse.Namespace) -> int:
-    import json
-    import re
+    from discovery.get.run import read_json
+    from discovery.io import layout
+    from discovery.io.feedback import (
+        FeedbackItem,
+        FeedbackStore,
+        default_url,
+        resolve_reason,
+        target_kind,
+    )
 
-    from discovery.io.feedback import FeedbackItem, FeedbackStore, default_url
-
-    manifest = args.run_dir / "manifest.json"
-    if not manifest.is_file():
-        raise InputError(f"{args.run_dir} is not a run directory (no manifest.json)")
-    run_id = json.loads(manifest.read_text())["run_id"]
+    if not (args.run_dir / layout.MANIFEST).is_file():
+        raise InputError(f"{args.run_dir} is not a run directory (no {layout.MANIFEST})")
+    run_id = read_json(args.run_dir, layout.MANIFEST, what="the manifest", stage="input")["run_id"]
     target = args.target.strip()
-    kind = ("hypothesis" if re.fullmatch(r"H\d+", target) else
-            "plan" if re.fullmatch(r"P\d+", target) else
-            "feature" if re.fullmatch(r".+:F\d+", target) else None)
-    if kind is None:
-        raise InputError(f"target {target!r} is neither a feature (pooled:F12), a hypothesis "
-                         "(H3) nor a plan (P2)")
-    reason = REASON_ALIASES.get(args.reason, args.reason)
+    kind = target_kind(target)
+    reason = resolve_reason(args.reason)
     note = args.note or (f"reason given as {args.reason!r}" if reason != args.reason else "")
     store = FeedbackStore(default_url(args.run_dir))
     fid = store.add(FeedbackItem(run_id, kind, target, args.verdict, reason, args.by or "",
@@ -495,22 +481,16 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from pipelines.child_run import refine_run
+    from pipelines.child_run import comparison_rows, refine_run
 
     res = refine_run(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
                      quiet=args.quiet)
-    b, a = res["before"], res["after"]
     table = Table(title=f"refine ({res['mode']}): {', '.join(res['suppressed'])} suppressed")
     for col in ("", "before", "after"):
         table.add_column(col)
-    for k, label in (("test_donor_auroc", "test donor AUROC"),
-                     ("balanced_donor_auroc", "batch-balanced donor AUROC"),
-                     ("within_batch_cell_auroc", "within-batch cell AUROC"),
-                     ("covariate_attribution_share", f"attribution via {res['covariate']} features"),
-                     ("n_flagged", "flagged hypotheses")):
-        table.add_row(label, f"{b.get(k, float('nan')):.3f}" if isinstance(b.get(k), float)
-                      else str(b.get(k)), f"{a.get(k, float('nan')):.3f}"
-                      if isinstance(a.get(k), float) else str(a.get(k)))
+    for row in comparison_rows(res):
+        table.add_row(row["measure"], *[f"{v:.3f}" if isinstance(v, float) else str(v)
+                                        for v in (row["before"], row["after"])])
     Console().print(table)
     if res["proposed_similar"]:
         console.print("similar features to review: " + ", ".join(

@@ -229,3 +229,15 @@ def load_config(
     merged = merge_overrides(merged, overrides or {})
     merged["preset"] = chosen
     return PipelineConfig.from_dict(merged)
+
+
+#: the largest cohort file the app accepts, in MB (override with DISCOVERY_MAX_UPLOAD_MB);
+#: bigger cohorts run from the command line, which streams nothing through a browser
+UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB = "DISCOVERY_MAX_UPLOAD_MB", 1024.0
+
+
+def max_upload_mb() -> float:
+    """The app's upload limit in MB (``DISCOVERY_MAX_UPLOAD_MB``, default 1024)."""
+    import os
+
+    return float(os.environ.get(UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))

@@ -295,6 +295,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
         plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
         run_id = rd.manifest["run_id"]
+        hyps = [h.to_dict() for h in hyps]
+        plans = [p.to_dict() for p in plans]
         write_json(hpath, {"schema_version": 1, "run_id": run_id,
                            "score_formula": SCORE_FORMULA, "status_rules": STATUS_RULES,
                            "hypotheses": hyps})

@@ -26,12 +26,40 @@ from sqlalchemy.exc import OperationalError
 
 from discovery.io.contract import InputError
 
-__all__ = ["MIGRATIONS", "REASONS", "VERDICTS", "FeedbackItem", "FeedbackStore", "default_url"]
+__all__ = ["MIGRATIONS", "REASONS", "REASON_ALIASES", "TARGET_KINDS", "VERDICTS", "FeedbackItem",
+           "FeedbackStore", "default_url", "resolve_reason", "target_kind"]
 
 REASONS = ("technical_artifact", "confounder", "known_biology", "wrong_cell_type",
            "implausible_direction", "other")
 VERDICTS = ("agree", "disagree")
 TARGET_KINDS = ("hypothesis", "feature", "plan")
+#: words an expert may type for a reason, and the reason they mean
+REASON_ALIASES = {"batch": "technical_artifact", "artifact": "technical_artifact",
+                  "technical": "technical_artifact", "confound": "confounder",
+                  "known": "known_biology", "cell_type": "wrong_cell_type",
+                  "direction": "implausible_direction"}
+
+
+def target_kind(target: str) -> str:
+    """What a feedback target names: ``hypothesis`` (H3), ``plan`` (P2) or ``feature``
+    (``pooled:F12``, see :func:`discovery.io.layout.feature_id`); a clear error otherwise."""
+    import re
+
+    target = target.strip()
+    if re.fullmatch(r"H\d+", target):
+        return "hypothesis"
+    if re.fullmatch(r"P\d+", target):
+        return "plan"
+    if re.fullmatch(r".+:F\d+", target):
+        return "feature"
+    msg = (f"target {target!r} is neither a feature (pooled:F12), a hypothesis (H3) nor a "
+           "plan (P2)")
+    raise InputError(msg)
+
+
+def resolve_reason(reason: str) -> str:
+    """The reason a typed word means (``batch`` -> ``technical_artifact``); known reasons pass."""
+    return REASON_ALIASES.get(reason, reason)
 
 #: schema version -> SQL statements that bring the previous version to it
 MIGRATIONS: dict[int, list[str]] = {

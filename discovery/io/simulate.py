@@ -38,7 +38,8 @@ from discovery.io import bundled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCENARIOS", "Scenario", "simulate", "truth", "write_simulated"]
+__all__ = ["CHUNKED_ABOVE_CELLS", "SCENARIOS", "Scenario", "chunk_size", "simulate", "truth",
+           "write_simulated"]
 
 #: (cell type, mean proportion, median library size of a nucleus); proportions follow the
 #: prefrontal-cortex snRNA-seq of Mathys et al. 2019 with rare glia enriched so that every
@@ -417,6 +418,19 @@ def simulate(
     log.info("simulated %s: %d cells x %d genes, %d donors", scenario, c.n_cells, len(c.genes),
              n_donors)
     return adata
+
+
+#: cohorts above this many cells are written in chunks (the whole matrix never sits in memory)
+CHUNKED_ABOVE_CELLS = 200_000
+#: rows per chunk when chunking
+DEFAULT_CHUNK_CELLS = 50_000
+
+
+def chunk_size(n_cells: int, asked: int | None = None) -> int | None:
+    """Rows per chunk for a cohort of ``n_cells`` (``asked`` wins; None: write in one piece)."""
+    if asked is not None:
+        return asked
+    return DEFAULT_CHUNK_CELLS if n_cells > CHUNKED_ABOVE_CELLS else None
 
 
 def write_simulated(

@@ -52,7 +52,6 @@ R = 1 if replicated (0.5 if same direction only), S = stability, G = cross-check
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +70,7 @@ from discovery.io.layout import feature_index, sae_key
 from discovery.tl.attribution import SAEHook, integrated_gradients
 from discovery.tl.classifier import encode
 from discovery.tl.interventions import FeatureEdit, intervene, perturb_genes
+from discovery.tl.records import SCORE_FORMULA, Evidence, Flag, Hypothesis, score_hypothesis
 from discovery.tl.stats import bh_fdr, partial_r2, residualise, welch_t
 
 #: a hypothesis whose top-10 genes hold this many of one artifact gene set (mitochondrial,
@@ -84,23 +84,6 @@ MIN_DETECTED_CELLS = 0.05
 __all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses",
            "hypotheses_to_ranking"]
 
-SCORE_FORMULA = ("score = 0.30·A + 0.25·D + 0.15·R + 0.15·S + 0.15·G (× 0.25 if flagged); "
-                 "A = attribution share / largest share in the run, D = min(1, −log10 q / 5), "
-                 "R = 1 replicated on test donors (0.5 same direction only), S = stability "
-                 "across SAE seeds, G = cross-check agreement")
-STATUS_RULES = {
-    "supported": "donor-level q < 0.05 (discovery donors), replicates on held-out test donors "
-                 "(same direction, one-sided p < 0.05), its genes' distilled biomarker reaches "
-                 "AUROC ≥ min_gene_auroc (0.7) on test donors, stability ≥ min_stability, not "
-                 "flagged",
-    "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
-               "the label, or one of its features is annotated as explained by batch / QC in "
-               "the hypothesis's cell type, or its top-10 genes hold >= 3 genes of one "
-               "artifact gene set (mitochondrial, ribosomal, dissociation, heat shock); never "
-               "supported",
-    "candidate": "everything else with a causal effect on the case logit",
-    "rejected": "an expert rejected it (feedback)",
-}
 TECHNICAL = ("batch", "pct_counts_mt", "total_counts")
 
 
@@ -130,6 +113,21 @@ class HypothesisSpec:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+
+#: the status rules, as hypotheses.json states them (decided in :func:`_status_and_score`)
+STATUS_RULES = {
+    "supported": "donor-level q < 0.05 (discovery donors), replicates on held-out test donors "
+                 "(same direction, one-sided p < 0.05), its genes' distilled biomarker reaches "
+                 f"AUROC ≥ min_gene_auroc ({HypothesisSpec.min_gene_auroc:g}) on test donors, "
+                 "stability ≥ min_stability, not flagged",
+    "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
+               "the label, or one of its features is annotated as explained by batch / QC in "
+               "the hypothesis's cell type, or its top-10 genes hold >= 3 genes of one "
+               "artifact gene set (mitochondrial, ribosomal, dissociation, heat shock); never "
+               "supported",
+    "candidate": "everything else with a causal effect on the case logit",
+    "rejected": "an expert rejected it (feedback)",
+}
 
 class _Union:
     def __init__(self, items: list[str]) -> None:
@@ -313,8 +311,9 @@ def propose_hypotheses(
     spec: HypothesisSpec | None = None,
     seed: int = 0,
     quiet: bool = False,
-) -> list[dict[str, Any]]:
-    """Ranked hypotheses (hypotheses.json records, DESIGN.md schema plus extra fields).
+) -> list[Hypothesis]:
+    """Ranked hypotheses (:class:`discovery.tl.records.Hypothesis`; ``to_dict`` gives the
+    hypotheses.json record, DESIGN.md schema plus extra fields).
 
     ``graphs``: cohort graphs by name, each with ``graph['cell_type']`` (the run's graphs).
     ``annotations``: the feature table of :func:`discovery.tl.annotate.annotate_features`.
@@ -334,7 +333,7 @@ def propose_hypotheses(
 def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
              graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame,
              rankings: pd.DataFrame | None, model_test_auroc: float | None,
-             spec: HypothesisSpec, seed: int, quiet: bool) -> list[dict[str, Any]]:
+             spec: HypothesisSpec, seed: int, quiet: bool) -> list[Hypothesis]:
     key = sae_key(sae.hook)
     if key not in adata.obsm:
         from discovery.tl.features import encode_cells
@@ -346,7 +345,7 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
     cohort = _Cohort(adata, model, 1 if no_donors else spec.min_cells_per_donor)
     ann = annotations.set_index("feature", drop=False)
     disc = cohort.donor_split.isin(["train", "val"])
-    hyps: list[dict[str, Any]] = []
+    hyps: list[Hypothesis] = []
     for ct, cands in sorted(_candidates(graphs, spec).items()):
         feats = list(cands)
         effects = {}
@@ -363,12 +362,12 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
             merged = False
             for i in range(len(evs)):
                 for j in range(i + 1, len(evs)):
-                    a = {g["symbol"] for g in evs[i]["genes"][:10]}
-                    b = {g["symbol"] for g in evs[j]["genes"][:10]}
-                    if evs[i]["direction"] == evs[j]["direction"] and \
+                    a = {g["symbol"] for g in evs[i].genes[:10]}
+                    b = {g["symbol"] for g in evs[j].genes[:10]}
+                    if evs[i].direction == evs[j].direction and \
                             len(a & b) >= spec.merge_genes and \
                             _technical(evs[i]) == _technical(evs[j]):
-                        group = sorted(evs[i]["features"] + evs[j]["features"],
+                        group = sorted(evs[i].features + evs[j].features,
                                        key=lambda f: -cands[f]["share"])
                         evs[i] = _evidence(cohort, acts, ct, group, cands, ann, spec)
                         del evs[j]
@@ -379,16 +378,16 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
         hyps.extend(evs)
     if not hyps:
         return []
-    qs = bh_fdr(np.array([h["evidence"]["donor_level"]["p"] for h in hyps]))
-    max_share = max(h["evidence"]["attribution"] for h in hyps)
+    qs = bh_fdr(np.array([h.evidence.donor_level["p"] for h in hyps]))
+    max_share = max(h.evidence.attribution for h in hyps)
     ig_cache: dict[str, pd.Series] = {}
     # in-silico perturbation once per (cell type, mode) over every hypothesis's top genes, so
     # the random-gene nulls are shared
     wanted: dict[tuple[str, str], list[str]] = {}
     for h in hyps:
-        mode = "delete" if h["direction"] == "up" else "up"
+        mode = "delete" if h.direction == "up" else "up"
         genes = _model_inputs(h, cohort)[: spec.n_perturb]
-        wanted.setdefault((h["cell_type"], mode), []).extend(genes)
+        wanted.setdefault((h.cell_type, mode), []).extend(genes)
     pert_tables: dict[tuple[str, str], pd.DataFrame] = {}
 
     def perturbations(ct: str, mode: str) -> pd.DataFrame:
@@ -403,21 +402,19 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
         return pert_tables[ct, mode]
 
     for h, q in tqdm(list(zip(hyps, qs)), desc="hypotheses", disable=quiet, leave=False):
-        h["evidence"]["donor_level"]["q"] = float(q)
+        h.evidence.donor_level["q"] = float(q)
         _cross_check(h, adata, model, sae, cohort, rankings, ig_cache, perturbations, spec, seed)
-        h["evidence"]["replication"]["model_auroc_test"] = model_test_auroc
+        h.evidence.replication["model_auroc_test"] = model_test_auroc
         _status_and_score(h, max_share, spec)
-    hyps.sort(key=lambda h: (-h["score"], h["id_hint"]))
+    hyps.sort(key=lambda h: h.sort_key)
     for i, h in enumerate(hyps, 1):
-        h["id"] = f"H{i}"
-        h["rank"] = i
-        h["statement"] = _statement(h, str(cohort.keys.case))
-        del h["id_hint"]
+        h.id, h.rank = f"H{i}", i
+        h.statement = _statement(h, str(cohort.keys.case))
     return hyps
 
 
 def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
-              cands: dict[str, dict], ann: pd.DataFrame, spec: HypothesisSpec) -> dict[str, Any]:
+              cands: dict[str, dict], ann: pd.DataFrame, spec: HypothesisSpec) -> Hypothesis:
     idx = [feature_index(f) for f in group]
     activation = acts[:, idx].sum(1)
     dv = cohort.donor_values(activation, ct)
@@ -467,43 +464,44 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
     confounds = _confounds(cohort, dv, ct, disc)
     share = sum(cands[f]["share"] for f in group)
     pred = [cands[f]["predicted_ablation"] for f in group]
-    h = {
-        "id_hint": f"{ct}:{group[0]}",
-        "cell_type": ct, "direction": direction, "genes": genes, "features": group,
-        "feature_labels": {f: str(ann.loc[f, "label"]) if f in ann.index else f for f in group},
-        "population_graph": cands[group[0]]["graph"],
-        "evidence": {
-            "attribution": float(share),
-            "attribution_weight": float(sum(cands[f]["weight"] for f in group)),
-            "ablation_predicted": float(sum(p for p in pred if p is not None)),
-            "donor_level": {**donor_level, "n_donors": donor_level["n_case"]
-                            + donor_level["n_control"], "donors": "train+val"},
-            "stability": float(np.mean(stab)) if stab else float("nan"),
-            "replication": {"effect": rep["effect"], "p_one_sided": float(p_one),
-                            "n_donors": rep["n_case"] + rep["n_control"],
-                            "same_direction": bool(same),
-                            "replicated": bool(same and p_one < spec.alpha),
-                            "biomarker_auroc_test": biomarker_auc},
-            "confounds": confounds,
-            "gene_sides": sides,
-        },
-        "biomarker": {"genes": top, "direction": direction,
-                      "definition": f"mean z-scored pseudobulk expression of {len(top)} genes "
-                                    f"in {ct} ({'higher' if direction == 'up' else 'lower'} = "
-                                    f"more case-like)", "auroc_test": biomarker_auc},
-    }
+    evidence = Evidence(
+        attribution=float(share),
+        attribution_weight=float(sum(cands[f]["weight"] for f in group)),
+        ablation_predicted=float(sum(p for p in pred if p is not None)),
+        donor_level={**donor_level, "n_donors": donor_level["n_case"]
+                     + donor_level["n_control"], "donors": "train+val"},
+        stability=float(np.mean(stab)) if stab else float("nan"),
+        replication={"effect": rep["effect"], "p_one_sided": float(p_one),
+                     "n_donors": rep["n_case"] + rep["n_control"],
+                     "same_direction": bool(same),
+                     "replicated": bool(same and p_one < spec.alpha),
+                     "biomarker_auroc_test": biomarker_auc},
+        confounds=confounds,
+        gene_sides=sides,
+    )
     batch = cohort.covariates.get("batch")
-    h["donors"] = [{"donor": str(d), "activation": float(v), "case": bool(case.get(d, False)),
-                    "split": str(split.get(d, "")),
-                    "batch": None if batch is None else str(batch.get(d)),
-                    "biomarker": float(score.get(d, np.nan))}
-                   for d, v in dv.items()]
-    h["flags"] = _flags(h, ann)
+    h = Hypothesis(
+        cell_type=ct, direction=direction, genes=genes, features=group,
+        feature_labels={f: str(ann.loc[f, "label"]) if f in ann.index else f for f in group},
+        population_graph=cands[group[0]]["graph"],
+        evidence=evidence,
+        biomarker={"genes": top, "direction": direction,
+                   "definition": f"mean z-scored pseudobulk expression of {len(top)} genes "
+                                 f"in {ct} ({'higher' if direction == 'up' else 'lower'} = "
+                                 f"more case-like)", "auroc_test": biomarker_auc},
+        donors=[{"donor": str(d), "activation": float(v), "case": bool(case.get(d, False)),
+                 "split": str(split.get(d, "")),
+                 "batch": None if batch is None else str(batch.get(d)),
+                 "biomarker": float(score.get(d, np.nan))}
+                for d, v in dv.items()],
+        flags=[],
+    )
+    h.flags = _flags(h, ann)
     if cell_units(cohort.keys):
-        h["flags"].append({"kind": "no_donors", "by": "design", "strength": 1.0,
-                           "detail": "the data has no donor structure: statistics are over "
-                                     "cells of one sample, so the finding cannot be generalised "
-                                     "beyond it (never 'supported')"})
+        h.flags.append(Flag("no_donors", "design", 1.0,
+                            "the data has no donor structure: statistics are over cells of one "
+                            "sample, so the finding cannot be generalised beyond it (never "
+                            "'supported')"))
     return h
 
 
@@ -538,17 +536,17 @@ def _confounds(cohort: _Cohort, dv: pd.Series, ct: str, disc: np.ndarray) -> dic
     return out
 
 
-def _model_inputs(h: dict[str, Any], cohort: _Cohort) -> list[str]:
+def _model_inputs(h: Hypothesis, cohort: _Cohort) -> list[str]:
     """The hypothesis's genes that the model reads (in-silico perturbation can only move those)."""
     panel = set(cohort.model_genes)
-    return [g["symbol"] for g in h["genes"] if g["symbol"] in panel]
+    return [g["symbol"] for g in h.genes if g["symbol"] in panel]
 
 
-def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
+def _cross_check(h: Hypothesis, adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook,
                  cohort: _Cohort, rankings: pd.DataFrame | None, ig_cache: dict[str, pd.Series],
                  perturbations: Any, spec: HypothesisSpec, seed: int) -> None:
-    ct, direction = h["cell_type"], h["direction"]
-    top = [g["symbol"] for g in h["genes"][:10]]
+    ct, direction = h.cell_type, h.direction
+    top = [g["symbol"] for g in h.genes[:10]]
     panel: dict[str, dict[str, int | None]] = {}
     if rankings is not None and len(rankings):
         for method, sub in rankings.groupby("method"):
@@ -576,7 +574,7 @@ def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, s
     pert = pert.loc[_model_inputs(h, cohort)[: spec.n_perturb]].reset_index()
     hits = [(row.q < 0.1 if np.isfinite(row.q) else False) and row.effect < 0
             for row in pert.itertuples()]
-    h["evidence"]["in_silico"] = {
+    h.evidence.in_silico = {
         "mode": mode, "genes": pert["gene"].tolist(),
         "effect": [float(v) for v in pert["effect"]], "q": [float(v) for v in pert["q"]],
         "mean_effect": float(np.nanmean(pert["effect"])) if len(pert) else float("nan"),
@@ -585,130 +583,124 @@ def _cross_check(h: dict[str, Any], adata: ad.AnnData, model: torch.nn.Module, s
     for ranks in panel.values():
         agree.append(np.mean([r is not None and r <= 50 for r in ranks.values()]))
     agree.append(float(np.mean(hits)) if hits else 0.0)
-    h["evidence"]["cross_check"] = {"ranks": panel, "in_silico_hits": int(sum(hits)),
+    h.evidence.cross_check = {"ranks": panel, "in_silico_hits": int(sum(hits)),
                                     "agreement": float(np.mean(agree))}
     # measured ablation of all the hypothesis's features in its population
-    edits = [FeatureEdit.parse(f, "mean") for f in h["features"]]
+    edits = [FeatureEdit.parse(f, "mean") for f in h.features]
     res = intervene(adata, model, [sae], edits=edits, mask=pop)
     per_donor = res["delta"].groupby(cohort.donor[pop]).mean()
-    h["evidence"]["ablation_delta"] = float(per_donor.mean())
+    h.evidence.ablation_delta = float(per_donor.mean())
 
 
-def _technical(h: dict[str, Any]) -> bool:
+def _technical(h: Hypothesis) -> bool:
     """Whether a hypothesis carries a technical flag (never merged with a clean one)."""
-    return any(f["kind"] in ("confounded", "artifact_genes") for f in h["flags"])
+    return any(f.kind in ("confounded", "artifact_genes") for f in h.flags)
 
 
-def _flags(h: dict[str, Any], ann: pd.DataFrame) -> list[dict[str, Any]]:
+def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
     """Confound and artifact flags of a hypothesis (kind ``confounded`` changes its status)."""
-    ev = h["evidence"]
+    ev = h.evidence
     flags = []
-    for name, c in ev["confounds"].items():
+    for name, c in ev.confounds.items():
         if name in TECHNICAL and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
-            flags.append({"kind": "confounded", "by": name,
-                          "strength": float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
-                          "detail": f"{name} explains {c['r2']:.0%} of the donor-level "
+            flags.append(Flag(kind="confounded", by=name,
+                          strength=float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
+                          detail=f"{name} explains {c['r2']:.0%} of the donor-level "
                                     f"variance of the activation beyond the label; the label "
-                                    f"{c['r2_label']:.0%} beyond {name}"})
-    for f in h["features"]:
+                                    f"{c['r2_label']:.0%} beyond {name}"))
+    for f in h.features:
         if f not in ann.index:
             continue
         row = ann.loc[f]
         by = row.get("confounded_by")
-        if by and row.get("home_cell_type") == h["cell_type"]:
-            donor = ev["confounds"].get(by)
+        if by and row.get("home_cell_type") == h.cell_type:
+            donor = ev.confounds.get(by)
             # cells are not independent: a donor-level check that favours the label wins
             label_wins = donor is not None and donor["r2_label"] >= donor["r2"]
-            flags.append({"kind": "cell_level_confound" if label_wins else "confounded",
-                          "by": str(by), "strength": float(row.get("confound_strength") or 0.0),
-                          "detail": f"feature {f} is annotated as explained by {by} within "
-                                    f"{h['cell_type']} cells (cell-level partial R²)"
+            flags.append(Flag(kind="cell_level_confound" if label_wins else "confounded",
+                          by=str(by), strength=float(row.get("confound_strength") or 0.0),
+                          detail=f"feature {f} is annotated as explained by {by} within "
+                                    f"{h.cell_type} cells (cell-level partial R²)"
                                     + ("; at donor level the label explains more "
                                        f"({donor['r2_label']:.2f} vs {donor['r2']:.2f})"
-                                       if label_wins else "")})
+                                       if label_wins else "")))
         elif row.get("top_set_category") == "artifact":
-            flags.append({"kind": "artifact_genes", "by": str(row.get("top_set")),
-                          "strength": 0.0,
-                          "detail": f"the attribution signature of {f} is enriched for "
+            flags.append(Flag(kind="artifact_genes", by=str(row.get("top_set")),
+                          strength=0.0,
+                          detail=f"the attribution signature of {f} is enriched for "
                                     f"{row.get('top_set')} (an artifact gene set); the "
-                                    "donor-level checks do not explain the signal by it"})
-    top = {g["symbol"] for g in h["genes"][:10]}
+                                    "donor-level checks do not explain the signal by it"))
+    top = {g["symbol"] for g in h.genes[:10]}
     for gs in bundled.gene_sets(category="artifact"):
         hits = sorted(top & set(gs.genes))
         if len(hits) >= ARTIFACT_PROGRAM_GENES:
-            flags.append({"kind": "artifact_program", "by": gs.name,
-                          "strength": len(hits) / 10,
-                          "detail": f"{len(hits)} of its top-10 genes ({', '.join(hits)}) are "
+            flags.append(Flag(kind="artifact_program", by=gs.name,
+                          strength=len(hits) / 10,
+                          detail=f"{len(hits)} of its top-10 genes ({', '.join(hits)}) are "
                                     f"{gs.name}, a technical gene set: the program reads as "
-                                    "an artifact, however well it separates the donors"})
+                                    "an artifact, however well it separates the donors"))
     for name in ("sex", "age", "composition"):
-        c = ev["confounds"].get(name)
+        c = ev.confounds.get(name)
         if c and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
-            flags.append({"kind": "covariate", "by": name,
-                          "strength": float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
-                          "detail": f"{name} explains the donor-level signal at least as well "
+            flags.append(Flag(kind="covariate", by=name,
+                          strength=float(c["r2"] / (c["r2"] + c["r2_label"] + 1e-12)),
+                          detail=f"{name} explains the donor-level signal at least as well "
                                     f"as the label (partial R² {c['r2']:.2f} vs "
-                                    f"{c['r2_label']:.2f})"})
-    d = ev["confounds"].get("donor", {})
+                                    f"{c['r2_label']:.2f})"))
+    d = ev.confounds.get("donor", {})
     if d.get("max_t_drop", 0) > 0.5:
-        flags.append({"kind": "single_donor", "by": d.get("donor"),
-                      "strength": float(d["max_t_drop"]),
-                      "detail": f"leaving out donor {d.get('donor')} removes "
-                                f"{d['max_t_drop']:.0%} of the donor-level t statistic"})
+        flags.append(Flag(kind="single_donor", by=d.get("donor"),
+                      strength=float(d["max_t_drop"]),
+                      detail=f"leaving out donor {d.get('donor')} removes "
+                                f"{d['max_t_drop']:.0%} of the donor-level t statistic"))
     return flags
 
 
-def _status_and_score(h: dict[str, Any], max_share: float, spec: HypothesisSpec) -> None:
-    flags = h["flags"]
-    ev = h["evidence"]
-    dl, rep = ev["donor_level"], ev["replication"]
-    stab = ev["stability"]
-    stable = np.isfinite(stab) and stab >= spec.min_stability
-    technical = any(f["kind"] in ("confounded", "artifact_program") for f in flags)
-    if technical:
+def _status_and_score(h: Hypothesis, max_share: float, spec: HypothesisSpec) -> None:
+    """Status (the only place it is decided; see STATUS_RULES) and score of ``h``."""
+    ev = h.evidence
+    dl, rep = ev.donor_level, ev.replication
+    stable = np.isfinite(ev.stability) and ev.stability >= spec.min_stability
+    kinds = {f.kind for f in h.flags}
+    if kinds & {"confounded", "artifact_program"}:
         status = "flagged"
     elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
           and np.isfinite(rep["biomarker_auroc_test"])
           and rep["biomarker_auroc_test"] >= spec.min_gene_auroc
-          and not any(f["kind"] in ("single_donor", "no_donors") for f in flags)):
+          and not kinds & {"single_donor", "no_donors"}):
         status = "supported"
     else:
         status = "candidate"
-    h["status"] = status
+    h.status = status
     auc = rep["biomarker_auroc_test"]
-    h["kind"] = "biomarker" if np.isfinite(auc) and auc >= spec.biomarker_auroc else "mechanism"
-    a = ev["attribution"] / max_share if max_share > 0 else 0.0
-    dscore = min(1.0, -math.log10(max(dl["q"], 1e-300)) / 5) if np.isfinite(dl["q"]) else 0.0
-    r = 1.0 if rep["replicated"] else (0.5 if rep["same_direction"] else 0.0)
-    s = float(stab) if np.isfinite(stab) else 0.0
-    g = ev["cross_check"]["agreement"]
-    score = 0.30 * a + 0.25 * dscore + 0.15 * r + 0.15 * s + 0.15 * g
-    h["score"] = float(score * (0.25 if status == "flagged" else 1.0))
-    h["score_parts"] = {"A": a, "D": dscore, "R": r, "S": s, "G": g}
+    h.kind = "biomarker" if np.isfinite(auc) and auc >= spec.biomarker_auroc else "mechanism"
+    h.score, h.score_parts = score_hypothesis(ev, max_share=max_share,
+                                              flagged=status == "flagged")
 
 
-def _statement(h: dict[str, Any], case: str) -> str:
-    ev = h["evidence"]
-    dl, rep = ev["donor_level"], ev["replication"]
-    genes = ", ".join(g["symbol"] for g in h["genes"][:5])
-    n = len(h["features"])
-    what = f"feature {h['features'][0]}" if n == 1 else f"{n} co-acting features"
+def _statement(h: Hypothesis, case: str) -> str:
+    ev = h.evidence
+    dl, rep = ev.donor_level, ev.replication
+    genes = ", ".join(g["symbol"] for g in h.genes[:5])
+    n = len(h.features)
+    what = f"feature {h.features[0]}" if n == 1 else f"{n} co-acting features"
     rep_txt = ("replicated in held-out test donors" if rep["replicated"] else
                "not replicated in held-out test donors")
-    flag = next((f" Flagged: {f['detail']}." for f in h["flags"] if f["kind"] == "confounded"),
+    flag = next((f" Flagged: {f.detail}." for f in h.flags if f.kind == "confounded"),
                 "")
-    return (f"In {h['cell_type']}, the model's {case} call relies on {what} "
-            f"({ev['attribution']:.0%} of the attribution to the case logit; ablating "
-            f"{'it' if n == 1 else 'them'} moves the logit by {ev['ablation_delta']:+.2f}), "
+    return (f"In {h.cell_type}, the model's {case} call relies on {what} "
+            f"({ev.attribution:.0%} of the attribution to the case logit; ablating "
+            f"{'it' if n == 1 else 'them'} moves the logit by {ev.ablation_delta:+.2f}), "
             + (f"{'more' if dl['effect'] > 0 else 'less'} active in {case} donors (donor-level "
                f"effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, {dl['n_donors']} donors; "
                f"{rep_txt}); " if np.isfinite(dl["effect"]) else
                f"not testable at donor level ({dl['n_donors']} donors with enough cells); ")
             + f"the genes that track {'it' if n == 1 else 'them'} across donors ({genes}) are "
-            f"{'higher' if h['direction'] == 'up' else 'lower'} in {case}.{flag}")
+            f"{'higher' if h.direction == 'up' else 'lower'} in {case}.{flag}")
 
 
-def hypotheses_to_ranking(hypotheses: list[dict[str, Any]], *, method: str = "discovery",
+def hypotheses_to_ranking(hypotheses: list[dict[str, Any] | Hypothesis], *,
+                          method: str = "discovery",
                           include_flagged: bool = False) -> pd.DataFrame:
     """Gene ranking per (cell type, direction) from hypotheses in rank order (yardstick input).
 
@@ -717,6 +709,7 @@ def hypotheses_to_ranking(hypotheses: list[dict[str, Any]], *, method: str = "di
     earlier hypothesis keeps its first position.
     """
     rows = []
+    hypotheses = [h.to_dict() if isinstance(h, Hypothesis) else h for h in hypotheses]
     for h in sorted(hypotheses, key=lambda h: h["rank"]):
         if h["status"] in ("flagged", "rejected") and not include_flagged:
             continue

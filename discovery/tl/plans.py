@@ -24,6 +24,7 @@ from typing import Any
 import networkx as nx
 
 from discovery.io.bundled import gene_sets, read_yaml
+from discovery.tl.records import Hypothesis, Plan
 
 __all__ = ["PRIORITY_FORMULA", "load_assays", "make_plans"]
 
@@ -191,15 +192,16 @@ def _rationale(h: dict[str, Any], graph: nx.DiGraph | None, assay: dict[str, Any
 
 
 def make_plans(
-    hypotheses: list[dict[str, Any]],
+    hypotheses: list[Hypothesis],
     graphs: dict[str, nx.DiGraph],
     *,
     case: str,
     covariates: list[str] | None = None,
     per_hypothesis: int = 2,
     assays: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Plans (plans.json records) for ``hypotheses``; sets each hypothesis's ``plans`` ids.
+) -> list[Plan]:
+    """Plans (:class:`discovery.tl.records.Plan`, by decreasing priority) for ``hypotheses``;
+    sets each hypothesis's ``plans`` ids.
 
     ``graphs``: the cohort graphs by name (``hypothesis['population_graph']``), used to resolve
     rationale refs. Plans are returned by decreasing priority, ids ``P1``, ``P2`` ...
@@ -207,7 +209,8 @@ def make_plans(
     assays = assays if assays is not None else load_assays()
     covariates = covariates or []
     plans: list[dict[str, Any]] = []
-    for h in hypotheses:
+    records = [h.to_dict() for h in hypotheses]  # the facts the assay templates are filled from
+    for h in records:
         h["plans"] = []
         if h["status"] == "rejected":
             continue
@@ -238,8 +241,10 @@ def make_plans(
                 "rationale": _rationale(h, graph, a, case),
             })
     plans.sort(key=lambda p: (-p["priority"], p["hypothesis"], p["assay_id"]))
-    by_h = {h["id"]: h for h in hypotheses}
+    by_h = {h.id: h for h in hypotheses}
+    for h in hypotheses:
+        h.plans = []
     for i, p in enumerate(plans, 1):
         p["id"] = f"P{i}"
-        by_h[p["hypothesis"]]["plans"].append(p["id"])
-    return plans
+        by_h[p["hypothesis"]].plans.append(p["id"])
+    return [Plan.from_dict(p) for p in plans]
