@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mg = population_mask(a, cell_type="Microglia", label="case")
     held = population_mask(a, label="case") & a.obs["split"].isin(["val", "test"]).to_numpy()
-    t_mg, g_mg = _median_time(lambda: cohort_graph(a, model, saes, mask=mg, quiet=True),
+    t_mg, g_mg = _median_time(lambda: cohort_graph(a, model, saes, mask=mg),
                               args.repeats)
-    t_big, g_big = _median_time(lambda: cohort_graph(a, model, saes, mask=held, quiet=True),
+    t_big, g_big = _median_time(lambda: cohort_graph(a, model, saes, mask=held),
                                 args.repeats)
     val1 = validate_graph(a, model, saes, graph=g_mg, mask=mg, n_top=50)
 
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         store = features.collect_activations(a, model, tmp, hook="layer0.resid")
         rows = np.flatnonzero((a.obs["split"] == "train").to_numpy())
         spec = features.SAESpec(hook="layer0.resid", seeds=(0,))
-        ((sae0, _),) = features.train_saes(store, spec, train_rows=rows, quiet=True)
+        ((sae0, _),) = features.train_saes(store, spec, train_rows=rows)
     two = [SAEHook("layer0.resid", sae0.eval()), *saes]
-    t_two, g_two = _median_time(lambda: cohort_graph(a, model, two, mask=mg, quiet=True,
+    t_two, g_two = _median_time(lambda: cohort_graph(a, model, two, mask=mg,
                                                      spec=GraphSpec()), 1)
     val2 = validate_graph(a, model, two, graph=g_two, mask=mg, n_top=50)
 

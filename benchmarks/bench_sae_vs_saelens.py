@@ -63,7 +63,7 @@ def run_ours(x, test, args, seed):
 
     cfg = SAETrainConfig(lr=args.lr, batch_size=args.batch, epochs=args.epochs, seed=seed,
                          decay_share=0.0)
-    hist = train_sae(sae, data, cfg, quiet=True)
+    hist = train_sae(sae, data, cfg)
     with torch.no_grad():
         ev = _ev(x[test], sae.decode(sae.encode(x[test])))
     return hist.samples / hist.seconds, ev

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = []
         for _ in range(1 if balance else args.repeats):
             t0 = time.perf_counter()
-            res = classifier.train(adata, kind=kind, train_config=tc, quiet=True)
+            res = classifier.train(adata, kind=kind, train_config=tc)
             wall = time.perf_counter() - t0
             probe = classifier.shortcut_probe(adata, res.model)["batch"]  # not timed
             rows[name].append({"seconds": wall,

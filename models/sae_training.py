@@ -65,7 +65,6 @@ def train_sae(
     evaluator: Callable[[SparseAutoencoder], dict[str, Any]] | None = None,
     checkpoint: Callable[[SparseAutoencoder, int], None] | None = None,
     n_batches_per_epoch: int | None = None,
-    quiet: bool = False,
 ) -> SAETrainHistory:
     """Fit ``sae``; ``data(epoch)`` yields activation batches ``(batch, d_in)`` for one epoch."""
     torch.manual_seed(config.seed)
@@ -77,7 +76,7 @@ def train_sae(
     decay_from = int(total * (1 - config.decay_share)) if total else None
     step = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc=f"SAE {sae.config.architecture}", disable=quiet)
+    bar = tqdm(range(config.epochs), desc=f"SAE {sae.config.architecture}", disable=not log.isEnabledFor(logging.INFO))
     for epoch in bar:
         run_loss = run_mse = 0.0
         nb = 0

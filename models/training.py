@@ -189,8 +189,6 @@ def train_classifier(
     train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     config: TrainConfig,
-    *,
-    quiet: bool = False,
 ) -> TrainHistory:
     """Fit ``model`` in place; keep the weights of the best validation epoch.
 
@@ -232,7 +230,7 @@ def train_classifier(
     t0 = time.perf_counter()
     seen = 0
     bar = tqdm(range(config.epochs), desc=f"train {type(model).__name__[:24]}",
-               disable=quiet or rank > 0)
+               disable=not log.isEnabledFor(logging.INFO) or rank > 0)
     for epoch in bar:
         model.train()
         perm = torch.randperm(len(x), generator=gen).to(device)

@@ -318,7 +318,7 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     tc = mc.train_config()
     tc.seed = config.seed
     trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
-                               exclude_genes=[*before, *art["genes"]], quiet=quiet)
+                               exclude_genes=[*before, *art["genes"]])
     return trained.model, {**history, "withheld": art, "best_epoch": trained.history.best_epoch}
 
 

@@ -308,7 +308,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if chunk:
         shape: list[tuple[int, int]] = []
         atomic_write(args.out, lambda p: shape.append(
-            write_simulated(p, args.scenario, chunk_cells=chunk, quiet=args.quiet, **kw)))
+            write_simulated(p, args.scenario, chunk_cells=chunk, **kw)))
         (n_cells, n_genes), = shape
     else:
         adata = simulate(args.scenario, **kw)
@@ -389,10 +389,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     name = f"{args.cell_type or 'all cell types'}, {args.label} cells"
     spec = GraphSpec(node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     g = cohort_graph(run.adata, run.model, run.saes, mask=mask, name=name, labels=run.labels,
-                     spec=spec, quiet=args.quiet)
+                     spec=spec)
     if not args.no_validate:
-        val = validate_graph(run.adata, run.model, run.saes, graph=g, mask=mask,
-                             quiet=args.quiet)
+        val = validate_graph(run.adata, run.model, run.saes, graph=g, mask=mask)
         g.graph["validation"] = {k: v for k, v in val.items() if k != "ablation"}
         g.graph["validation"]["spearman_model"] = val["ablation"]["model"]["spearman"]
     export_graph(g, args.out)

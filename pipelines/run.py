@@ -39,12 +39,12 @@ from tqdm.auto import tqdm
 
 from discovery.get.run import graph_index
 from discovery.io import layout
-from discovery.io import simulate as simulate_mod
 from discovery.io.contract import InputError, get_keys, read, validate
 from discovery.io.datasets import DATASETS, load_dataset
 from discovery.io.files import atomic_write, write_json
 from discovery.io.graph_files import export_graph, load_graph
 from discovery.io.layout import sae_key
+from discovery.io.simulate import simulate, truth
 from discovery.io.sketch import h5ad_n_obs, read_sketched, sketch_anndata
 from discovery.pp.preprocess import preprocess
 from discovery.tl import annotate, classifier, features
@@ -88,7 +88,7 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
         desc: dict[str, Any] = {"kind": "dataset", "name": config.cohort.scenario}
     elif data is None:
         c = config.cohort
-        adata = simulate_mod.simulate(c.scenario, seed=c.seed, n_donors=c.n_donors,
+        adata = simulate(c.scenario, seed=c.seed, n_donors=c.n_donors,
                                       cells_per_donor=c.cells_per_donor, n_genes=c.n_genes)
         desc = {"kind": "simulated", **c.to_dict()}
     else:
@@ -98,7 +98,7 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
         if max_cells is not None and n_obs is not None and n_obs > max_cells:
             # larger than the sketch: never loaded whole (backed mode, chunks)
             adata, sketch = read_sketched(
-                data, max_cells=max_cells, strata=strata, seed=config.seed, quiet=quiet,
+                data, max_cells=max_cells, strata=strata, seed=config.seed,
                 require_counts=config.preprocess.input == "counts")
         else:
             adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
@@ -196,10 +196,10 @@ def run_pipeline(
     stages.set_postfix_str("yardstick")
     yard = None
     if "simulation" in adata.uns and config.baselines:
-        truth = simulate_mod.truth(adata)
+        planted = truth(adata)
         with rd.stage("yardstick", {"methods": list(config.baselines)}) as outputs:
             yard = pd.concat(
-                [score_ranking(rankings[rankings["method"] == m], truth,
+                [score_ranking(rankings[rankings["method"] == m], planted,
                                list(adata.var_names)).assign(method=m)
                  for m in config.baselines],
                 ignore_index=True,
@@ -291,7 +291,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
             adata, model, SAEHook(hook, feats["sae"].eval()), graphs=graphs,
             annotations=feats["annotations"],
             rankings=rankings, model_test_auroc=metrics.get("test", {}).get("donor_auroc"),
-            spec=spec, seed=config.seed, quiet=quiet)
+            spec=spec, seed=config.seed)
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
         plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
         run_id = rd.manifest["run_id"]
@@ -331,7 +331,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
         populations = case_populations(adata, min_cells=extra["min_cells"])
         for pop in tqdm(populations, desc="graphs", disable=quiet, leave=False):
             g = cohort_graph(adata, model, saes, mask=pop.mask, name=pop.name, labels=labels,
-                             spec=spec, quiet=True)
+                             spec=spec)
             val = validate_graph(adata, model, saes, graph=g, mask=pop.mask,
                                  n_top=extra["n_top"])
             summary = validation_summary(val)
@@ -345,7 +345,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
             for cell in cells:
                 one = adata.obs_names == cell
                 cg = cohort_graph(adata, model, saes, mask=one, name=f"cell {cell}",
-                                  labels=labels, quiet=True,
+                                  labels=labels,
                                   spec=GraphSpec(spec.node_threshold, spec.edge_threshold, 0,
                                                  spec.batch_size, spec.seed))
                 cg.graph.update({"cell": cell, "cell_type": pop.cell_type})
@@ -436,8 +436,7 @@ def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
     with rd.stage("model", params) as outputs:
         tc = mc.train_config()
         tc.seed = config.seed
-        trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc,
-                                   quiet=quiet)
+        trained = classifier.train(adata, kind=mc.kind, arch=mc.arch, train_config=tc)
         metrics = dict(trained.metrics)
         metrics["shortcut_probe"] = classifier.shortcut_probe(adata, trained.model,
                                                               seed=config.seed)

@@ -49,6 +49,20 @@ TINY = {
 }
 
 
+#: the pipeline settings of TINY for a run on a data file (the file fixes the cohort)
+TINY_STAGES = {k: v for k, v in TINY.items() if k in ("model", "features", "graphs")}
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """A config file (JSON) with the TINY stage settings, for CLI runs on a data file."""
+    import json
+
+    p = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    p.write_text(json.dumps(TINY_STAGES))
+    return p
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished run directory of the whole pipeline on a tiny simulated cohort (read-only:

@@ -12,8 +12,8 @@ MAX_POSITIONAL = 3
 
 
 def _public_functions():
-    for mod_info in pkgutil.iter_modules(discovery.__path__):
-        mod = importlib.import_module(f"discovery.{mod_info.name}")
+    for mod_info in pkgutil.walk_packages(discovery.__path__, prefix="discovery."):
+        mod = importlib.import_module(mod_info.name)
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)
             if inspect.isfunction(obj):

@@ -123,7 +123,7 @@ def trained():
     a = simulate("alzheimers", seed=3, n_donors=20, cells_per_donor=100, n_genes=600)
     preprocess(a)
     res = classifier.train(a, kind="mlp", arch={"d_model": 32, "d_ff": 64},
-                           train_config=TrainConfig(epochs=12, patience=12), quiet=True)
+                           train_config=TrainConfig(epochs=12, patience=12))
     model = res.model.eval()
     saes = []
     for hook in ("layer0.resid", "pooled"):
@@ -134,7 +134,7 @@ def trained():
             rows = np.flatnonzero((a.obs["split"] == "train").to_numpy())
             spec = features.SAESpec(hook=hook, d_sae=64, k=12, seeds=(0,),
                                     train={"epochs": 30, "batch_size": 64})
-            ((sae, _),) = features.train_saes(store, spec, train_rows=rows, quiet=True)
+            ((sae, _),) = features.train_saes(store, spec, train_rows=rows)
         saes.append(SAEHook(hook, sae.eval()))
     return a, model, saes
 
@@ -142,7 +142,7 @@ def trained():
 def test_cohort_graph_structure_and_uncertainty(trained):
     a, model, saes = trained
     mask = population_mask(a, cell_type="Microglia", label="case")
-    g = cohort_graph(a, model, saes[1:], mask=mask, name="mg", quiet=True,
+    g = cohort_graph(a, model, saes[1:], mask=mask, name="mg",
                      spec=GraphSpec(n_boot=50))
     assert g.graph["n_cells"] == mask.sum() and g.graph["schema_version"] == 1
     assert g.graph["max_completeness_error"] < 1e-4
@@ -159,7 +159,7 @@ def test_cohort_graph_structure_and_uncertainty(trained):
     # the output's incoming direct effects (features + error) plus bias equal the mean logit:
     # with one SAE at 'pooled' nothing else feeds the logit; pruning keeps the big ones only,
     # so compare on an unpruned graph
-    full = cohort_graph(a, model, saes[1:], mask=mask, quiet=True,
+    full = cohort_graph(a, model, saes[1:], mask=mask,
                         spec=GraphSpec(node_threshold=1.0, edge_threshold=1.0, n_boot=0))
     total = sum(d["weight"] for _, _, d in full.in_edges("output", data=True))
     assert total + full.nodes["output"]["bias"] == pytest.approx(full.graph["mean_logit"],
@@ -170,12 +170,12 @@ def test_ablations_move_the_logit_the_way_the_graph_says(trained):
     a, model, saes = trained
     mask = population_mask(a, cell_type="Microglia", label="case")
     # one SAE at 'pooled': the head is linear, so predictions are exact
-    g1 = cohort_graph(a, model, saes[1:], mask=mask, quiet=True, spec=GraphSpec(n_boot=0))
+    g1 = cohort_graph(a, model, saes[1:], mask=mask, spec=GraphSpec(n_boot=0))
     v1 = validate_graph(a, model, saes[1:], graph=g1, mask=mask, n_top=20)
     np.testing.assert_allclose(v1["ablation"]["graph"]["predicted"],
                                v1["ablation"]["graph"]["measured"], rtol=1e-3, atol=1e-4)
     # two SAE layers: layer-0 features act through the nonlinear layer 1 -> a real check
-    g2 = cohort_graph(a, model, saes, mask=mask, quiet=True, spec=GraphSpec(n_boot=0))
+    g2 = cohort_graph(a, model, saes, mask=mask, spec=GraphSpec(n_boot=0))
     v2 = validate_graph(a, model, saes, graph=g2, mask=mask, n_top=30)
     assert v2["ablation"]["model"]["spearman"] > 0.8
     assert v2["ablation"]["graph"]["spearman"] > 0.7
@@ -204,7 +204,7 @@ def test_interventions(trained):
     assert flat["logit_edited"].std() < 1e-5
     # steering: scaling a feature by 2 changes the logit by exactly its direct effect once more
     # (one SAE at pooled, linear head); graph weights are means over donors of donor means
-    g = cohort_graph(a, model, saes[1:], mask=mask, quiet=True, spec=GraphSpec(n_boot=0))
+    g = cohort_graph(a, model, saes[1:], mask=mask, spec=GraphSpec(n_boot=0))
     feats = [n for n, d in g.nodes(data=True) if d["kind"] == "feature"]
     top = max(feats, key=lambda n: abs(g.edges[n, "output"]["weight"])
               if g.has_edge(n, "output") else 0)
@@ -244,7 +244,7 @@ def test_gene_perturbation_against_nulls(trained):
 def test_exports_load_in_networkx_igraph_and_schema(trained, tmp_path):
     a, model, saes = trained
     mask = population_mask(a, cell_type="Microglia", label="case")
-    g = cohort_graph(a, model, saes[1:], mask=mask, name="AD microglia", quiet=True,
+    g = cohort_graph(a, model, saes[1:], mask=mask, name="AD microglia",
                      spec=GraphSpec(n_boot=20))
     paths = {fmt: export_graph(g, tmp_path / f"g.{fmt}", fmt)
              for fmt in ("json", "graphml", "gexf", "cyjs")}

@@ -31,9 +31,10 @@ def test_simulate_command_is_deterministic(tmp_path):
     assert x.uns["simulation"]["truth_json"] == y.uns["simulation"]["truth_json"]
 
 
-def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path):
+def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path, tiny_config):
     out = tmp_path / "run"
-    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet",
+                 "--config", str(tiny_config)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert manifest["input"]["checksum"].startswith("sha256:")
@@ -69,13 +70,14 @@ def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path):
     assert (tmp_path / "p.csv").read_text().startswith("gene,effect")
     # rerun: unchanged stages are reused, run id kept
     mtime = (out / "adata.h5ad").stat().st_mtime_ns
-    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet",
+                 "--config", str(tiny_config)]) == 0
     again = json.loads((out / "manifest.json").read_text())
     assert again["run_id"] == manifest["run_id"]
     assert (out / "adata.h5ad").stat().st_mtime_ns == mtime
 
 
-def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys):
+def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys, tiny_config):
     adata = ad.read_h5ad(small_h5ad)
     adata.obs = adata.obs.rename(columns={"diagnosis": "status", "donor": "subject",
                                           "cell_type": "celltype", "batch": "seq_run"})
@@ -83,10 +85,12 @@ def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys):
     p = tmp_path / "renamed.h5ad"
     adata.write_h5ad(p)
     out = tmp_path / "run_renamed"
-    rc = main(["run", str(p), "--out", str(out), "--quiet"])
+    rc = main(["run", str(p), "--out", str(out), "--quiet",
+                 "--config", str(tiny_config)])
     assert rc == 2
     assert "obs column 'diagnosis' (given by --label-key) is missing" in capsys.readouterr().err
-    rc = main(["run", str(p), "--out", str(out), "--quiet", "--label-key", "status", "--case",
+    rc = main(["run", str(p), "--out", str(out), "--quiet", "--config", str(tiny_config),
+               "--label-key", "status", "--case",
                "alz", "--donor-key", "subject", "--cell-type-key", "celltype", "--batch-key",
                "seq_run", "--covariate-keys", "sex,age"])
     assert rc == 0
@@ -104,13 +108,15 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert rc == 2 and "file not found" in err and "Traceback" not in err
 
 
-def test_failed_run_leaves_previous_outputs_intact(small_h5ad, tmp_path):
+def test_failed_run_leaves_previous_outputs_intact(small_h5ad, tmp_path, tiny_config):
     out = tmp_path / "run"
-    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet",
+                 "--config", str(tiny_config)]) == 0
     before = (out / "adata.h5ad").read_bytes()
     bad = tmp_path / "bad.h5ad"
     bad.write_text("garbage")
-    assert main(["run", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert main(["run", str(bad), "--out", str(out), "--quiet",
+                 "--config", str(tiny_config)]) == 2
     assert (out / "adata.h5ad").read_bytes() == before
     json.loads((out / "manifest.json").read_text())  # still valid JSON
 

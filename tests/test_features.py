@@ -78,7 +78,7 @@ def fitted():
     a = simulate("alzheimers", seed=2, n_donors=24, cells_per_donor=150, n_genes=800)
     preprocess(a)
     res = classifier.train(a, kind="mlp", arch=dict(d_model=64, d_ff=128),
-                           train_config=TrainConfig(epochs=15, patience=15), quiet=True)
+                           train_config=TrainConfig(epochs=15, patience=15))
     return a, res.model
 
 
@@ -91,7 +91,7 @@ def test_sae_pipeline_on_cohort(fitted, tmp_path):
     spec = features.SAESpec(architecture="topk", d_sae=64, k=16, seeds=(0, 1),
                             train={"epochs": 80, "batch_size": 64})
     rows = np.flatnonzero((a.obs["split"] == "train").to_numpy())
-    fitted_saes = features.train_saes(store, spec, train_rows=rows, quiet=True)
+    fitted_saes = features.train_saes(store, spec, train_rows=rows)
     sae = fitted_saes[0][0]
     q = features.sae_quality(a, model, sae, hook="pooled")
     # a tiny cohort (16 donors, 640 training cells): the bars of the bundled cohort do not apply

@@ -133,8 +133,7 @@ def test_batch_balance_falls_back_when_a_class_batch_cell_is_too_thin(pp_small):
     thin = classifier._balance(a, keys, tr, "class_batch")
     assert thin["used"] == "class" and "0 donor(s)" in thin["why"]
     tc = TrainConfig(epochs=1, batch_size=64, balance="class_batch")
-    res = classifier.train(a, kind="mlp", arch=dict(d_model=16, d_ff=32), train_config=tc,
-                           quiet=True)
+    res = classifier.train(a, kind="mlp", arch=dict(d_model=16, d_ff=32), train_config=tc)
     assert res.metrics["training"]["balance"]["used"] == "class"
     with pytest.raises(ValueError, match="balance must be one of"):
         TrainConfig(balance="donor")
@@ -156,11 +155,10 @@ def test_weight_average_is_what_training_returns(pp_small):
     from the last step's weights and still learn the held-out donors."""
     tc = TrainConfig(epochs=4, lr=2e-3, patience=4, batch_size=64, seed=0, ema=0.9)
     res = classifier.train(pp_small, kind="mlp", arch=dict(d_model=32, d_ff=64),
-                           train_config=tc, quiet=True)
+                           train_config=tc)
     assert res.metrics["test"]["donor_auroc"] >= 0.75
     plain = classifier.train(pp_small, kind="mlp", arch=dict(d_model=32, d_ff=64),
-                             train_config=TrainConfig(**{**tc.to_dict(), "ema": 0.0}),
-                             quiet=True)
+                             train_config=TrainConfig(**{**tc.to_dict(), "ema": 0.0}))
     w_ema = res.model.head.weight.detach()
     assert not torch.equal(w_ema, plain.model.head.weight.detach())
 
@@ -170,7 +168,7 @@ def test_training_learns_from_held_out_donors(pp_small, kind, tmp_path):
     tc = TrainConfig(epochs=6, lr=2e-3, patience=6, batch_size=64, seed=0)
     arch = {"transformer": dict(d_model=32, d_ff=64, max_tokens=32),
             "mlp": dict(d_model=32, d_ff=64)}[kind]
-    res = classifier.train(pp_small, kind=kind, arch=arch, train_config=tc, quiet=True)
+    res = classifier.train(pp_small, kind=kind, arch=arch, train_config=tc)
     test = res.metrics["test"]
     assert test["donor_auroc"] >= 0.75, test  # learned disease signal, not noise
     assert test["cell_auroc"] > 0.6, test
@@ -193,12 +191,12 @@ def test_training_refuses_leaked_donor(pp_small):
     split[idx[0]] = "test" if split[idx[0]] != "test" else "train"
     pp_small.obs["split"] = split
     with pytest.raises(InputError, match="have cells in more than one split"):
-        classifier.train(pp_small, kind="mlp", train_config=TrainConfig(epochs=1), quiet=True)
+        classifier.train(pp_small, kind="mlp", train_config=TrainConfig(epochs=1))
 
 
 def test_shortcut_probe_reports_batch_and_qc(pp_small):
     res = classifier.train(pp_small, kind="mlp", arch=dict(d_model=16, d_ff=32),
-                           train_config=TrainConfig(epochs=2), quiet=True)
+                           train_config=TrainConfig(epochs=2))
     probe = classifier.shortcut_probe(pp_small, res.model, n_splits=3)
     assert probe["batch"]["kind"] == "batch"
     for group in ("case", "control"):

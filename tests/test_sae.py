@@ -39,7 +39,7 @@ def _fit(sae, x, epochs=25):
         for i in range(0, len(x), 128):
             yield x[perm[i:i + 128]]
 
-    return train_sae(sae, data, SAETrainConfig(epochs=epochs, lr=3e-3, batch_size=256), quiet=True,
+    return train_sae(sae, data, SAETrainConfig(epochs=epochs, lr=3e-3, batch_size=256),
                      n_batches_per_epoch=-(-len(x) // 128))
 
 

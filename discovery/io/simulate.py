@@ -443,7 +443,6 @@ def write_simulated(
     n_genes: int = 2000,
     label_key: str = "diagnosis",
     chunk_cells: int = 50_000,
-    quiet: bool = True,
 ) -> tuple[int, int]:
     """Simulate a cohort straight to an ``.h5ad`` file, ``chunk_cells`` rows at a time.
 
@@ -464,7 +463,7 @@ def write_simulated(
     starts = range(0, c.n_cells, chunk_cells)
     seqs = np.random.SeedSequence(seed).spawn(len(starts))
     with h5py.File(path, "a") as f:
-        for i, a in enumerate(tqdm(starts, desc="simulate (chunks)", disable=quiet)):
+        for i, a in enumerate(tqdm(starts, desc="simulate (chunks)", disable=not log.isEnabledFor(logging.INFO))):
             counts = sp.csr_matrix(_counts(c, a, min(a + chunk_cells, c.n_cells),
                                            np.random.default_rng(seqs[i])))
             if i == 0:

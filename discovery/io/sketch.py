@@ -66,8 +66,7 @@ def _chunk_problem(x: sp.csr_matrix, require_counts: bool) -> tuple[str, int] | 
     return None
 
 
-def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 50_000,
-              quiet: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 50_000) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-cell QC over every row of a backed AnnData, ``chunk`` rows at a time.
 
     Returns (per-cell frame with ``total_counts``, ``n_genes_by_counts``, ``pct_counts_mt``;
@@ -80,7 +79,7 @@ def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 5
     detected = np.zeros(n, np.int32)
     mt = np.zeros(n, np.float64)
     gene_cells = np.zeros(n_g, np.int64)
-    for a in tqdm(range(0, n, chunk), desc="scan (chunks)", disable=quiet, unit="chunk"):
+    for a in tqdm(range(0, n, chunk), desc="scan (chunks)", disable=not log.isEnabledFor(logging.INFO), unit="chunk"):
         b = min(a + chunk, n)
         x = backed.X[a:b]
         x = sp.csr_matrix(x) if not sp.issparse(x) else x.tocsr()
@@ -163,12 +162,11 @@ def sketch_anndata(adata: ad.AnnData, max_cells: int, *, strata: str | None,
     return adata[rows].copy(), summary
 
 
-def read_rows(backed: ad.AnnData, rows: np.ndarray, *, chunk: int = 50_000,
-              quiet: bool = True) -> ad.AnnData:
+def read_rows(backed: ad.AnnData, rows: np.ndarray, *, chunk: int = 50_000) -> ad.AnnData:
     """The given rows of a backed AnnData as an in-memory AnnData (X as CSR), chunk by chunk."""
     rows = np.asarray(rows)
     parts = []
-    for a in tqdm(range(0, backed.n_obs, chunk), desc="read sketch (chunks)", disable=quiet,
+    for a in tqdm(range(0, backed.n_obs, chunk), desc="read sketch (chunks)", disable=not log.isEnabledFor(logging.INFO),
                   unit="chunk"):
         b = min(a + chunk, backed.n_obs)
         sel = rows[(rows >= a) & (rows < b)] - a
@@ -184,8 +182,7 @@ def read_rows(backed: ad.AnnData, rows: np.ndarray, *, chunk: int = 50_000,
 
 
 def read_sketched(path: str | Path, *, max_cells: int, strata: str | None,
-                  require_counts: bool = True, seed: int = 0, chunk: int = 50_000,
-                  quiet: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
+                  require_counts: bool = True, seed: int = 0, chunk: int = 50_000) -> tuple[ad.AnnData, dict[str, Any]]:
     """Scan an ``.h5ad`` in backed mode and load a donor-stratified sketch of its cells.
 
     Returns (in-memory AnnData of at most ``max_cells`` non-empty cells; summary of the scan and
@@ -202,10 +199,10 @@ def read_sketched(path: str | Path, *, max_cells: int, strata: str | None,
             msg = (f"obs has no column {strata!r} to sketch cells by; available: "
                    f"{', '.join(map(str, backed.obs.columns))}")
             raise InputError(msg)
-        qc, summary = scan_h5ad(backed, require_counts=require_counts, chunk=chunk, quiet=quiet)
+        qc, summary = scan_h5ad(backed, require_counts=require_counts, chunk=chunk)
         rows = sketch_cells(backed.obs, max_cells, strata=strata,
                             eligible=qc["total_counts"].to_numpy() > 0, seed=seed)
-        adata = read_rows(backed, rows, chunk=chunk, quiet=quiet)
+        adata = read_rows(backed, rows, chunk=chunk)
     finally:
         backed.file.close()
     summary.update(_record(max_cells, rows, strata, seed))

@@ -40,8 +40,11 @@ from discovery.tl.interventions import (
     validation_summary,
 )
 from discovery.tl.plans import make_plans
+from discovery.tl.records import Evidence, Flag, Hypothesis, Plan, score_hypothesis
+from models.training import TrainConfig
 
 __all__ = [
+    "Evidence", "Flag", "Hypothesis", "Plan", "TrainConfig", "score_hypothesis",
     "FeatureEdit", "FittedSAEs", "GraphSpec", "HypothesisSpec", "Population", "SAEHook",
     "SAESpec", "TrainedClassifier", "annotate_features", "case_populations", "cohort_graph",
     "encode_cells", "evaluate", "example_cells", "fit_saes", "integrated_gradients",

@@ -173,7 +173,6 @@ def train(
     train_config: TrainConfig | None = None,
     key_added: str = "case_prob",
     exclude_genes: list[str] | None = None,
-    quiet: bool = False,
 ) -> TrainedClassifier:
     """Train a classifier on ``train`` donors, early-stop on ``val``, evaluate on ``test``.
 
@@ -223,7 +222,7 @@ def train(
              if balance["used"] == "class_batch" else class_balance_weights(y[m].numpy()))
         return x[m], y[m], torch.from_numpy(w)
 
-    hist = train_classifier(model, part(tr), part(va), train_config, quiet=quiet)
+    hist = train_classifier(model, part(tr), part(va), train_config)
     model.to("cpu")
     probs = predict(adata, model)
     adata.obs[key_added] = probs

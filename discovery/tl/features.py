@@ -200,7 +200,6 @@ def train_saes(
     spec: SAESpec,
     *,
     train_rows: np.ndarray | None = None,
-    quiet: bool = False,
 ) -> list[tuple[SparseAutoencoder, Any]]:
     """Fit one SAE per seed on ``store`` (rows ``train_rows`` only, when given)."""
     acts = store.read() if train_rows is None else store.read()[torch.from_numpy(train_rows)]
@@ -218,7 +217,7 @@ def train_saes(
                 yield acts[perm[i:i + bs]]
 
         n_batches = -(-len(acts) // cfg.batch_size)
-        hist = train_sae(sae, data, cfg, n_batches_per_epoch=n_batches, quiet=quiet)
+        hist = train_sae(sae, data, cfg, n_batches_per_epoch=n_batches)
         out.append((sae, hist))
     return out
 

@@ -26,6 +26,7 @@ frozen graph: ``(mu - f) * dlogit/df`` per cell, averaged over cells).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ from discovery.io.layout import GRAPH_SCHEMA_VERSION, feature_id
 from discovery.tl.attribution import SAEHook, attribute_block, check_sae_hooks
 from discovery.tl.classifier import encode
 from discovery.tl.stats import logit
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GRAPH_SCHEMA_VERSION",
@@ -321,7 +324,6 @@ def cohort_graph(
     reference: np.ndarray | None = None,
     labels: dict[str, str] | None = None,
     spec: GraphSpec | None = None,
-    quiet: bool = False,
 ) -> nx.DiGraph:
     """The pruned attribution graph of the population ``mask`` (all cells when None).
 
@@ -355,7 +357,7 @@ def cohort_graph(
     acc = _Accumulator(len(donor_names), saes, len(genes), ref)
     didx = torch.from_numpy(donor_idx.astype(np.int64))
     bs = spec.batch_size
-    for i in tqdm(range(0, len(x), bs), desc=f"graph {name}", disable=quiet, leave=False):
+    for i in tqdm(range(0, len(x), bs), desc=f"graph {name}", disable=not log.isEnabledFor(logging.INFO), leave=False):
         block = attribute_block(model, x[i:i + bs], saes)
         acc.add(block, didx[i:i + bs], x[i:i + bs])
     return _build_graph(acc, saes, genes, donor_names, name=name, labels=labels or {},

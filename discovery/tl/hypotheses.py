@@ -52,6 +52,7 @@ R = 1 if replicated (0.5 if same direction only), S = stability, G = cross-check
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,8 @@ ARTIFACT_PROGRAM_GENES = 3
 MIN_DETECTED_DONORS = 0.5
 #: ... or, without donors (every cell its own unit), in this share of the cells
 MIN_DETECTED_CELLS = 0.05
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses",
            "hypotheses_to_ranking"]
@@ -310,7 +313,6 @@ def propose_hypotheses(
     model_test_auroc: float | None = None,
     spec: HypothesisSpec | None = None,
     seed: int = 0,
-    quiet: bool = False,
 ) -> list[Hypothesis]:
     """Ranked hypotheses (:class:`discovery.tl.records.Hypothesis`; ``to_dict`` gives the
     hypotheses.json record, DESIGN.md schema plus extra fields).
@@ -327,13 +329,13 @@ def propose_hypotheses(
         return _propose(adata, model, sae, graphs=graphs, annotations=annotations,
                         rankings=rankings,
                         model_test_auroc=model_test_auroc, spec=spec or HypothesisSpec(),
-                        seed=seed, quiet=quiet)
+                        seed=seed)
 
 
 def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
              graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame,
              rankings: pd.DataFrame | None, model_test_auroc: float | None,
-             spec: HypothesisSpec, seed: int, quiet: bool) -> list[Hypothesis]:
+             spec: HypothesisSpec, seed: int) -> list[Hypothesis]:
     key = sae_key(sae.hook)
     if key not in adata.obsm:
         from discovery.tl.features import encode_cells
@@ -401,7 +403,7 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
                                            "null_sd", "z", "p", "q"]))
         return pert_tables[ct, mode]
 
-    for h, q in tqdm(list(zip(hyps, qs)), desc="hypotheses", disable=quiet, leave=False):
+    for h, q in tqdm(list(zip(hyps, qs)), desc="hypotheses", disable=not log.isEnabledFor(logging.INFO), leave=False):
         h.evidence.donor_level["q"] = float(q)
         _cross_check(h, adata, model, sae, cohort, rankings, ig_cache, perturbations, spec, seed)
         h.evidence.replication["model_auroc_test"] = model_test_auroc

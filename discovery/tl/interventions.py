@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ from discovery.io.layout import feature_id
 from discovery.tl.attribution import SAEHook, check_sae_hooks
 from discovery.tl.graphs import default_reference, model_input, reference_means
 from discovery.tl.stats import bh_fdr
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FeatureEdit",
@@ -283,7 +286,6 @@ def validate_graph(
     n_top: int = 50,
     sizes: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200),
     batch_size: int = 1024,
-    quiet: bool = True,
 ) -> dict:
     """Check a cohort graph against interventions on the same population.
 
@@ -317,7 +319,7 @@ def validate_graph(
     checks = {}
     for check, freeze, pred in (("graph", True, preds), ("model", False, preds_tot)):
         measured = []
-        for node in tqdm(top, desc=f"ablations ({check})", disable=quiet, leave=False):
+        for node in tqdm(top, desc=f"ablations ({check})", disable=not log.isEnabledFor(logging.INFO), leave=False):
             lg = _edited_logits(ev, [FeatureEdit.parse(node, "mean")], means,
                                 freeze_errors=freeze)
             measured.append(float(lg.mean() - clean))
