@@ -46,11 +46,13 @@ TINY = {
     "model": {"kind": "mlp", "train": {"epochs": 4}},
     "features": {"seeds": [0], "d_sae": 64, "k": 12, "train": {"epochs": 4}},
     "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10},
+    "hypotheses": {"n_null": 5, "ig_cells": 40},
 }
 
 
 #: the pipeline settings of TINY for a run on a data file (the file fixes the cohort)
-TINY_STAGES = {k: v for k, v in TINY.items() if k in ("model", "features", "graphs")}
+TINY_STAGES = {k: v for k, v in TINY.items()
+               if k in ("model", "features", "graphs", "hypotheses")}
 
 
 @pytest.fixture(scope="session")

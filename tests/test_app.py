@@ -148,6 +148,7 @@ def _submit(at: AppTest, filename: str, content: bytes, name: str) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_new_run_from_an_upload(raw_small, tmp_path, monkeypatch):
     """A scientist uploads a cohort in the app and gets a finished run in the runs folder."""
     root = tmp_path / "runs"

@@ -11,7 +11,7 @@ from discovery.io.contract import get_keys
 from discovery.io.simulate import simulate
 from pipelines.cli import main
 
-from .conftest import SMALL
+from .conftest import SMALL, TINY
 
 
 @pytest.fixture
@@ -110,7 +110,8 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 
 def test_failed_run_leaves_previous_outputs_intact(small_h5ad, tmp_path, tiny_config):
     out = tmp_path / "run"
-    assert main(["run", str(small_h5ad), "--out", str(out), "--quiet",
+    # `train` stops after the model: enough to leave outputs a failed run must not touch
+    assert main(["train", str(small_h5ad), "--out", str(out), "--quiet",
                  "--config", str(tiny_config)]) == 0
     before = (out / "adata.h5ad").read_bytes()
     bad = tmp_path / "bad.h5ad"
@@ -122,8 +123,13 @@ def test_failed_run_leaves_previous_outputs_intact(small_h5ad, tmp_path, tiny_co
 
 
 def test_bundled_cohort_quick_preset(tmp_path):
+    """Without DATA the bundled cohort is simulated; the preset and a config file combine (the
+    config file shrinks the cohort and the stages so the test takes seconds)."""
     out = tmp_path / "demo"
-    assert main(["run", "--out", str(out), "--preset", "quick", "--quiet"]) == 0
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    assert main(["run", "--out", str(out), "--preset", "quick", "--config", str(cfg),
+                 "--quiet"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["kind"] == "simulated"
     assert manifest["config"]["preset"] == "quick"

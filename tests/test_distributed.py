@@ -29,6 +29,7 @@ CONFIG = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 def test_torchrun_two_processes_match_single_process(raw_small, tmp_path):
     data = tmp_path / "cohort.h5ad"

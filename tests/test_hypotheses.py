@@ -6,21 +6,23 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from discovery.io.graph_files import load_graph
 from discovery.tl.hypotheses import (
     HypothesisSpec,
-    _partial_r2,
     _status_and_score,
     hypotheses_to_ranking,
 )
 from discovery.tl.plans import load_assays
+from discovery.tl.records import SCORE_FORMULA, SCORE_WEIGHTS, Flag, Hypothesis, score_hypothesis
+from discovery.tl.stats import partial_r2
 from pipelines.cli import main
 
 from .conftest import TINY
 
 
-def _hyp(**over) -> dict:
+def _hyp(**over) -> Hypothesis:
     h = {
         "id": "H1", "rank": 1, "cell_type": "Microglia", "direction": "up",
         "genes": [{"symbol": g, "weight": 1.0 - i / 10} for i, g in enumerate("ABCDE")],
@@ -33,42 +35,69 @@ def _hyp(**over) -> dict:
             "replication": {"effect": 1.0, "p_one_sided": 0.001, "same_direction": True,
                             "replicated": True, "biomarker_auroc_test": 0.9},
             "cross_check": {"agreement": 0.8, "in_silico_hits": 3},
-            "confounds": {},
+            "confounds": {}, "gene_sides": {},
         },
+        "population_graph": "microglia_case", "biomarker": {}, "donors": [],
     }
     h.update(over)
-    return h
+    return Hypothesis.from_dict(h)
 
 
 def test_status_rules():
     spec = HypothesisSpec()
     h = _hyp()
     _status_and_score(h, 0.3, spec)
-    assert h["status"] == "supported" and h["kind"] == "biomarker"
-    assert 0 < h["score"] <= 1
+    assert h.status == "supported" and h.kind == "biomarker"
+    assert 0 < h.score <= 1
     # a technical confound is never supported, however strong the statistics
     f = _hyp(flags=[{"kind": "confounded", "by": "batch", "strength": 0.9, "detail": "d"}])
+    assert isinstance(f.flags[0], Flag)
     _status_and_score(f, 0.3, spec)
-    assert f["status"] == "flagged" and f["score"] < 0.3 * h["score"]
+    assert f.status == "flagged" and f.score < 0.3 * h.score
     # no replication on held-out donors -> candidate
     c = _hyp()
-    c["evidence"]["replication"]["replicated"] = False
+    c.evidence.replication["replicated"] = False
     _status_and_score(c, 0.3, spec)
-    assert c["status"] == "candidate"
+    assert c.status == "candidate"
     # unstable across SAE seeds -> candidate; an informational flag does not change status
     u = _hyp(flags=[{"kind": "artifact_genes", "by": "Heat shock", "strength": 0, "detail": ""}])
-    u["evidence"]["stability"] = 0.1
+    u.evidence.stability = 0.1
     _status_and_score(u, 0.3, spec)
-    assert u["status"] == "candidate"
+    assert u.status == "candidate"
     # the model's feature differs between donors but its genes do not separate held-out donors
     genes = _hyp()
-    genes["evidence"]["replication"]["biomarker_auroc_test"] = 0.55
+    genes.evidence.replication["biomarker_auroc_test"] = 0.55
     _status_and_score(genes, 0.3, spec)
-    assert genes["status"] == "candidate" and genes["kind"] == "mechanism"
+    assert genes.status == "candidate" and genes.kind == "mechanism"
     weak = _hyp()
-    weak["evidence"]["donor_level"]["q"] = 0.2
+    weak.evidence.donor_level["q"] = 0.2
     _status_and_score(weak, 0.3, spec)
-    assert weak["status"] == "candidate" and weak["score"] < h["score"]
+    assert weak.status == "candidate" and weak.score < h.score
+
+
+def test_score_is_one_formula():
+    """The weights that compute the score also write the formula text; parts by hand."""
+    h = _hyp()
+    s = score_hypothesis(h.evidence, max_share=0.6, flagged=False)
+    assert s.parts == {"A": 0.5, "D": 1.0, "R": 1.0, "S": 0.6, "G": 0.8}
+    assert abs(s.score - (0.30 * 0.5 + 0.25 * 1.0 + 0.15 * 1.0 + 0.15 * 0.6 + 0.15 * 0.8)) < 1e-12
+    assert score_hypothesis(h.evidence, max_share=0.6, flagged=True).score == s.score * 0.25
+    assert abs(sum(SCORE_WEIGHTS.values()) - 1) < 1e-12
+    for k, w in SCORE_WEIGHTS.items():
+        assert f"{w:.2f}·{k}" in SCORE_FORMULA
+
+
+def test_records_round_trip_the_json_files(tiny_run):
+    """hypotheses.json and plans.json read into typed records and back, byte for byte."""
+    from discovery.tl.records import Plan
+
+    for name, klass, key in (("hypotheses.json", Hypothesis, "hypotheses"),
+                             ("plans.json", Plan, "plans")):
+        text = (tiny_run / name).read_text()
+        doc = json.loads(text)
+        assert doc[key], name
+        back = [klass.from_dict(r).to_dict() for r in doc[key]]
+        assert json.dumps(back) == json.dumps(doc[key]), name
 
 
 def test_partial_r2_separates_label_from_batch():
@@ -78,10 +107,10 @@ def test_partial_r2_separates_label_from_batch():
     batch = label.copy()
     batch[:4], batch[-4:] = 1.0, 0.0  # 8 donors in the "wrong" batch
     y_batch = 2 * batch + rng.normal(0, 0.1, n)
-    r2_b, r2_l = _partial_r2(y_batch, label, batch[:, None])
+    r2_b, r2_l = partial_r2(y_batch, label, batch[:, None])
     assert r2_b > 0.5 and r2_l < 0.05
     y_label = 2 * label + rng.normal(0, 0.1, n)
-    r2_b, r2_l = _partial_r2(y_label, label, batch[:, None])
+    r2_b, r2_l = partial_r2(y_label, label, batch[:, None])
     assert r2_l > 0.5 and r2_b < 0.05
 
 
@@ -118,6 +147,7 @@ def test_assay_catalog_is_complete_and_cited():
                            and status in a["statuses"] for a in assays), (kind, direction, status)
 
 
+@pytest.mark.slow
 def test_batch_records_failures_and_keeps_other_reports(tmp_path, capsys):
     batch = tmp_path / "batch.yaml"
     batch.write_text(json.dumps({

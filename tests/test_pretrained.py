@@ -78,6 +78,7 @@ def test_gene_mapping_reports_coverage_and_refuses_too_little():
         map_genes(["ENSG1", "ENSG2"], vocab)
 
 
+@pytest.mark.slow
 def test_whole_pipeline_runs_on_a_local_checkpoint(tmp_path, tiny_genes):
     ckpt = tmp_path / "geneformer-like"
     kept = tiny_genes[::10] + [g for i, g in enumerate(tiny_genes) if i % 10]  # all data genes

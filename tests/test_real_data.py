@@ -46,6 +46,7 @@ def pbmc_run(tmp_path_factory):
     return out, _pbmc(CASE, out)
 
 
+@pytest.mark.slow
 def test_pbmc68k_runs_end_to_end_in_lognorm_no_donor_mode(pbmc_run):
     out, res = pbmc_run
     manifest = json.loads((out / "manifest.json").read_text())

@@ -53,6 +53,7 @@ def test_folded_head_edit_equals_mean_ablation_along_the_directions(tiny_run):
         assert folded.head.weight.data[0] @ basis == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_feedback_and_refine_from_the_cli(parent, tmp_path, capsys):
     feature = _batch_feature(parent)
     assert main(["refine", str(parent), "--out", str(tmp_path / "child"), "--quiet"]) == 2
@@ -97,6 +98,7 @@ def test_feedback_and_refine_from_the_cli(parent, tmp_path, capsys):
     assert actions["child_run"].dropna().str.endswith("child").all()
 
 
+@pytest.mark.slow
 def test_refine_loop_from_the_app(parent, monkeypatch):
     monkeypatch.setenv("DISCOVERY_RUN", str(parent))
     monkeypatch.delenv("DISCOVERY_FEEDBACK_URL", raising=False)
@@ -123,6 +125,7 @@ def test_refine_loop_from_the_app(parent, monkeypatch):
     assert "child:done" in set(actions["action"])
 
 
+@pytest.mark.slow
 def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
     """``--mode retrain``: the marked features' driver genes that batch explains better than the
     label (donor level) leave the model's panel, and the model is retrained without them."""

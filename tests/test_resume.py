@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipelines.cli import main
 from tests.conftest import TINY
 
@@ -22,6 +24,7 @@ def _stage_status(out, name: str) -> str | None:
         return None  # not written yet, or caught between temp file and rename
 
 
+@pytest.mark.slow
 def test_sigkill_during_sae_stage_then_rerun_gives_identical_hypotheses(tiny_run, tmp_path):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))

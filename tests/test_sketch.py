@@ -107,6 +107,7 @@ def test_scan_names_the_first_bad_row(tmp_path):
         read_sketched(path, max_cells=10, strata="patient")
 
 
+@pytest.mark.slow
 def test_run_sketches_a_file_larger_than_max_cells(chunked, tmp_path):
     from pipelines.config import load_config
     from pipelines.run import run_pipeline

@@ -30,15 +30,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON (numpy values and paths converted), written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=json_default)
     return atomic_write(path, lambda p: p.write_text(text + "\n"))
 
 
 def write_text(path: str | Path, text: str) -> Path:
+    """``text`` written atomically."""
     return atomic_write(path, lambda p: p.write_text(text))
 
 
 def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)``: numpy scalars and arrays, paths, tuples and sets."""
     import numpy as np
 
     if isinstance(obj, np.generic):
