@@ -8,6 +8,13 @@ import anndata as ad
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one thread per worker, not two workers fighting over both cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 from discovery.io.simulate import simulate  # noqa: E402
 from discovery.pp.preprocess import preprocess  # noqa: E402
@@ -45,7 +52,7 @@ TINY = {
     "preprocess": {"n_top_genes": 300},
     "model": {"kind": "mlp", "train": {"epochs": 4}},
     "features": {"seeds": [0], "d_sae": 64, "k": 12, "train": {"epochs": 4}},
-    "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10},
+    "graphs": {"n_boot": 10, "n_top": 10, "min_cells": 10, "edge_threshold": 0.9},
     "hypotheses": {"n_null": 5, "ig_cells": 40},
 }
 
@@ -68,10 +75,18 @@ def tiny_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished run directory of the whole pipeline on a tiny simulated cohort (read-only:
-    copy it before changing files)."""
+    copy it before changing files). Built once per test session, shared by the ``pytest -n``
+    workers (the first one builds it under a file lock)."""
+    from filelock import FileLock
+
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
 
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    run_pipeline(out, config=load_config(overrides=TINY), quiet=True)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder all workers' temp folders live in
+    out = shared / "tiny_run"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if not (out / "report.html").is_file():
+            run_pipeline(out, config=load_config(overrides=TINY), quiet=True)
     return out

@@ -149,11 +149,19 @@ def _submit(at: AppTest, filename: str, content: bytes, name: str) -> AppTest:
 
 
 @pytest.mark.slow
-def test_new_run_from_an_upload(raw_small, tmp_path, monkeypatch):
+def test_new_run_from_an_upload(tmp_path, monkeypatch):
     """A scientist uploads a cohort in the app and gets a finished run in the runs folder."""
+    import pipelines.config
+    from discovery.io.simulate import simulate
+
+    from .conftest import TINY_STAGES
+
     root = tmp_path / "runs"
     path = tmp_path / "cohort.h5ad"
-    raw_small.write_h5ad(path)
+    # a small cohort, and the page's "quick" preset shrunk to the tiny stage settings: the test
+    # is about upload -> run -> files, end to end, in seconds
+    simulate("alzheimers", seed=0, n_donors=12, cells_per_donor=40, n_genes=700).write_h5ad(path)
+    monkeypatch.setitem(pipelines.config.PRESETS, "quick", TINY_STAGES)
     at = _submit(_new_run_app(root, monkeypatch, tmp_path), "cohort.h5ad", path.read_bytes(),
                  "from_app")
     assert not at.exception, [e.value for e in at.exception]

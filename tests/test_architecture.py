@@ -48,15 +48,20 @@ def _sources() -> list[Path]:
     return files
 
 
-def test_no_module_imports_upward():
+def _upward_imports(files: list[tuple[Path, str]]) -> list[str]:
+    """``(path, module name)`` pairs -> every import of a higher layer, as "path:line ..."."""
     upward = []
-    for path in _sources():
-        here = _module_name(path)
+    for path, here in files:
         own = _layer(here)
         for line, mod in _imports(path):
             target = _layer(mod)
             if target is not None and own is not None and target > own:
-                upward.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+                upward.append(f"{path.name}:{line} ({here}) imports {mod}")
+    return upward
+
+
+def test_no_module_imports_upward():
+    upward = _upward_imports([(p, _module_name(p)) for p in _sources()])
     assert not upward, "imports against the data flow:\n" + "\n".join(upward)
 
 
@@ -85,15 +90,13 @@ def test_library_code_has_no_quiet_flags_or_prints():
 
 
 def test_the_layering_check_catches_an_upward_import(tmp_path):
-    """The checker itself can fail: a tl module importing get is reported."""
-    bad = ROOT / "discovery" / "tl" / "_upward_probe.py"
-    bad.write_text("from discovery.get.run import open_run\n")
-    try:
-        try:
-            test_no_module_imports_upward()
-        except AssertionError as err:
-            assert "_upward_probe.py:1 imports discovery.get.run" in str(err)
-        else:
-            raise AssertionError("the upward import was not reported")
-    finally:
-        bad.unlink()
+    """The checker itself can fail: a tl module importing get, or models importing discovery,
+    is reported; an import of a lower layer is not."""
+    bad = tmp_path / "probe.py"
+    bad.write_text("import numpy\nfrom discovery.io.layout import feature_id\n\n\n"
+                   "def f():\n    from discovery.get.run import open_run\n")
+    found = _upward_imports([(bad, "discovery.tl.probe")])
+    assert found == ["probe.py:6 (discovery.tl.probe) imports discovery.get.run"]
+    assert _upward_imports([(bad, "models.probe")]) == [
+        "probe.py:2 (models.probe) imports discovery.io.layout",
+        "probe.py:6 (models.probe) imports discovery.get.run"]

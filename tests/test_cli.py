@@ -61,7 +61,8 @@ def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path, tiny_config)
     assert main(["export", str(out), "--format", "dot", "--quiet"]) == 2
     assert main(["export", str(out), "--graph", "nope", "--quiet"]) == 2
     assert main(["graph", str(out), "--cell-type", "Astrocytes", "--label", "control",
-                 "--out", str(tmp_path / "astro.json"), "--quiet"]) == 0
+                 "--edge-threshold", "0.9", "--out", str(tmp_path / "astro.json"),
+                 "--quiet"]) == 0
     assert json.loads((tmp_path / "astro.json").read_text())["graph"]["n_cells"] > 0
     assert main(["graph", str(out), "--cell-type", "Pericytes", "--out",
                  str(tmp_path / "x.json"), "--quiet"]) == 2

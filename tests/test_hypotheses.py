@@ -121,7 +121,7 @@ def test_ranking_leaves_out_flagged_and_keeps_order():
     c = _hyp(id="H3", rank=3, status="candidate",
              genes=[{"symbol": "B", "weight": 1.0}, {"symbol": "Z", "weight": 0.9}])
     for h, s in ((a, 0.9), (b, 0.5), (c, 0.4)):
-        h["score"] = s
+        h.score = s
     r = hypotheses_to_ranking([c, b, a])
     assert "FOS" not in set(r["gene"])
     assert r["gene"].tolist() == ["A", "B", "C", "D", "E", "Z"]  # B kept at its first place

@@ -38,7 +38,7 @@ def test_notebook_flow_from_simulation_to_a_figure():
     graphs = {}
     for pop in dc.tl.case_populations(adata, min_cells=10):
         g = dc.tl.cohort_graph(adata, model, saes, mask=pop.mask, name=pop.name, labels=labels,
-                               spec=dc.tl.GraphSpec(n_boot=0))
+                               spec=dc.tl.GraphSpec(n_boot=0, edge_threshold=0.9))
         g.graph.update({"cell_type": pop.cell_type, "label": "case"})
         # edges into the logit plus error plus bias add up to the logit
         assert g.graph["max_completeness_error"] < 1e-3
@@ -46,7 +46,7 @@ def test_notebook_flow_from_simulation_to_a_figure():
     assert graphs
 
     hyps = dc.tl.propose_hypotheses(adata, model, saes[0], graphs=graphs, annotations=ann,
-                                    seed=0)
+                                    spec=dc.tl.HypothesisSpec(n_null=5, ig_cells=40), seed=0)
     assert hyps and all(isinstance(h, dc.tl.Hypothesis) for h in hyps)
     assert [h.rank for h in hyps] == list(range(1, len(hyps) + 1))
     assert all(h.score == dc.tl.score_hypothesis(h.evidence, max_share=max(
