@@ -90,14 +90,18 @@ def test_renamed_columns_run_when_keys_passed(small_h5ad, tmp_path, capsys, tiny
                  "--config", str(tiny_config)])
     assert rc == 2
     assert "obs column 'diagnosis' (given by --label-key) is missing" in capsys.readouterr().err
-    rc = main(["run", str(p), "--out", str(out), "--quiet", "--config", str(tiny_config),
+    # `train` runs input -> preprocess -> model: every stage that reads the renamed columns to
+    # split donors and learn the label (the baselines read them the same way, via the keys)
+    rc = main(["train", str(p), "--out", str(out), "--quiet", "--config", str(tiny_config),
                "--label-key", "status", "--case",
                "alz", "--donor-key", "subject", "--cell-type-key", "celltype", "--batch-key",
                "seq_run", "--covariate-keys", "sex,age"])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"]["baselines"]["status"] == "done"
+    assert manifest["stages"]["model"]["status"] == "done"
     done = ad.read_h5ad(out / "adata.h5ad")
+    # donors are held out whole under the renamed donor column
+    assert done.obs.groupby("subject", observed=True)["split"].nunique().max() == 1
     keys = get_keys(done)
     assert keys.case == "alz"
     assert keys.covariate_keys == ("sex", "age")
