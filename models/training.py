@@ -7,11 +7,14 @@ from held-out donors and the weights that balance classes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,11 +187,24 @@ def distributed_context() -> tuple[int, int]:
     return 1, 0
 
 
+def _hooked(model: nn.Module, *fns: dict[str, Any] | None) -> contextlib.ExitStack:
+    """Nested ``model.hooks`` contexts, outermost first (later ones see earlier edits)."""
+    stack = contextlib.ExitStack()
+    for f in fns:
+        if f:
+            stack.enter_context(model.hooks(f))
+    return stack
+
+
 def train_classifier(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     config: TrainConfig,
+    *,
+    hooks: dict[str, Any] | None = None,
+    extra_loss: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    cache: tuple[str, ...] = (),
 ) -> TrainHistory:
     """Fit ``model`` in place; keep the weights of the best validation epoch.
 
@@ -197,6 +213,11 @@ def train_classifier(
     without improvement.
 
     ``train`` and ``val`` are ``(expr: (cells, genes), labels: (cells,), weights: (cells,))``.
+    ``hooks`` edit activations at hook points in every forward pass, training and validation
+    (e.g. a projection that removes directions the model must not use). ``extra_loss(acts,
+    rows)`` adds a term to each batch's loss, from the activations at the ``cache`` hook points
+    (after ``hooks``) and the batch's row indices into ``train``. The one training loop: the
+    classifier stage and expert-feedback fine-tuning both run it.
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -238,11 +259,16 @@ def train_classifier(
         for i in range(steps_per_epoch):
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
             mine = idx[rank::world]
-            logits = net(x[mine]).logits
+            acts: dict[str, torch.Tensor] = {}
+            grab = {n: (lambda a, name, acts=acts: acts.__setitem__(name, a)) for n in cache}
+            with _hooked(model, hooks, grab):
+                logits = net(x[mine]).logits
             per = nn.functional.binary_cross_entropy_with_logits(logits, y[mine],
                                                                  reduction="none")
             # the global batch's weighted mean: x world because DDP averages over ranks
             loss = (per * w[mine]).sum() / w[idx].sum() * world
+            if extra_loss is not None:
+                loss = loss + extra_loss(acts, mine)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -259,7 +285,8 @@ def train_classifier(
             running = float(total_loss[0])
         hist.train_loss.append(running / len(x))
         live = ema.swap_in(model) if ema is not None else None
-        vloss, vauc = _evaluate(model, xv, yv, wv, config.batch_size * 4)
+        with _hooked(model, hooks):
+            vloss, vauc = _evaluate(model, xv, yv, wv, config.batch_size * 4)
         hist.val_loss.append(vloss)
         hist.val_auroc.append(vauc)
         bar.set_postfix(train=f"{hist.train_loss[-1]:.3f}", val_loss=f"{vloss:.3f}",

@@ -31,13 +31,13 @@ from discovery.tl.refine import (
     QC_GENE_GROUPS,
     artifact_genes,
     balanced_eval,
+    finetune_without,
     fit_check,
     fold_projection,
     match_depth,
     propose_similar,
     renormalise_without,
     reselect_panel,
-    retrain_without,
     suppression_basis,
 )
 from pipelines.config import PipelineConfig
@@ -182,7 +182,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
 
             child = fold_projection(parent.model, basis, _pooled_mean(adata, parent.model))
         elif mode == "finetune":
-            child, history = retrain_without(adata, parent.model, basis, covariate=covariate,
+            child, history = finetune_without(adata, parent.model, basis, covariate=covariate,
                                              seed=config.seed)
         else:
             child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,

@@ -17,7 +17,14 @@ from streamlit.testing.v1 import AppTest
 from discovery.get.run import open_run
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.tl.classifier import encode
-from discovery.tl.refine import _pooled_mean, _projection_hook, fold_projection, suppression_basis
+from discovery.tl.refine import (
+    _pooled_mean,
+    _projection_hook,
+    covariate_penalty,
+    finetune_without,
+    fold_projection,
+    suppression_basis,
+)
 from pipelines.cli import main
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -51,6 +58,34 @@ def test_folded_head_edit_equals_mean_ablation_along_the_directions(tiny_run):
         np.testing.assert_allclose(folded(x).logits.numpy(), hooked.numpy(), atol=1e-4)
         # the head no longer reads the suppressed directions at all
         assert folded.head.weight.data[0] @ basis == pytest.approx(0.0, abs=1e-5)
+
+
+def test_finetune_runs_in_the_one_training_loop_and_ignores_the_directions(tiny_run):
+    """finetune_without: the shared training loop with the projection hook and the covariate
+    penalty; the child's head reads nothing along the suppressed directions, and the loop kept
+    the epoch with the best validation AUROC."""
+    run = open_run(tiny_run)
+    model, sae = run.model, run.saes[0].sae
+    basis = suppression_basis(sae, [0, 3])
+    child, hist = finetune_without(run.adata, model, basis, covariate="batch", epochs=3, seed=0)
+    aucs = [e["val_auroc"] for e in hist["epochs"]]
+    assert 1 <= len(aucs) <= 3 and hist["best_val_auroc"] == max(aucs)
+    x = encode(run.adata[:100], list(model.config.gene_names))
+    shift = 5.0 * basis.sum(1)
+    with torch.no_grad():
+        moved = child.run_with_hooks(x, {"pooled": lambda a, n: a + shift}).logits
+        np.testing.assert_allclose(moved.numpy(), child(x).logits.numpy(), atol=1e-4)
+        # the parent does read them: the check can fail
+        parent_moved = model.run_with_hooks(x, {"pooled": lambda a, n: a + shift}).logits
+        assert not np.allclose(parent_moved.numpy(), model(x).logits.numpy(), atol=1e-3)
+    # the penalty is zero when the covariate has one level within each label
+    y = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    same = covariate_penalty(y, torch.zeros(8, dtype=torch.long))
+    acts = {"pooled": torch.randn(8, 4)}
+    assert float(same(acts, torch.arange(8))) == 0.0
+    split = covariate_penalty(y, torch.tensor([0, 0, 1, 1, 0, 0, 1, 1]))
+    acts = {"pooled": torch.tensor([[0.0], [0.0], [4.0], [4.0], [1.0], [1.0], [1.0], [1.0]])}
+    assert float(split(acts, torch.arange(8))) > 0.5  # batch splits the controls apart
 
 
 @pytest.mark.slow

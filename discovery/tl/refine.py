@@ -36,7 +36,6 @@ label", threshold fitted from the marked features).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import anndata as ad
@@ -51,9 +50,10 @@ from discovery.pp.preprocess import normalize, qc_metrics, select_genes
 from discovery.tl.classifier import encode, evaluate
 from discovery.tl.stats import aggregate_by, bh_fdr, partial_f_tests
 from models.sae import SparseAutoencoder
+from models.training import TrainConfig, class_balance_weights, train_classifier
 
 __all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "match_depth", "propose_similar", "reselect_panel", "renormalise_without", "retrain_without",
+           "match_depth", "propose_similar", "reselect_panel", "renormalise_without", "covariate_penalty", "finetune_without",
            "suppression_basis"]
 
 #: QC covariates computed from a gene group (``var`` column): the group is taken out of the
@@ -103,7 +103,36 @@ def _projection_hook(basis: torch.Tensor, center: torch.Tensor):  # noqa: ANN202
     return fn
 
 
-def retrain_without(
+def covariate_penalty(y: torch.Tensor, cov: torch.Tensor, *, hook: str = "pooled"):  # noqa: ANN201
+    """A loss term that pulls apart nothing the label does not: within each label, the squared
+    distance of each covariate level's mean activation at ``hook`` from the label's mean,
+    weighted by the level's share, over the activation's total variance.
+
+    ``y: (cells,)`` labels and ``cov: (cells,)`` covariate codes of the training rows; returns
+    ``fn(acts, rows)`` for :func:`models.training.train_classifier` (``extra_loss``).
+    """
+
+    def fn(acts: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        p = acts[hook]
+        var = p.var(0).sum().clamp(min=1e-6)
+        pen = p.new_zeros(())
+        for lab in (0.0, 1.0):
+            m = y[rows] == lab
+            groups = cov[rows][m]
+            if m.sum() < 4 or groups.unique().numel() < 2:
+                continue
+            pm = p[m]
+            mu = pm.mean(0)
+            for gval in groups.unique():
+                gm = groups == gval
+                if gm.sum() >= 2:
+                    pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
+        return pen / var
+
+    return fn
+
+
+def finetune_without(
     adata: Any,
     model: torch.nn.Module,
     basis: torch.Tensor,
@@ -114,78 +143,36 @@ def retrain_without(
     penalty: float = 1.0,
     seed: int = 0,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Fine-tune ``model`` with ``basis`` projected out of ``pooled`` and the covariate penalised.
-
-    Training donors only; the epoch with the best validation AUROC (with the projection) is kept;
-    the projection is folded into the head of the returned model. Returns (model, history).
+    """Fine-tune a copy of ``model`` with ``basis`` projected out of ``pooled`` and the covariate
+    penalised (:func:`covariate_penalty`), in the one training loop
+    (:func:`models.training.train_classifier`): training donors, class-balanced loss, the epoch
+    with the best validation AUROC (with the projection) kept. The projection is then folded
+    into the head of the returned model. Returns (model, history).
     """
     keys = get_keys(adata)
     split = adata.obs["split"].to_numpy()
     x = encode(adata, list(model.config.gene_names))
     y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
-    cov = None
-    if covariate and covariate in adata.obs:
-        cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
+    tr = torch.from_numpy(np.flatnonzero(split == "train"))
+    va = torch.from_numpy(np.flatnonzero(split == "val"))
     center = _pooled_mean(adata, model)
     child = copy.deepcopy(model)
-    hook = {"pooled": _projection_hook(basis, center)}
-    tr = torch.from_numpy(np.flatnonzero(split == "train"))
-    va = split == "val"
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(child.parameters(), lr=lr, weight_decay=0.01)
-    pos = float(y[tr].mean())
-    w_pos, w_neg = 0.5 / max(pos, 1e-6), 0.5 / max(1 - pos, 1e-6)
-    best, best_state, hist = -math.inf, copy.deepcopy(child.state_dict()), []
-    bs = 256
-    for epoch in range(epochs):
-        child.train()
-        perm = tr[torch.randperm(len(tr), generator=gen)]
-        tot_pen = 0.0
-        for i in range(0, len(perm), bs):
-            idx = perm[i:i + bs]
-            cache: dict[str, torch.Tensor] = {}
-
-            def grab(act: torch.Tensor, name: str, cache=cache) -> None:
-                cache["pooled"] = act
-
-            with child.hooks({**hook}), child.hooks({"pooled": grab}):
-                out = child(x[idx])
-            wts = torch.where(y[idx] > 0.5, w_pos, w_neg)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                out.logits, y[idx], weight=wts)
-            if cov is not None and penalty > 0:
-                p = cache["pooled"]
-                var = p.var(0).sum().clamp(min=1e-6)
-                pen = p.new_zeros(())
-                for lab in (0.0, 1.0):
-                    m = y[idx] == lab
-                    groups = cov[idx][m]
-                    if m.sum() < 4 or groups.unique().numel() < 2:
-                        continue
-                    pm = p[m]
-                    mu = pm.mean(0)
-                    for gval in groups.unique():
-                        gm = groups == gval
-                        if gm.sum() >= 2:
-                            pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
-                loss = loss + penalty * pen / var
-                tot_pen += float(pen.detach() / var.detach())
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(child.parameters(), 1.0)
-            opt.step()
-        child.eval()
-        with torch.no_grad(), child.hooks(hook):
-            lv = child(x[torch.from_numpy(np.flatnonzero(va))]).logits
-        auc = float(roc_auc_score(y[torch.from_numpy(va)].numpy(), lv.numpy()))
-        hist.append({"epoch": epoch, "val_auroc": auc, "penalty": tot_pen})
-        if auc > best:
-            best, best_state = auc, copy.deepcopy(child.state_dict())
-    child.load_state_dict(best_state)
-    child.eval()
+    extra = None
+    if covariate and covariate in adata.obs and penalty > 0:
+        cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
+        term = covariate_penalty(y[tr], cov[tr])
+        extra = lambda acts, rows: penalty * term(acts, rows)  # noqa: E731
+    w = torch.from_numpy(class_balance_weights(y.numpy()))
+    config = TrainConfig(epochs=epochs, batch_size=256, lr=lr, weight_decay=0.01,
+                         patience=epochs, early_stopping="auroc", seed=seed, grad_clip=1.0)
+    hist = train_classifier(child, (x[tr], y[tr], w[tr]), (x[va], y[va], w[va]), config,
+                            hooks={"pooled": _projection_hook(basis, center)},
+                            extra_loss=extra, cache=("pooled",) if extra else ())
     new_center = _pooled_mean(adata, child)
-    return fold_projection(child, basis, new_center), {"epochs": hist, "best_val_auroc": best}
+    history = {"epochs": [{"epoch": i, "val_auroc": a, "train_loss": t}
+                          for i, (a, t) in enumerate(zip(hist.val_auroc, hist.train_loss))],
+               "best_val_auroc": hist.val_auroc[hist.best_epoch] if hist.val_auroc else None}
+    return fold_projection(child, basis, new_center), history
 
 
 def balanced_eval(adata: Any, probs: np.ndarray, *, split: str = "test") -> dict[str, Any]:
