@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.graph_files import load_graph
@@ -66,7 +67,7 @@ def current_run() -> Path | None:
     start = os.environ.get(RUN_ENV)
     root = runs_root()
     runs = list_runs(root)
-    if start and Path(start) not in runs and (Path(start) / "manifest.json").is_file():
+    if start and Path(start) not in runs and (Path(start) / layout.MANIFEST).is_file():
         runs.insert(0, Path(start))
     if not runs:
         st.error(f"No run directory found under `{root}`. Create one with "
@@ -112,7 +113,7 @@ def _adata(path: str, mtime: float):  # noqa: ANN202 - AnnData
 
 
 def load_adata(run: Path):  # noqa: ANN201 - AnnData
-    p = run / "adata.h5ad"
+    p = run / layout.ADATA
     return _adata(str(p), _mtime(p))
 
 

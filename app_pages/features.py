@@ -6,14 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import current_run, json_file, load_adata, table, umap
+from discovery.io import layout
 from discovery.io.layout import sae_key
 from discovery.tl.annotate import donor_means
 
 run = current_run()
 if run is not None:
     st.title("Features")
-    ann = table(run, "features", "annotations.json")
-    quality = json_file(run, "features", "quality.json")
+    ann = table(run, layout.ANNOTATIONS)
+    quality = json_file(run, layout.SAE_QUALITY)
     if ann is None or quality is None:
         st.info("This run has no features yet (the 'features' stage).")
     else:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from app_pages.data import current_run, json_file, store, table
+from discovery.io import layout
 from discovery.io.feedback import REASONS, VERDICTS, FeedbackItem
 
 REASON_TEXT = {"technical_artifact": "technical artifact", "confounder": "confounder",
@@ -12,10 +13,10 @@ REASON_TEXT = {"technical_artifact": "technical artifact", "confounder": "confou
 run = current_run()
 if run is not None:
     st.title("Feedback")
-    manifest = json_file(run, "manifest.json") or {}
+    manifest = json_file(run, layout.MANIFEST) or {}
     run_id = manifest.get("run_id", run.name)
-    hyps = (json_file(run, "hypotheses.json") or {}).get("hypotheses", [])
-    ann = table(run, "features", "annotations.json")
+    hyps = (json_file(run, layout.HYPOTHESES) or {}).get("hypotheses", [])
+    ann = table(run, layout.ANNOTATIONS)
     kind = st.radio("About", ["hypothesis", "feature"], horizontal=True, key="fb_kind")
     if kind == "hypothesis":
         options = {h["id"]: f"{h['id']} · {h['cell_type']} · "

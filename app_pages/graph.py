@@ -7,12 +7,13 @@ import streamlit as st
 
 from app_pages.components import graph_view, node_details
 from app_pages.data import current_run, graph, json_file
+from discovery.io import layout
 from discovery.io.graph_files import to_cytoscape, to_node_link
 
 run = current_run()
 if run is not None:
     st.title("Attribution graph")
-    index = json_file(run, "graphs", "index.json")
+    index = json_file(run, layout.GRAPH_INDEX)
     if not index or not index.get("graphs"):
         st.info("This run has no graphs yet (the 'graphs' stage).")
     else:

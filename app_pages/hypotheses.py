@@ -4,11 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import badge, current_run, json_file
+from discovery.io import layout
 
 run = current_run()
 if run is not None:
     st.title("Hypotheses")
-    doc = json_file(run, "hypotheses.json")
+    doc = json_file(run, layout.HYPOTHESES)
     if not doc:
         st.info("This run has no hypotheses yet (the 'hypotheses' stage of `discovery run`).")
     else:

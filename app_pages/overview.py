@@ -4,13 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import current_run, json_file, table
+from discovery.io import layout
 from pipelines.report import graph_rows, model_rows, probe_rows, sae_rows
 
 run = current_run()
 if run is not None:
     st.title("Overview")
-    manifest = json_file(run, "manifest.json") or {}
-    summary = json_file(run, "input_summary.json") or {}
+    manifest = json_file(run, layout.MANIFEST) or {}
+    summary = json_file(run, layout.INPUT_SUMMARY) or {}
     st.caption(f"run {manifest.get('run_id')} · config {manifest.get('config_hash')} · "
                f"seed {manifest.get('seed')}")
     keys = summary.get("keys", {})
@@ -19,7 +20,7 @@ if run is not None:
     c[1].metric("donors", summary.get("n_donors"))
     c[2].metric("genes", f"{summary.get('n_genes', 0):,}")
     c[3].metric("case label", f"{keys.get('label_key')} = {keys.get('case')}")
-    metrics = json_file(run, "model", "metrics.json")
+    metrics = json_file(run, layout.METRICS)
     if metrics:
         st.subheader(f"Model ({metrics.get('kind')}) on held-out donors")
         st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
@@ -28,18 +29,18 @@ if run is not None:
             st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "
                         "representation, within each label (batch: balanced accuracy, chance 0.5).")
             st.dataframe(pd.DataFrame(rows), hide_index=True)
-    quality = json_file(run, "features", "quality.json")
+    quality = json_file(run, layout.SAE_QUALITY)
     if quality:
         st.subheader(f"Sparse autoencoders at `{quality['hook']}`")
         st.dataframe(pd.DataFrame(sae_rows(quality)), hide_index=True)
         st.caption(f"median stability across seeds {quality.get('median_stability')}; "
                    f"{quality['n_donor_q05']} features differ between donors (q < 0.05); "
                    f"{quality['n_confounded']} flagged as confounded")
-    yard = table(run, "baselines", "yardstick.csv")
+    yard = table(run, layout.YARDSTICK)
     if yard is not None:
         st.subheader("Baselines against the planted truth")
         st.dataframe(yard, hide_index=True)
-    index = json_file(run, "graphs", "index.json")
+    index = json_file(run, layout.GRAPH_INDEX)
     if index and index.get("graphs"):
         st.subheader("Attribution graphs")
         st.dataframe(pd.DataFrame(graph_rows(index)), hide_index=True)

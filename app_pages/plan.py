@@ -6,12 +6,13 @@ import streamlit as st
 
 from app_pages.components import graph_view, node_details, subgraph_around
 from app_pages.data import badge, current_run, graph, json_file
+from discovery.io import layout
 
 run = current_run()
 if run is not None:
     st.title("Plan — why was it proposed?")
-    plans_doc = json_file(run, "plans.json")
-    hyps_doc = json_file(run, "hypotheses.json")
+    plans_doc = json_file(run, layout.PLANS)
+    hyps_doc = json_file(run, layout.HYPOTHESES)
     if not plans_doc or not plans_doc["plans"]:
         st.info("This run has no plans yet.")
     else:

@@ -4,17 +4,18 @@ import streamlit as st
 import streamlit.components.v1 as components
 
 from app_pages.data import current_run
+from discovery.io import layout
 
 run = current_run()
 if run is not None:
     st.title("Reports and exports")
-    html = run / "report.html"
+    html = run / layout.REPORT_HTML
     if not html.is_file():
         st.info("No report yet: `discovery report RUN_DIR` writes one.")
     else:
         c = st.columns(4)
-        c[0].download_button("report.html", html.read_bytes(), "report.html")
-        for col, name in zip(c[1:], ("report.md", "hypotheses.json", "plans.json")):
+        c[0].download_button(layout.REPORT_HTML, html.read_bytes(), layout.REPORT_HTML)
+        for col, name in zip(c[1:], (layout.REPORT_MD, layout.HYPOTHESES, layout.PLANS)):
             p = run / name
             if p.is_file():
                 col.download_button(name, p.read_bytes(), name)

@@ -1,4 +1,4 @@
-"""Trainable models: the cell classifiers (and, later, the sparse autoencoders).
+"""Trainable models: the cell classifiers here, the sparse autoencoders in :mod:`models.sae`.
 
 Registry: :data:`CLASSIFIERS` maps an architecture name to its (HF config class, model class).
 Checkpoints are directories with ``config.json`` + ``model.safetensors``; :func:`load_classifier`

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from discovery.get.run import open_run
+from discovery.io import layout
 from discovery.io.contract import InputError, get_keys
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.files import atomic_write, write_json
@@ -75,8 +76,8 @@ def covariate_share(run_dir: Path, covariate: str) -> float:
     (annotation ``confounded_by``), over the run's cohort graphs weighted by cells."""
     from discovery.io.graph_files import load_graph
 
-    index = json.loads((run_dir / "graphs" / "index.json").read_text())
-    ann = pd.read_json(run_dir / "features" / "annotations.json").set_index("feature")
+    index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
+    ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
     conf = set(ann.index[ann["confounded_by"] == covariate])
     num = den = 0.0
     for e in index["graphs"]:
@@ -122,9 +123,9 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         msg = "the child run needs its own directory (--out must differ from the parent)"
         raise InputError(msg)
     parent = open_run(parent_dir)
-    manifest = json.loads((parent_dir / "manifest.json").read_text())
+    manifest = json.loads((parent_dir / layout.MANIFEST).read_text())
     run_id = manifest["run_id"]
-    hyps_path = parent_dir / "hypotheses.json"
+    hyps_path = parent_dir / layout.HYPOTHESES
     if not hyps_path.is_file():
         msg = f"{parent_dir} has no hypotheses.json; finish `discovery run` first"
         raise InputError(msg)
@@ -138,7 +139,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                f"{' or '.join(ACTIONABLE)} on a feature ({sae_hook.hook}:F<i>) or a hypothesis "
                "(`discovery feedback RUN_DIR --target ...`)")
         raise InputError(msg)
-    ann = pd.read_json(parent_dir / "features" / "annotations.json")
+    ann = pd.read_json(parent_dir / layout.ANNOTATIONS)
     named = Counter(ann.set_index("index").loc[feats, "confounded_by"].dropna())
     keys = get_keys(parent.adata)
     if covariate is not None and covariate not in parent.adata.obs:
@@ -166,7 +167,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
             parent_run=run_id)
     rd.manifest["feedback"] = {"ids": fb_ids, "mode": mode, "suppressed": suppressed,
                                "covariate": covariate}
-    for name in ("input_summary.json", "baselines"):
+    for name in (layout.INPUT_SUMMARY, "baselines"):
         src = parent_dir / name
         if src.is_dir():
             shutil.copytree(src, out / name, dirs_exist_ok=True)
@@ -200,7 +201,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
                    for s in ("val", "test")}
-        metrics["kind"] = json.loads((parent_dir / "model" / "metrics.json").read_text()).get(
+        metrics["kind"] = json.loads((parent_dir / layout.METRICS).read_text()).get(
             "kind")
         metrics["refine"] = {"mode": mode, "history": history}
         tmp = out / ".model.tmp"
@@ -215,16 +216,16 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         rec["params_hash"] = config_hash(rec["params"])
         shutil.rmtree(out / "model", ignore_errors=True)
         tmp.rename(out / "model")
-        atomic_write(out / "adata.h5ad", lambda p: adata.write_h5ad(p, compression="gzip"))
-        outputs += ["model/model.safetensors", "model/metrics.json", "adata.h5ad"]
+        atomic_write(out / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
+        outputs += ["model/model.safetensors", "model/metrics.json", layout.ADATA]
     store.log_action(run_id, f"model:{mode}", child_run=str(out))
     feats_res = features_stage(rd, adata, child, config, quiet=quiet)
     graphs_stage(rd, adata, child, feats_res, config, quiet=quiet)
-    rankings = pd.read_csv(out / "baselines" / "rankings.csv.gz") if (
-        out / "baselines" / "rankings.csv.gz").is_file() else None
+    rankings = pd.read_csv(out / layout.RANKINGS) if (
+        out / layout.RANKINGS).is_file() else None
     hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config, quiet=quiet)
 
-    parent_metrics = json.loads((parent_dir / "model" / "metrics.json").read_text())
+    parent_metrics = json.loads((parent_dir / layout.METRICS).read_text())
     truth = None
     if "simulation" in adata.uns:
         from discovery.io.simulate import truth as sim_truth
@@ -258,7 +259,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     comparison["covariate_share_drop"] = (
         1 - a["covariate_attribution_share"] / b["covariate_attribution_share"]
         if b["covariate_attribution_share"] > 0 else float("nan"))
-    write_json(out / "refine.json", comparison)
+    write_json(out / layout.REFINE, comparison)
     with rd.stage("report", {"refine": comparison["child_run"]}) as outputs:
         outputs += write_report(out)
     store.log_action(run_id, "child:done", child_run=str(out), detail=json.dumps(

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from discovery.io import layout
 from discovery.io.contract import InputError
 
 console = Console(stderr=True)
@@ -346,32 +347,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from discovery.get.run import graph_index
+    from discovery.get.run import graph_files
     from discovery.io.graph_files import FORMATS, export_graph, load_graph
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise InputError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    index = graph_index(args.run_dir)
-    wanted = ([g.strip() for g in args.graph.split(",")] if args.graph else
-              [e["slug"] for e in index["graphs"]])
-    known = {e["slug"]: e for e in index["graphs"]}
-    missing = [w for w in wanted if w not in known]
-    if missing:
-        raise InputError(f"no graph named {missing} in {args.run_dir}; available: "
-                         f"{', '.join(known) or 'none'}")
+    slugs = [g.strip() for g in args.graph.split(",")] if args.graph else None
     out = args.out or args.run_dir / "exports"
     written = []
-    for slug in wanted:
-        sources = [(slug, args.run_dir / "graphs" / f"{slug}.json")]
-        if args.cells:
-            sources += [(Path(f).stem, args.run_dir / f) for f in known[slug]["files"]
-                        if f.startswith("graphs/cells/")]
-        for name, src in sources:
-            g = load_graph(src)
-            for fmt in formats:
-                written.append(export_graph(g, out / f"{name}{FORMATS[fmt]}", fmt))
+    for name, src in graph_files(args.run_dir, slugs, cells=args.cells):
+        g = load_graph(src)
+        for fmt in formats:
+            written.append(export_graph(g, out / f"{name}{FORMATS[fmt]}", fmt))
     if not args.quiet:
         console.print(f"wrote {len(written)} file(s) to {out}")
     return 0
@@ -438,7 +427,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise InputError(f"app.py not found next to the package ({app}); run from a checkout")
     env = dict(os.environ)
     if args.run_dir is not None:
-        if not (args.run_dir / "manifest.json").is_file():
+        if not (args.run_dir / layout.MANIFEST).is_file():
             raise InputError(f"{args.run_dir} is not a run directory (no manifest.json); create "
                              "one with `discovery run --out RUN_DIR`")
         env["DISCOVERY_RUN"] = str(args.run_dir.resolve())
@@ -455,7 +444,6 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     from discovery.get.run import read_json
-    from discovery.io import layout
     from discovery.io.feedback import (
         FeedbackItem,
         FeedbackStore,

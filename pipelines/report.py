@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.files import write_text
 from discovery.pl.figures import donor_activation, faithfulness
@@ -160,16 +161,16 @@ class _Doc:
 def write_report(run_dir: str | Path) -> list[str]:
     """Write ``report.html`` and ``report.md`` into ``run_dir``; returns their relative paths."""
     rd = Path(run_dir)
-    manifest = _read(rd / "manifest.json")
+    manifest = _read(rd / layout.MANIFEST)
     if manifest is None:
         msg = f"{rd} is not a run directory (no manifest.json); run `discovery run` first"
         raise InputError(msg)
-    summary = _read(rd / "input_summary.json") or {}
-    metrics = _read(rd / "model" / "metrics.json")
-    quality = _read(rd / "features" / "quality.json")
-    index = _read(rd / "graphs" / "index.json")
-    hyps_doc = _read(rd / "hypotheses.json")
-    plans_doc = _read(rd / "plans.json")
+    summary = _read(rd / layout.INPUT_SUMMARY) or {}
+    metrics = _read(rd / layout.METRICS)
+    quality = _read(rd / layout.SAE_QUALITY)
+    index = _read(rd / layout.GRAPH_INDEX)
+    hyps_doc = _read(rd / layout.HYPOTHESES)
+    plans_doc = _read(rd / layout.PLANS)
     hyps = hyps_doc["hypotheses"] if hyps_doc else []
     plans = plans_doc["plans"] if plans_doc else []
     validations = {}
@@ -204,7 +205,7 @@ def write_report(run_dir: str | Path) -> list[str]:
                  f"{_fmt(quality.get('median_stability'))}; {quality['n_donor_q05']} features "
                  f"differ between donors at q < 0.05; {quality['n_confounded']} are flagged as "
                  "confounded.")
-    yard = rd / "baselines" / "yardstick.csv"
+    yard = rd / layout.YARDSTICK
     if yard.is_file():
         doc.heading("Baselines against the planted truth")
         y = pd.read_csv(yard)
@@ -275,6 +276,6 @@ def write_report(run_dir: str | Path) -> list[str]:
     html_text = ("<!doctype html><html lang='en'><head><meta charset='utf-8'/>"
                  f"<title>discovery report {html.escape(manifest['run_id'])}</title>"
                  f"<style>{_CSS}</style></head><body>" + "\n".join(doc.h) + "</body></html>")
-    write_text(rd / "report.html", html_text)
-    write_text(rd / "report.md", "\n".join(doc.m).strip() + "\n")
-    return ["report.html", "report.md"]
+    write_text(rd / layout.REPORT_HTML, html_text)
+    write_text(rd / layout.REPORT_MD, "\n".join(doc.m).strip() + "\n")
+    return [layout.REPORT_HTML, layout.REPORT_MD]

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.files import atomic_write, json_default, write_json
 
@@ -137,7 +138,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.manifest_path = self.path / "manifest.json"
+        self.manifest_path = self.path / layout.MANIFEST
         if self.manifest_path.exists():
             self.manifest = json.loads(self.manifest_path.read_text())
         else:

@@ -9,6 +9,7 @@ from discovery.get.run import (
     OpenRun,
     annotations,
     graph,
+    graph_files,
     graph_index,
     open_run,
     read_json,
@@ -17,5 +18,5 @@ from discovery.get.run import (
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
 
-__all__ = ["OpenRun", "annotations", "graph", "graph_index", "open_run", "read_json", "require",
-           *_layout_names]
+__all__ = ["OpenRun", "annotations", "graph", "graph_files", "graph_index", "open_run",
+           "read_json", "require", *_layout_names]

@@ -23,8 +23,8 @@ from discovery.tl import classifier
 from discovery.tl.attribution import SAEHook
 from models.sae import load_sae
 
-__all__ = ["OpenRun", "annotations", "graph", "graph_index", "open_run", "read_json",
-           "require"]
+__all__ = ["OpenRun", "annotations", "graph", "graph_files", "graph_index", "open_run",
+           "read_json", "require"]
 
 
 @dataclass
@@ -100,3 +100,23 @@ def graph(run_dir: str | Path, slug: str) -> nx.DiGraph:
         msg = f"no graph named {slug!r} in {run_dir}; available: {', '.join(known) or 'none'}"
         raise InputError(msg)
     return load_graph(Path(run_dir) / layout.graph_file(slug))
+
+
+def graph_files(run_dir: str | Path, slugs: list[str] | None = None, *,
+                cells: bool = False) -> list[tuple[str, Path]]:
+    """``(name, path)`` of a run's graph files: the cohort graphs named by ``slugs`` (all when
+    None) and, with ``cells``, their example cell graphs; a clear error for unknown names."""
+    run_dir = Path(run_dir)
+    known = {e["slug"]: e for e in graph_index(run_dir)["graphs"]}
+    wanted = list(known) if slugs is None else slugs
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        msg = f"no graph named {missing} in {run_dir}; available: {', '.join(known) or 'none'}"
+        raise InputError(msg)
+    out = []
+    for slug in wanted:
+        out.append((slug, run_dir / layout.graph_file(slug)))
+        if cells:
+            out += [(Path(f).stem, run_dir / f) for f in known[slug]["files"]
+                    if f.startswith(f"{layout.GRAPHS_DIR}/cells/")]
+    return out

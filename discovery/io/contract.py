@@ -199,8 +199,9 @@ def validate(
     """Check ``adata`` against the input contract before any work.
 
     Reads ``obs[label_key, donor_key, cell_type_key, batch_key, *covariate_keys]``, ``X`` or
-    ``layers['counts']`` and ``var_names``. Writes nothing, except that duplicated gene names are
-    made unique in place (with a warning). Returns the keys with ``case`` and ``controls`` resolved.
+    ``layers['counts']`` and ``var_names``. Writes ``obs['cell_unit']`` when there is no donor
+    key (every cell its own unit) and ``obs['population']`` when there is no cell-type key (one
+    population), and makes duplicated gene names unique in place (with a warning); nothing else. Returns the keys with ``case`` and ``controls`` resolved.
     Raises :class:`InputError` naming the problem and the fix.
     """
     keys = keys or Keys()

@@ -1,6 +1,6 @@
 """Feature extraction: sparse autoencoders on a classifier's activations, and their quality.
 
-Steps (:func:`extract_features` runs them in order):
+Steps (:func:`fit_saes` runs 1, 2, 4 and 5; the pipeline's features stage adds 3):
 
 1. :func:`collect_activations`: run the classifier over every cell and stream the activations at
    one hook point (``pooled``, or one position of a ``layer{i}.resid``) into an on-disk
