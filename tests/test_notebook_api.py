@@ -42,6 +42,9 @@ def test_notebook_flow_from_simulation_to_a_figure():
         g.graph.update({"cell_type": pop.cell_type, "label": "case"})
         # edges into the logit plus error plus bias add up to the logit
         assert g.graph["max_completeness_error"] < 1e-3
+        assert isinstance(g, dc.tl.AttributionGraph)
+        assert g.nodes_of_kind("output") == ["output"]
+        assert all(g.nodes[f]["hook"] == spec.hook for f in g.nodes_of_kind("feature"))
         graphs[pop.slug] = g
     assert graphs
 

@@ -21,7 +21,8 @@ from discovery.io.contract import InputError
 from discovery.io.files import atomic_write
 from discovery.io.layout import GRAPH_SCHEMA_VERSION
 
-__all__ = ["CYJS_SCHEMA", "FORMATS", "export_graph", "load_graph", "to_cytoscape", "to_node_link"]
+__all__ = ["AttributionGraph", "CYJS_SCHEMA", "FORMATS", "export_graph", "load_graph", "to_cytoscape",
+           "to_node_link"]
 
 #: format name -> file suffix
 FORMATS = {"json": ".json", "graphml": ".graphml", "gexf": ".gexf", "cyjs": ".cyjs"}
@@ -54,6 +55,37 @@ CYJS_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+class AttributionGraph(nx.DiGraph):
+    """A cohort (or cell) attribution graph: a ``networkx.DiGraph`` whose layout is fixed.
+
+    Nodes, in this order (the row/column order of the adjacency the graph is built from):
+
+    1. ``kind="gene"``: input genes, ``layer`` 0, id = gene symbol, ``activation`` = mean
+       input expression;
+    2. ``kind="feature"``: SAE features, ``layer`` = 1 + the SAE's position along the model,
+       id ``hook:F<i>`` (:func:`discovery.io.layout.feature_id`), with ``hook``, ``feature``,
+       ``activation``, ``frac_active``, ``bias``, ``value``;
+    3. ``kind="error"``: one SAE error node per hook, id ``hook:error``;
+    4. ``kind="output"``: the case logit, id ``output``.
+
+    Every node has ``label``, ``layer``, ``activation`` and ``influence`` (on the logit).
+    Edges point from source to target (gene -> feature -> logit) and carry ``weight`` (the
+    signed mean direct effect; rows of the adjacency are targets, columns sources) with donor
+    bootstrap ``weight_se``, ``ci_low``, ``ci_high`` and ``donor_sign_agreement``. Graph attributes: ``schema_version``, ``name``,
+    ``n_donors``, ``hooks``, ``replacement_score``, ``completeness_score``,
+    ``max_completeness_error``, thresholds, ``mean_logit`` and the predicted ablation effects.
+    """
+
+    KINDS = ("gene", "feature", "error", "output")
+
+    def nodes_of_kind(self, kind: str) -> list[str]:
+        """Node ids of one kind, in graph order."""
+        if kind not in self.KINDS:
+            msg = f"node kind must be one of {self.KINDS}, got {kind!r}"
+            raise ValueError(msg)
+        return [n for n, k in self.nodes(data="kind") if k == kind]
 
 
 def _json_value(v: Any) -> Any:
@@ -131,23 +163,23 @@ def export_graph(g: nx.DiGraph, path: str | Path, fmt: str | None = None) -> Pat
     return path
 
 
-def load_graph(path: str | Path) -> nx.DiGraph:
+def load_graph(path: str | Path) -> AttributionGraph:
     """Read a graph written by :func:`export_graph` (node-link JSON, GraphML, GEXF or cyjs)."""
     path = Path(path)
     if not path.is_file():
         msg = f"graph file not found: {path}"
         raise InputError(msg)
     if path.suffix == ".graphml":
-        return nx.DiGraph(nx.read_graphml(path))
+        return AttributionGraph(nx.read_graphml(path))
     if path.suffix == ".gexf":
-        return nx.DiGraph(nx.read_gexf(path))
+        return AttributionGraph(nx.read_gexf(path))
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         msg = f"{path} is not valid JSON: {err}"
         raise InputError(msg) from err
     if "elements" in data:
-        g = nx.DiGraph()
+        g = AttributionGraph()
         g.graph.update(data.get("data", {}))
         for n in data["elements"]["nodes"]:
             d = dict(n["data"])
@@ -161,4 +193,4 @@ def load_graph(path: str | Path) -> nx.DiGraph:
         msg = f"{path} is neither node-link nor Cytoscape.js graph JSON"
         raise InputError(msg)
     data = {k: v for k, v in data.items() if k != "schema_version"}
-    return nx.DiGraph(nx.node_link_graph(data, edges="edges"))
+    return AttributionGraph(nx.node_link_graph(data, edges="edges"))

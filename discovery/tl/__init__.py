@@ -24,6 +24,7 @@ from discovery.tl.features import (
     sae_quality,
 )
 from discovery.tl.graphs import (
+    AttributionGraph,
     GraphSpec,
     Population,
     case_populations,
@@ -44,7 +45,7 @@ from discovery.tl.records import Evidence, Flag, Hypothesis, Plan, score_hypothe
 from models.training import TrainConfig
 
 __all__ = [
-    "Evidence", "Flag", "Hypothesis", "Plan", "TrainConfig", "score_hypothesis",
+    "AttributionGraph", "Evidence", "Flag", "Hypothesis", "Plan", "TrainConfig", "score_hypothesis",
     "FeatureEdit", "FittedSAEs", "GraphSpec", "HypothesisSpec", "Population", "SAEHook",
     "SAESpec", "TrainedClassifier", "annotate_features", "case_populations", "cohort_graph",
     "encode_cells", "evaluate", "example_cells", "fit_saes", "integrated_gradients",

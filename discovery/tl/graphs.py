@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from discovery.io.contract import InputError, case_mask, get_keys
+from discovery.io.graph_files import AttributionGraph
 from discovery.io.layout import GRAPH_SCHEMA_VERSION, feature_id
 from discovery.tl.attribution import SAEHook, attribute_block, check_sae_hooks
 from discovery.tl.classifier import encode
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "GRAPH_SCHEMA_VERSION",
+    "AttributionGraph",
     "GraphSpec",
     "Population",
     "case_populations",
@@ -324,7 +326,7 @@ def cohort_graph(
     reference: np.ndarray | None = None,
     labels: dict[str, str] | None = None,
     spec: GraphSpec | None = None,
-) -> nx.DiGraph:
+) -> AttributionGraph:
     """The pruned attribution graph of the population ``mask`` (all cells when None).
 
     ``reference``: mask of the cells whose mean feature activations define mean ablation (default:
@@ -436,7 +438,7 @@ def _build_graph(acc: _Accumulator, saes: list[SAEHook], genes: list[str],
             preds[f"{s.hook}:error"] = float(acc.pred_err[layer] / acc.n_cells)
             preds_tot[f"{s.hook}:error"] = float(acc.pred_err_tot[layer] / acc.n_cells)
 
-    g = nx.DiGraph()
+    g = AttributionGraph()
     g.graph.update({
         "schema_version": GRAPH_SCHEMA_VERSION, "name": name,
         "n_donors": len(donor_names), "donors": [str(d) for d in donor_names], **extra,

@@ -38,16 +38,9 @@ the case cells of one cell type cases. It is built only from measured facts:
    the model's. ``kind`` = ``biomarker`` when the simple score reaches AUROC >= 0.8, else
    ``mechanism`` (the signal needs the model).
 
-Status (the only place it is decided): ``flagged`` when a technical covariate explains the
-hypothesis's donor-level signal better than the label (or its main feature is annotated as
-confounded, or its top-10 genes hold >= 3 genes of one artifact gene set) — never ``supported``; ``supported`` when donor-level q < 0.05, it replicates on test
-donors, its genes' distilled biomarker reaches AUROC >= ``min_gene_auroc`` on test donors, its
-stability >= ``min_stability`` and it is not flagged; otherwise ``candidate``
-(``rejected`` is set by expert feedback). Score, in [0, 1]:
-
-``score = 0.30 A + 0.25 D + 0.15 R + 0.15 S + 0.15 G``, times 0.25 when flagged, with
-A = attribution share / the largest share in the run, D = min(1, -log10(q) / 5),
-R = 1 if replicated (0.5 if same direction only), S = stability, G = cross-check agreement.
+Status and score: :data:`STATUS_RULES` (decided in :func:`_status_and_score`, nowhere else)
+and :func:`discovery.tl.records.score_hypothesis` (:data:`SCORE_FORMULA`). Hypotheses are
+:class:`discovery.tl.records.Hypothesis` records.
 """
 
 from __future__ import annotations
