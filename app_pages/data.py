@@ -123,7 +123,7 @@ def _graph(path: str, mtime: float) -> nx.DiGraph:
 
 
 def graph(run: Path, slug: str) -> nx.DiGraph | None:
-    p = run / "graphs" / f"{slug}.json"
+    p = run / layout.graph_file(slug)
     return _graph(str(p), _mtime(p)) if p.is_file() else None
 
 

@@ -52,7 +52,7 @@ if run is not None:
         d = st.columns(4)
         d[0].download_button("node-link JSON", json.dumps(to_node_link(g)), f"{slug}.json")
         d[1].download_button("Cytoscape.js", json.dumps(to_cytoscape(g)), f"{slug}.cyjs")
-        gml = run / "graphs" / f"{slug}.graphml"
+        gml = run / layout.graph_file(slug, ".graphml")
         if gml.is_file():
             d[2].download_button("GraphML", gml.read_bytes(), f"{slug}.graphml")
         d[3].download_button("GEXF", "\n".join(nx.generate_gexf(nx.DiGraph(

@@ -62,8 +62,14 @@ class TrainConfig:
     #: exponential moving average of the weights (0 = off): validation, early stopping and the
     #: returned model use the averaged weights, which vary less from step to step
     ema: float = 0.0
+    #: learning rate over the steps: "warmup_cosine" (linear warm-up over the first 10%, then
+    #: cosine decay to 0) for training from scratch; "constant" for short fine-tuning
+    lr_schedule: str = "warmup_cosine"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in ("warmup_cosine", "constant"):
+            msg = f"lr_schedule must be 'warmup_cosine' or 'constant', got {self.lr_schedule!r}"
+            raise ValueError(msg)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             msg = f"device must be 'cpu' or 'cuda', got {self.device!r}"
             raise ValueError(msg)
@@ -240,6 +246,8 @@ def train_classifier(
 
     def lr_factor(step: int) -> float:
         # linear warm-up over the first 10% of steps, then cosine decay to 0
+        if config.lr_schedule == "constant":
+            return 1.0
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))

@@ -156,7 +156,7 @@ def to_markdown(result: BenchmarkResult, *, command: str = "") -> str:
         "",
         f"Command: `{command}`" if command else "",
         "",
-        "Metrics (see `discovery/yardstick.py`): precision@10 and AUPRC of each planted "
+        "Metrics (see `discovery/tl/yardstick.py`): precision@10 and AUPRC of each planted "
         "program's genes in its cell type and direction (mean over programs and seeds); "
         "artifact_fd = planted artifact genes (technical batch program, mitochondrial genes) in "
         "the top 20 of every (cell type, direction) list, summed; n_q05 = up-ranked genes with "

@@ -81,7 +81,7 @@ def covariate_share(run_dir: Path, covariate: str) -> float:
     conf = set(ann.index[ann["confounded_by"] == covariate])
     num = den = 0.0
     for e in index["graphs"]:
-        g = load_graph(run_dir / "graphs" / f"{e['slug']}.json")
+        g = load_graph(run_dir / layout.graph_file(e["slug"]))
         inc = [(u, abs(d["weight"])) for u, _, d in g.in_edges("output", data=True)]
         tot = sum(w for _, w in inc)
         if tot > 0:
@@ -207,17 +207,17 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         tmp = out / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         child.save_pretrained(tmp, safe_serialization=True)
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / Path(layout.METRICS).name, metrics)
         # later stages are cached by this stage's params: key them on the weights themselves,
         # so a child rebuilt with other code or other withheld genes never reuses stale features
         rec = rd.manifest["stages"]["model"]
         rec["params"]["weights_sha256"] = hashlib.sha256(
             (tmp / "model.safetensors").read_bytes()).hexdigest()
         rec["params_hash"] = config_hash(rec["params"])
-        shutil.rmtree(out / "model", ignore_errors=True)
-        tmp.rename(out / "model")
+        shutil.rmtree(out / layout.MODEL_DIR, ignore_errors=True)
+        tmp.rename(out / layout.MODEL_DIR)
         atomic_write(out / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
-        outputs += ["model/model.safetensors", "model/metrics.json", layout.ADATA]
+        outputs += [f"{layout.MODEL_DIR}/model.safetensors", layout.METRICS, layout.ADATA]
     store.log_action(run_id, f"model:{mode}", child_run=str(out))
     feats_res = features_stage(rd, adata, child, config, quiet=quiet)
     graphs_stage(rd, adata, child, feats_res, config, quiet=quiet)

@@ -175,7 +175,7 @@ def write_report(run_dir: str | Path) -> list[str]:
     plans = plans_doc["plans"] if plans_doc else []
     validations = {}
     for e in (index or {}).get("graphs", []):
-        v = _read(rd / "graphs" / f"{e['slug']}.validation.json")
+        v = _read(rd / layout.validation_file(e["slug"]))
         if v:
             validations[e["cell_type"]] = v
     figs = _figures(hyps, validations)

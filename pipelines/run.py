@@ -52,7 +52,7 @@ from discovery.tl.attribution import SAEHook, check_sae_hooks
 from discovery.tl.baselines import rank_genes
 from discovery.tl.embedding import umap
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
-from discovery.tl.hypotheses import SCORE_FORMULA, STATUS_RULES, propose_hypotheses
+from discovery.tl.hypotheses import SCORE_FORMULA, propose_hypotheses, status_rules
 from discovery.tl.interventions import validate_graph, validation_summary
 from discovery.tl.plans import PRIORITY_FORMULA, make_plans
 from discovery.tl.yardstick import score_ranking
@@ -298,7 +298,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         hyps = [h.to_dict() for h in hyps]
         plans = [p.to_dict() for p in plans]
         write_json(hpath, {"schema_version": 1, "run_id": run_id,
-                           "score_formula": SCORE_FORMULA, "status_rules": STATUS_RULES,
+                           "score_formula": SCORE_FORMULA, "status_rules": status_rules(spec),
                            "hypotheses": hyps})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
                            "priority_formula": PRIORITY_FORMULA, "plans": plans})

@@ -428,13 +428,13 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
 
 # --------------------------------------------------------------------------------------- helpers
 def get_keys(adata: ad.AnnData) -> Keys:
-    """The validated keys stored by :func:`discovery.pp.preprocess.preprocess`."""
+    """The validated keys stored by :func:`discovery.pp.preprocess`."""
     try:
         raw = adata.uns["discovery"]["keys"]
     except KeyError as err:
         msg = (
             "adata has no validated keys in uns['discovery']['keys']; run "
-            "`discovery.pp.preprocess.preprocess(adata, keys)` first."
+            "`discovery.pp.preprocess(adata, keys)` first."
         )
         raise InputError(msg) from err
     # stored as a JSON string: h5ad turns lists into arrays and cannot hold None

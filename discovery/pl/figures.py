@@ -25,15 +25,17 @@ def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, headless
     return plt
 
 
-def donor_activation(hypotheses: Sequence[Mapping[str, Any]], *, n: int = 6) -> Any | None:
+def donor_activation(hypotheses: Sequence[Any], *, n: int = 6) -> Any | None:
     """Donor-level activation of the top ``n`` hypotheses: one panel each, control vs case
     donors, discovery donors left of each group and held-out test donors right.
 
-    Reads each hypothesis's ``donors`` records (hypotheses.json). Returns a matplotlib
+    Reads each hypothesis's ``donors`` records (:class:`discovery.tl.records.Hypothesis`
+    objects or hypotheses.json records). Returns a matplotlib
     ``Figure``, or None when no hypothesis has donor records.
     """
     plt = _pyplot()
-    top = [h for h in hypotheses if h.get("donors")][:n]
+    records = [h.to_dict() if hasattr(h, "to_dict") else h for h in hypotheses]
+    top = [h for h in records if h.get("donors")][:n]
     if not top:
         return None
     fig, axes = plt.subplots(1, len(top), figsize=(2.6 * len(top), 2.8), squeeze=False)

@@ -5,10 +5,12 @@ from discovery.pp.preprocess import (
     drop_empty,
     normalize,
     preprocess,
+    preprocess_unlabelled,
     qc_metrics,
     select_genes,
     split_donors,
 )
 
-__all__ = ["PreprocessConfig", "drop_empty", "normalize", "preprocess", "qc_metrics",
+__all__ = ["PreprocessConfig", "drop_empty", "normalize", "preprocess", "preprocess_unlabelled",
+           "qc_metrics",
            "select_genes", "split_donors"]

@@ -8,7 +8,7 @@ refinement after expert feedback (``refine``) and scoring against planted truth
 (``yardstick``).
 """
 
-from discovery.tl import stats
+from discovery.tl import refine, stats, yardstick
 from discovery.tl.annotate import annotate_features
 from discovery.tl.attribution import SAEHook, integrated_gradients
 from discovery.tl.baselines import rank_genes
@@ -51,5 +51,5 @@ __all__ = [
     "encode_cells", "evaluate", "example_cells", "fit_saes", "integrated_gradients",
     "intervene", "load_model", "make_plans", "match_features", "perturb_genes",
     "population_mask", "predict", "propose_hypotheses", "rank_genes", "sae_quality",
-    "shortcut_probe", "stats", "train", "umap", "validate_graph", "validation_summary",
+    "refine", "shortcut_probe", "stats", "train", "yardstick", "umap", "validate_graph", "validation_summary",
 ]

@@ -184,7 +184,7 @@ BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
 def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame:
     """Rank genes per (cell type, direction) with a baseline method.
 
-    Reads ``uns['discovery']['keys']`` (run :func:`discovery.pp.preprocess.preprocess` first),
+    Reads ``uns['discovery']['keys']`` (run :func:`discovery.pp.preprocess` first),
     log-normalised ``X``, ``layers['counts']`` and the label / donor / cell-type obs columns.
     Writes nothing. Returns a table with :data:`RANKING_COLUMNS`.
     """

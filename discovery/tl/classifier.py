@@ -4,7 +4,7 @@ Steps of :func:`train`:
 
 1. Gene panel: the highly variable genes (``var['highly_variable']``) become the model's
    vocabulary; :func:`encode` turns log-normalised ``X`` into ``expr: (cells, panel)``.
-2. Split: ``obs['split']`` (donor-held-out, from :func:`discovery.pp.preprocess.split_donors`):
+2. Split: ``obs['split']`` (donor-held-out, from :func:`discovery.pp.split_donors`):
    train on ``train`` donors, early-stop on ``val`` donors, report on ``test`` donors.
 3. Fit (:func:`models.training.train_classifier`) with class-balanced weights.
 4. Predict every cell (``obs['case_prob']``) and compute test-donor metrics: cell-level AUROC,
@@ -97,7 +97,7 @@ def encode(adata: ad.AnnData, genes: list[str] | None = None) -> torch.Tensor:
     """
     if genes is None:
         if "highly_variable" not in adata.var:
-            msg = "adata has no var['highly_variable']; run `discovery.pp.preprocess.preprocess` first"
+            msg = "adata has no var['highly_variable']; run `discovery.pp.preprocess` first"
             raise InputError(msg)
         genes = adata.var_names[adata.var["highly_variable"].to_numpy()].tolist()
     missing = [g for g in genes if g not in adata.var_names]
@@ -118,13 +118,13 @@ def encode(adata: ad.AnnData, genes: list[str] | None = None) -> torch.Tensor:
 
 def _check_split(adata: ad.AnnData, keys: Keys) -> None:
     if "split" not in adata.obs:
-        msg = "adata has no obs['split']; run `discovery.pp.preprocess.preprocess` first"
+        msg = "adata has no obs['split']; run `discovery.pp.preprocess` first"
         raise InputError(msg)
     per_donor = adata.obs.groupby(keys.donor_key, observed=True)["split"].nunique()
     leaked = per_donor.index[per_donor > 1].tolist()
     if leaked:
         msg = (f"donor(s) {leaked[:5]} have cells in more than one split; a donor must be in one "
-               "split only (re-run `discovery.pp.preprocess.split_donors`)")
+               "split only (re-run `discovery.pp.split_donors`)")
         raise InputError(msg)
     for s in ("train", "val", "test"):
         m = (adata.obs["split"] == s).to_numpy()

@@ -109,16 +109,20 @@ class SAESpec:
     def to_dict(self) -> dict[str, Any]:
         return {"hook": self.hook, "architecture": self.architecture, "d_sae": self.d_sae,
                 "k": self.k, "seeds": list(self.seeds), "dead_after": self.dead_after,
-                "sae": dict(self.sae), "train": self.train.to_dict()}
+                "sae": dict(self.sae),
+                "train": {k: v for k, v in self.train.to_dict().items() if k != "seed"}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAESpec:
         check_known(d, cls.__dataclass_fields__, "features settings", error=InputError)
         kw = dict(d)
         if "train" in kw:
+            if "seed" in kw["train"]:
+                msg = ("features.train.seed is not a setting: each SAE is trained with one of "
+                       "features.seeds")
+                raise InputError(msg)
             try:
-                kw["train"] = SAETrainConfig.from_dict(
-                    {k: v for k, v in kw["train"].items() if k != "seed"})
+                kw["train"] = SAETrainConfig.from_dict(kw["train"])
             except ValueError as err:
                 raise InputError(str(err)) from err
         return cls(**kw)
@@ -258,7 +262,7 @@ def fit_saes(
 
     spec = spec or SAESpec()
     if "split" not in adata.obs:
-        msg = "obs['split'] is missing: run discovery.pp.preprocess (donor-held-out split) first"
+        msg = "obs['split'] is missing: run discovery.pp.preprocess(adata) (donor-held-out split) first"
         raise InputError(msg)
     tmp = None
     if workdir is None:

@@ -106,7 +106,7 @@ def population_mask(adata: ad.AnnData, *, cell_type: str | None = None,
         m &= cm if label == "case" else ~cm
     if split is not None:
         if "split" not in adata.obs:
-            msg = "obs['split'] is missing; run discovery.pp.preprocess.split_donors first"
+            msg = "obs['split'] is missing; run discovery.pp.split_donors first"
             raise InputError(msg)
         m &= (adata.obs["split"] == split).to_numpy()
     if not m.any():

@@ -77,7 +77,7 @@ MIN_DETECTED_CELLS = 0.05
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses",
+__all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses", "status_rules",
            "hypotheses_to_ranking"]
 
 TECHNICAL = ("batch", "pct_counts_mt", "total_counts")
@@ -110,20 +110,27 @@ class HypothesisSpec:
         return dict(self.__dict__)
 
 
-#: the status rules, as hypotheses.json states them (decided in :func:`_status_and_score`)
-STATUS_RULES = {
-    "supported": "donor-level q < 0.05 (discovery donors), replicates on held-out test donors "
-                 "(same direction, one-sided p < 0.05), its genes' distilled biomarker reaches "
-                 f"AUROC ≥ min_gene_auroc ({HypothesisSpec.min_gene_auroc:g}) on test donors, "
-                 "stability ≥ min_stability, not flagged",
-    "flagged": "a technical covariate (batch, QC) explains the donor-level signal better than "
-               "the label, or one of its features is annotated as explained by batch / QC in "
-               "the hypothesis's cell type, or its top-10 genes hold >= 3 genes of one "
-               "artifact gene set (mitochondrial, ribosomal, dissociation, heat shock); never "
-               "supported",
-    "candidate": "everything else with a causal effect on the case logit",
-    "rejected": "an expert rejected it (feedback)",
-}
+def status_rules(spec: HypothesisSpec) -> dict[str, str]:
+    """The status rules with a run's thresholds, as hypotheses.json states them (decided in
+    :func:`_status_and_score`)."""
+    return {
+        "supported": f"donor-level q < {spec.alpha:g} (discovery donors), replicates on held-out "
+                     f"test donors (same direction, one-sided p < {spec.alpha:g}), its genes' "
+                     "distilled biomarker reaches "
+                     f"AUROC ≥ min_gene_auroc ({spec.min_gene_auroc:g}) on test donors, "
+                     "stability ≥ min_stability, not flagged",
+        "flagged": "a technical covariate (batch, QC) explains the donor-level signal better "
+                   "than the label, or one of its features is annotated as explained by batch / "
+                   "QC in the hypothesis's cell type, or its top-10 genes hold >= "
+                   f"{ARTIFACT_PROGRAM_GENES} genes of one artifact gene set (mitochondrial, "
+                   "ribosomal, dissociation, heat shock); never supported",
+        "candidate": "everything else with a causal effect on the case logit",
+        "rejected": "an expert rejected it (feedback)",
+    }
+
+
+#: the status rules at the default thresholds
+STATUS_RULES = status_rules(HypothesisSpec())
 
 class _Union:
     def __init__(self, items: list[str]) -> None:

@@ -162,16 +162,20 @@ def finetune_without(
         cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
         term = covariate_penalty(y[tr], cov[tr])
         extra = lambda acts, rows: penalty * term(acts, rows)  # noqa: E731
-    w = torch.from_numpy(class_balance_weights(y.numpy()))
+    # class weights from the training donors; the validation loss is not used (AUROC decides)
+    w_tr = torch.from_numpy(class_balance_weights(y[tr].numpy()))
+    w_va = torch.ones(len(va))
     config = TrainConfig(epochs=epochs, batch_size=256, lr=lr, weight_decay=0.01,
-                         patience=epochs, early_stopping="auroc", seed=seed, grad_clip=1.0)
-    hist = train_classifier(child, (x[tr], y[tr], w[tr]), (x[va], y[va], w[va]), config,
+                         patience=epochs, min_delta=0.0, early_stopping="auroc", seed=seed,
+                         grad_clip=1.0, lr_schedule="constant")
+    hist = train_classifier(child, (x[tr], y[tr], w_tr), (x[va], y[va], w_va), config,
                             hooks={"pooled": _projection_hook(basis, center)},
                             extra_loss=extra, cache=("pooled",) if extra else ())
     new_center = _pooled_mean(adata, child)
     history = {"epochs": [{"epoch": i, "val_auroc": a, "train_loss": t}
                           for i, (a, t) in enumerate(zip(hist.val_auroc, hist.train_loss))],
-               "best_val_auroc": hist.val_auroc[hist.best_epoch] if hist.val_auroc else None}
+               "best_val_auroc": (hist.val_auroc[hist.best_epoch]
+                                  if hist.best_epoch >= 0 else None)}
     return fold_projection(child, basis, new_center), history
 
 
@@ -424,7 +428,7 @@ def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: i
     the artifact's genes (and genes it reaches through depth) took panel slots that genes
     varying for other reasons would have had. After the correction (thinning, renormalising)
     the highly variable genes are selected again among the genes not withheld, as
-    :func:`discovery.pp.preprocess.select_genes` does (pins kept). ``var['highly_variable']`` then
+    :func:`discovery.pp.select_genes` does (pins kept). ``var['highly_variable']`` then
     marks the new selection together with the withheld genes — the panel before withholding,
     so that a later refinement still finds what was withheld (panel = highly variable −
     withheld). Returns the genes that entered and left the panel.
@@ -443,7 +447,7 @@ def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: i
 
 def renormalise_without(adata: Any, group: str) -> dict[str, Any]:
     """Recompute ``X`` with the ``var[group]`` genes left out of each cell's size
-    (:func:`discovery.pp.preprocess.normalize` with ``size_without``); in place.
+    (:func:`discovery.pp.normalize` with ``size_without``); in place.
 
     Needs ``layers['counts']`` (count input). Returns the group's genes and the median change of
     the size factor, for the audit trail.
