@@ -61,7 +61,7 @@ def test_unknown_method(alz):
 def test_requires_preprocess(raw_small):
     from discovery.io.contract import InputError
 
-    with pytest.raises(InputError, match="run `discovery.pp.preprocess.preprocess"):
+    with pytest.raises(InputError, match=r"run `discovery.pp.preprocess\(adata"):
         rank_genes(raw_small, "pseudobulk")
 
 
