@@ -187,7 +187,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                                              seed=config.seed)
         else:
             child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,
-                                                    config, quiet=quiet)
+                                                    config)
             table = history["withheld"]["table"]
             store.log_action(run_id, "retrain:withheld", detail=json.dumps(
                 {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"],
@@ -219,11 +219,11 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         atomic_write(out / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
         outputs += [f"{layout.MODEL_DIR}/model.safetensors", layout.METRICS, layout.ADATA]
     store.log_action(run_id, f"model:{mode}", child_run=str(out))
-    feats_res = features_stage(rd, adata, child, config, quiet=quiet)
+    feats_res = features_stage(rd, adata, child, config)
     graphs_stage(rd, adata, child, feats_res, config, quiet=quiet)
     rankings = pd.read_csv(out / layout.RANKINGS) if (
         out / layout.RANKINGS).is_file() else None
-    hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config, quiet=quiet)
+    hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config)
 
     parent_metrics = json.loads((parent_dir / layout.METRICS).read_text())
     truth = None
@@ -270,8 +270,8 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
 
 
 def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],
-                           covariate: str | None, config: PipelineConfig, *,
-                           quiet: bool) -> tuple[Any, dict[str, Any]]:
+                           covariate: str | None,
+                           config: PipelineConfig) -> tuple[Any, dict[str, Any]]:
     """Retrain from scratch (the parent's model settings) without the artifact's input genes.
 
     A QC covariate computed from a gene group (:data:`QC_GENE_GROUPS`) renormalises ``X``

@@ -80,7 +80,7 @@ class RunResult:
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
-                genes_in_rows: bool, quiet: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
+                genes_in_rows: bool) -> tuple[ad.AnnData, dict[str, Any]]:
     max_cells = config.preprocess.max_cells
     strata = config.keys.donor_key or config.keys.label_key
     if data is None and config.cohort.scenario in DATASETS:
@@ -138,8 +138,7 @@ def run_pipeline(
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
     adata, input_desc = _load_input(Path(data) if data else None,
-                                    Path(metadata) if metadata else None, config, genes_in_rows,
-                                    quiet=quiet)
+                                    Path(metadata) if metadata else None, config, genes_in_rows)
     # before any work: errors surface here
     keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
     rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
@@ -211,7 +210,7 @@ def run_pipeline(
 
     # 5. model ---------------------------------------------------------------------------------
     stages.set_postfix_str("model")
-    model, metrics = train_stage(rd, adata, config, quiet=quiet)
+    model, metrics = train_stage(rd, adata, config)
     stages.update()
     if stop_after == "model":
         stages.close()
@@ -219,7 +218,7 @@ def run_pipeline(
 
     # 6. features ------------------------------------------------------------------------------
     stages.set_postfix_str("features")
-    feats = features_stage(rd, adata, model, config, quiet=quiet)
+    feats = features_stage(rd, adata, model, config)
     stages.update()
     if stop_after == "features":
         stages.close()
@@ -232,7 +231,7 @@ def run_pipeline(
 
     # 8. hypotheses and plans -------------------------------------------------------------------
     stages.set_postfix_str("hypotheses")
-    hyps = hypotheses_stage(rd, adata, model, feats, rankings, metrics, config, quiet=quiet)
+    hyps = hypotheses_stage(rd, adata, model, feats, rankings, metrics, config)
     stages.update()
 
     # 9. report --------------------------------------------------------------------------------
@@ -264,15 +263,15 @@ def analyse(adata: ad.AnnData, out: str | Path, *, config: PipelineConfig | None
     if rankings is None and config.baselines:
         rankings = pd.concat([rank_genes(adata, m, seed=config.seed) for m in config.baselines],
                              ignore_index=True)
-    model, metrics = train_stage(rd, adata, config, quiet=quiet)
-    feats = features_stage(rd, adata, model, config, quiet=quiet)
+    model, metrics = train_stage(rd, adata, config)
+    feats = features_stage(rd, adata, model, config)
     graphs_stage(rd, adata, model, feats, config, quiet=quiet)
-    return hypotheses_stage(rd, adata, model, feats, rankings, metrics, config, quiet=quiet)
+    return hypotheses_stage(rd, adata, model, feats, rankings, metrics, config)
 
 
 def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
-                     rankings: pd.DataFrame, metrics: dict[str, Any], config: PipelineConfig,
-                     *, quiet: bool = False) -> dict[str, Any]:
+                     rankings: pd.DataFrame, metrics: dict[str, Any],
+                     config: PipelineConfig) -> dict[str, Any]:
     """Hypotheses from the run's graphs and features, and plans for them."""
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
@@ -370,8 +369,8 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
     return index
 
 
-def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineConfig, *,
-                   quiet: bool = False) -> dict[str, Any]:
+def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
+                   config: PipelineConfig) -> dict[str, Any]:
     """Fit SAEs at the configured hook, measure them, annotate the features."""
     spec = config.sae_spec()
     params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
@@ -419,8 +418,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any, config: PipelineCo
     return {"quality": summary, "sae": primary, "annotations": table}
 
 
-def train_stage(rd: RunDir, adata: ad.AnnData, config: PipelineConfig, *,
-                quiet: bool = False) -> tuple[Any, dict[str, Any]]:
+def train_stage(rd: RunDir, adata: ad.AnnData,
+                config: PipelineConfig) -> tuple[Any, dict[str, Any]]:
     """Train (or reuse) the classifier of a run; writes ``model/`` and updates ``adata.h5ad``."""
     mc = config.model
     params = {"model": mc.to_dict(), "seed": config.seed,

@@ -95,11 +95,8 @@ def graph_index(run_dir: str | Path) -> dict[str, Any]:
 
 def graph(run_dir: str | Path, slug: str) -> nx.DiGraph:
     """One cohort graph of a run by its index ``slug`` (e.g. ``microglia_case``)."""
-    known = [e["slug"] for e in graph_index(run_dir)["graphs"]]
-    if slug not in known:
-        msg = f"no graph named {slug!r} in {run_dir}; available: {', '.join(known) or 'none'}"
-        raise InputError(msg)
-    return load_graph(Path(run_dir) / layout.graph_file(slug))
+    ((_, path),) = graph_files(run_dir, [slug])
+    return load_graph(path)
 
 
 def graph_files(run_dir: str | Path, slugs: list[str] | None = None, *,

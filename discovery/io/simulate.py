@@ -442,7 +442,7 @@ def write_simulated(
     cells_per_donor: int = 200,
     n_genes: int = 2000,
     label_key: str = "diagnosis",
-    chunk_cells: int = 50_000,
+    chunk_cells: int = DEFAULT_CHUNK_CELLS,
 ) -> tuple[int, int]:
     """Simulate a cohort straight to an ``.h5ad`` file, ``chunk_cells`` rows at a time.
 

@@ -18,6 +18,7 @@ Steps (:func:`fit_saes` runs 1, 2, 4 and 5; the pipeline's features stage adds 3
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,6 @@ class SAESpec:
     train: SAETrainConfig = field(default_factory=SAETrainConfig)
 
     def __post_init__(self) -> None:
-        from models.sae import SAE_REGISTRY
-
         if isinstance(self.train, dict):
             self.train = SAETrainConfig.from_dict(self.train)
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -97,8 +96,6 @@ class SAESpec:
 
     def sae_config(self, d_in: int, seed: int) -> Any:
         """The architecture's config dataclass (``models.sae``) for inputs of width ``d_in``."""
-        from models.sae import SAE_REGISTRY
-
         _, cfg_cls = SAE_REGISTRY[self.architecture]
         kw: dict[str, Any] = {"d_in": d_in, "d_sae": self.d_sae, "seed": seed}
         if "k" in cfg_cls.__dataclass_fields__:
@@ -207,12 +204,12 @@ def train_saes(
 ) -> list[tuple[SparseAutoencoder, Any]]:
     """Fit one SAE per seed on ``store`` (rows ``train_rows`` only, when given)."""
     acts = store.read() if train_rows is None else store.read()[torch.from_numpy(train_rows)]
+    sae_cls, _ = SAE_REGISTRY[spec.architecture]
     out = []
     for seed in spec.seeds:
-        sae_cls, _ = SAE_REGISTRY[spec.architecture]
         sae = sae_cls(spec.sae_config(store.d, seed))
         sae.fit_normalisation(acts)
-        cfg = SAETrainConfig.from_dict({**spec.train.to_dict(), "seed": seed})
+        cfg = dataclasses.replace(spec.train, seed=seed)
         gen = torch.Generator().manual_seed(seed)
 
         def data(epoch: int, acts=acts, gen=gen, bs=cfg.batch_size):
@@ -262,7 +259,8 @@ def fit_saes(
 
     spec = spec or SAESpec()
     if "split" not in adata.obs:
-        msg = "obs['split'] is missing: run discovery.pp.preprocess(adata) (donor-held-out split) first"
+        msg = ("obs['split'] is missing: run discovery.pp.preprocess(adata) (donor-held-out "
+               "split) first")
         raise InputError(msg)
     tmp = None
     if workdir is None:

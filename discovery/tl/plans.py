@@ -211,7 +211,6 @@ def make_plans(
     plans: list[dict[str, Any]] = []
     records = [h.to_dict() for h in hypotheses]  # the facts the assay templates are filled from
     for h in records:
-        h["plans"] = []
         if h["status"] == "rejected":
             continue
         eligible = [a for a in assays if h["kind"] in a["kinds"]

@@ -53,7 +53,8 @@ from models.sae import SparseAutoencoder
 from models.training import TrainConfig, class_balance_weights, train_classifier
 
 __all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "match_depth", "propose_similar", "reselect_panel", "renormalise_without", "covariate_penalty", "finetune_without",
+           "match_depth", "propose_similar", "reselect_panel", "renormalise_without",
+           "covariate_penalty", "finetune_without",
            "suppression_basis"]
 
 #: QC covariates computed from a gene group (``var`` column): the group is taken out of the
@@ -103,10 +104,11 @@ def _projection_hook(basis: torch.Tensor, center: torch.Tensor):  # noqa: ANN202
     return fn
 
 
-def covariate_penalty(y: torch.Tensor, cov: torch.Tensor, *, hook: str = "pooled"):  # noqa: ANN201
+def covariate_penalty(y: torch.Tensor, cov: torch.Tensor, *, hook: str = "pooled",  # noqa: ANN201
+                      weight: float = 1.0):
     """A loss term that pulls apart nothing the label does not: within each label, the squared
     distance of each covariate level's mean activation at ``hook`` from the label's mean,
-    weighted by the level's share, over the activation's total variance.
+    weighted by the level's share, over the activation's total variance; times ``weight``.
 
     ``y: (cells,)`` labels and ``cov: (cells,)`` covariate codes of the training rows; returns
     ``fn(acts, rows)`` for :func:`models.training.train_classifier` (``extra_loss``).
@@ -127,7 +129,7 @@ def covariate_penalty(y: torch.Tensor, cov: torch.Tensor, *, hook: str = "pooled
                 gm = groups == gval
                 if gm.sum() >= 2:
                     pen = pen + gm.float().mean() * (pm[gm].mean(0) - mu).pow(2).sum()
-        return pen / var
+        return weight * pen / var
 
     return fn
 
@@ -160,8 +162,7 @@ def finetune_without(
     extra = None
     if covariate and covariate in adata.obs and penalty > 0:
         cov = torch.from_numpy(pd.factorize(adata.obs[covariate].astype(str))[0])
-        term = covariate_penalty(y[tr], cov[tr])
-        extra = lambda acts, rows: penalty * term(acts, rows)  # noqa: E731
+        extra = covariate_penalty(y[tr], cov[tr], weight=penalty)
     # class weights from the training donors; the validation loss is not used (AUROC decides)
     w_tr = torch.from_numpy(class_balance_weights(y[tr].numpy()))
     w_va = torch.ones(len(va))
