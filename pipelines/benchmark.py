@@ -17,33 +17,37 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from discovery.io.contract import Keys
 from discovery.io.simulate import simulate, truth
 from discovery.pp.preprocess import PreprocessConfig, preprocess
 from discovery.tl.baselines import BASELINES, rank_genes
-from discovery.tl.yardstick import score_ranking
+from discovery.tl.yardstick import score_programs, score_ranking
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "BenchmarkResult", "run_benchmark", "to_markdown"]
+__all__ = ["METHODS", "BenchmarkResult", "SuiteResult", "bootstrap_mean", "run_benchmark",
+           "run_suite", "suite_markdown", "suite_tables", "to_markdown"]
 
 RankingMethod = Callable[..., pd.DataFrame]
 
-def discovery_method(adata, *, seed: int) -> pd.DataFrame:  # noqa: ANN001
+def discovery_method(adata, *, seed: int, preset: str = "standard",  # noqa: ANN001
+                     overrides: dict | None = None) -> pd.DataFrame:
     """The interpretability method: model -> SAE features -> graphs -> hypotheses -> ranking.
 
-    Genes of unflagged hypotheses in rank order per (cell type, direction)
-    (:func:`discovery.tl.hypotheses.hypotheses_to_ranking`); the hypotheses ride along in
-    ``ranking.attrs['hypotheses']`` for the status counts.
+    Adjusted donor-level evidence per gene, promoted by the model's hypotheses and demoted by
+    technical evidence (:func:`discovery.tl.hypotheses.evidence_ranking`); the hypotheses ride
+    along in ``ranking.attrs['hypotheses']`` for the status counts.
     """
     import tempfile
 
-    from discovery.tl.hypotheses import hypotheses_to_ranking
-    from pipelines.config import PipelineConfig
+    from discovery.tl.hypotheses import evidence_ranking
+    from pipelines.config import load_config
     from pipelines.run import analyse
 
+    config = load_config(preset=preset, overrides={**(overrides or {}), "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
-        res = analyse(adata, tmp, config=PipelineConfig(seed=seed), quiet=True)
-    ranking = hypotheses_to_ranking(res["hypotheses"])
+        res = analyse(adata, tmp, config=config, quiet=True)
+    ranking = evidence_ranking(res["hypotheses"], res["donor_tests"])
     ranking.attrs["hypotheses"] = res["hypotheses"]
     return ranking
 
@@ -181,3 +185,185 @@ def to_markdown(result: BenchmarkResult, *, command: str = "") -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------- randomised suite
+#: difficulty strata of the generalisation report: (name, column, bins, labels)
+STRATA: tuple[tuple[str, str, list[float], list[str]], ...] = (
+    ("effect (log units)", "effect", [0, 0.8, 1.5, np.inf], ["< 0.8", "0.8-1.5", ">= 1.5"]),
+    ("donors", "n_donors", [0, 24, 48, np.inf], ["< 24", "24-48", "> 48"]),
+    ("artifact alignment", "max_alignment", [-1, 0.5, 2], ["< 0.5", ">= 0.5"]),
+)
+
+
+class SuiteResult:
+    """Per-program scores (``programs``) and per-scenario facts (``runs``) of a random suite."""
+
+    def __init__(self, programs: pd.DataFrame, runs: pd.DataFrame) -> None:
+        self.programs = programs
+        self.runs = runs
+
+
+def _keys_of(tr: dict) -> Keys:
+    k = tr["keys"]
+    return Keys(label_key=k["label_key"], case=tr["case"], donor_key=k["donor_key"],
+                cell_type_key=k["cell_type_key"], batch_key=k["batch_key"])
+
+
+def run_suite(n: int, seed: int, methods: Sequence[str], *, preset: str = "quick",
+              config: dict | None = None, draw: dict | None = None,
+              quiet: bool = False) -> SuiteResult:
+    """Every method on ``n`` randomised scenarios (:mod:`discovery.io.scenarios`).
+
+    ``discovery`` runs with the pipeline ``preset`` (plus ``config`` overrides); ``draw``
+    bounds the scenario design (:func:`discovery.io.scenarios.draw_scenario`). A method that fails on a scenario scores
+    zero there, with the error kept in ``runs['error']``: a failure is a miss, not a gap.
+    """
+    from discovery.io.scenarios import random_suite, simulate_scenario
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        msg = f"unknown methods {unknown}; registered: {', '.join(METHODS)}"
+        raise ValueError(msg)
+    prog_rows, run_rows = [], []
+    for sc_ in tqdm(random_suite(n, seed, **(draw or {})), desc="suite", disable=quiet):
+        adata = simulate_scenario(sc_)
+        tr = truth(adata)
+        preprocess(adata, _keys_of(tr), config=PreprocessConfig(split_seed=sc_.seed))
+        diff = tr["difficulty"]
+        facts = {"scenario": sc_.name, "n_donors": diff["n_donors"],
+                 "n_cells": adata.n_obs, "max_alignment": diff["max_alignment"],
+                 "n_programs": diff["n_programs"], "artifacts": ",".join(diff["artifacts"])}
+        for name in methods:
+            method = (partial(METHODS[name], preset=preset, overrides=config)
+                      if name == "discovery" else METHODS[name])
+            t0 = time.perf_counter()
+            error = None
+            try:
+                ranking = method(adata, seed=0)
+            except Exception as err:  # noqa: BLE001 - a failing method scores zero, visibly
+                log.warning("%s failed on %s: %s", name, sc_.name, err)
+                error = f"{type(err).__name__}: {err}"
+                ranking = pd.DataFrame(columns=["cell_type", "direction", "rank", "gene"])
+            seconds = time.perf_counter() - t0
+            progs, fd = score_programs(ranking, tr)
+            if len(progs):
+                progs.insert(0, "method", name)
+                for k, v in facts.items():
+                    progs[k] = v
+                prog_rows.append(progs)
+            hyps = ranking.attrs.get("hypotheses")
+            run_rows.append({**facts, "method": name, "artifact_fd_10": fd,
+                             "n_supported": (sum(h["status"] == "supported" for h in hyps)
+                                             if hyps is not None else np.nan),
+                             "n_hypotheses": len(hyps) if hyps is not None else np.nan,
+                             "seconds": seconds, "error": error})
+    programs = (pd.concat(prog_rows, ignore_index=True) if prog_rows else pd.DataFrame())
+    return SuiteResult(programs, pd.DataFrame(run_rows))
+
+
+def bootstrap_mean(df: pd.DataFrame, value: str, *, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``value`` over the rows of ``df`` with a 95% percentile interval from resampling
+    *scenarios* (rows of one scenario move together: its programs are not independent)."""
+    if df.empty:
+        return (np.nan, np.nan, np.nan)
+    per = df.groupby("scenario")[value].agg(["sum", "count"])
+    s, c = per["sum"].to_numpy(float), per["count"].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per), size=(n_boot, len(per)))
+    boots = s[idx].sum(1) / c[idx].sum(1)
+    return (float(s.sum() / c.sum()), float(np.quantile(boots, 0.025)),
+            float(np.quantile(boots, 0.975)))
+
+
+def _ci(m: tuple[float, float, float]) -> str:
+    return "–" if np.isnan(m[0]) else f"{m[0]:.2f} [{m[1]:.2f}, {m[2]:.2f}]"
+
+
+def suite_tables(result: SuiteResult) -> dict[str, pd.DataFrame]:
+    """The generalisation report's tables: overall, by stratum, by program kind, per scenario."""
+    progs, runs = result.programs, result.runs
+    methods = list(dict.fromkeys(runs["method"]))
+    rows = []
+    with_prog = runs[runs["n_programs"] > 0]
+    null = runs[runs["n_programs"] == 0]
+    for m in methods:
+        p = progs[progs["method"] == m] if len(progs) else progs
+        r = with_prog[with_prog["method"] == m].assign(fd=lambda d: d["artifact_fd_10"])
+        rows.append({"method": m,
+                     "recall@10": _ci(bootstrap_mean(p, "recall_at_10")),
+                     "recall@20": _ci(bootstrap_mean(p, "recall_at_20")),
+                     "precision@10": _ci(bootstrap_mean(p, "precision_at_10")),
+                     "artifact FD in top 10": _ci(bootstrap_mean(
+                         runs[runs["method"] == m].rename(columns={"artifact_fd_10": "fd"}),
+                         "fd")),
+                     "scenarios with supported (no programs)": (
+                         f"{int((null.loc[null['method'] == m, 'n_supported'] > 0).sum())}"
+                         f" / {int((null['method'] == m).sum())}"
+                         if m == "discovery" else "–"),
+                     "failures": int(runs.loc[runs["method"] == m, "error"].notna().sum()),
+                     "median seconds": float(runs.loc[runs["method"] == m, "seconds"].median())})
+        del r
+    out = {"overall": pd.DataFrame(rows)}
+    strata_rows = []
+    if len(progs):
+        for title, col, bins, labels in STRATA:
+            binned = pd.cut(progs[col], bins=bins, labels=labels, right=False)
+            for lab in labels:
+                sub = progs[binned == lab]
+                row = {"stratum": f"{title} {lab}",
+                       "programs": int(len(sub) / max(len(methods), 1)),
+                       "scenarios": int(sub["scenario"].nunique())}
+                for m in methods:
+                    row[m] = _ci(bootstrap_mean(sub[sub["method"] == m], "recall_at_10"))
+                strata_rows.append(row)
+        for kind, sub in progs.groupby("kind"):
+            row = {"stratum": f"kind {kind}", "programs": int(len(sub) / max(len(methods), 1)),
+                   "scenarios": int(sub["scenario"].nunique())}
+            for m in methods:
+                row[m] = _ci(bootstrap_mean(sub[sub["method"] == m], "recall_at_10"))
+            strata_rows.append(row)
+    out["strata"] = pd.DataFrame(strata_rows)
+    per = runs.pivot_table(index=["scenario", "n_donors", "n_cells", "max_alignment",
+                                  "n_programs", "artifacts"], columns="method",
+                           values="artifact_fd_10").add_prefix("FD10 ")
+    if len(progs):
+        rec = progs.pivot_table(index="scenario", columns="method",
+                                values="recall_at_10").add_prefix("recall@10 ")
+        per = per.join(rec, on="scenario")
+    out["per_scenario"] = per.reset_index()
+    return out
+
+
+def suite_markdown(result: SuiteResult, *, command: str = "") -> str:
+    """The generalisation report (benchmarks/results/generalization.md)."""
+    t = suite_tables(result)
+    n = result.runs["scenario"].nunique()
+    return "\n".join([
+        "# Generalisation: every method on randomised cohorts",
+        "",
+        f"Command: `{command}`" if command else "",
+        "",
+        f"{n} scenarios drawn from the priors of `discovery/io/scenarios.py` (donors, cells, "
+        "programs, effects, artifacts, gene symbols and column names all random). Metrics "
+        "(`discovery/tl/yardstick.py::score_programs`): recall@k = share of a planted program's "
+        "genes (at most k) in the top k of its cell type and direction; precision@10 = share of "
+        "that top 10 that are program genes; artifact FD = planted artifact genes in the top 10 "
+        "of every list, per scenario. Means over programs (FD: over scenarios) with 95% "
+        "bootstrap intervals from resampling scenarios. A method that fails on a scenario "
+        "scores zero there.",
+        "",
+        "## Overall",
+        "",
+        _md_table(t["overall"]),
+        "",
+        "## recall@10 by difficulty stratum and program kind",
+        "",
+        _md_table(t["strata"]),
+        "",
+        "## Per scenario",
+        "",
+        _md_table(t["per_scenario"]),
+        "",
+    ])

@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells-per-donor", type=int, default=200)
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
+    p.add_argument("--suite", choices=["random"], default=None,
+                   help="'random': scenarios drawn from wide priors (discovery/io/scenarios.py) "
+                        "instead of the named ones; --n scenarios from --seed")
+    p.add_argument("--n", type=int, default=30, help="scenarios in the random suite")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random suite")
+    p.add_argument("--preset", default="quick",
+                   help="pipeline preset of the discovery method in the random suite")
+    p.add_argument("--csv", type=Path, default=None,
+                   help="random suite: also write the per-program and per-run tables "
+                        "(<csv>.programs.csv, <csv>.runs.csv)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("export", help="write a run's attribution graphs as graph files")
@@ -326,9 +336,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from discovery.io.files import write_text
     from pipelines.benchmark import METHODS, run_benchmark, to_markdown
 
+    methods = ([m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS))
+    if args.suite == "random":
+        return _random_suite(args, methods)
     scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    methods = ([m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS))
     result = run_benchmark(scenarios, seeds, methods, n_donors=args.donors,
                            cells_per_donor=args.cells_per_donor, n_genes=args.genes,
                            quiet=args.quiet)
@@ -342,6 +354,31 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.out:
         command = "discovery " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_text(args.out, to_markdown(result, command=command))
+        console.print(f"written {args.out}")
+    return 0
+
+
+def _random_suite(args: argparse.Namespace, methods: list[str]) -> int:
+    from discovery.io.files import atomic_write, write_text
+    from pipelines.benchmark import run_suite, suite_markdown, suite_tables
+
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    result = run_suite(args.n, args.seed, methods, preset=args.preset, quiet=args.quiet)
+    overall = suite_tables(result)["overall"]
+    table = Table(title=f"random suite: {args.n} scenarios (seed {args.seed})")
+    for col in overall.columns:
+        table.add_column(str(col))
+    for row in overall.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+    if args.csv:
+        atomic_write(f"{args.csv}.programs.csv",
+                     lambda p: result.programs.to_csv(p, index=False))
+        atomic_write(f"{args.csv}.runs.csv", lambda p: result.runs.to_csv(p, index=False))
+    if args.out:
+        command = "discovery " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        write_text(args.out, suite_markdown(result, command=command))
         console.print(f"written {args.out}")
     return 0
 

@@ -50,6 +50,7 @@ from discovery.pp.preprocess import preprocess
 from discovery.tl import annotate, classifier, features
 from discovery.tl.attribution import SAEHook, check_sae_hooks
 from discovery.tl.baselines import rank_genes
+from discovery.tl.donor_tests import donor_gene_tests
 from discovery.tl.embedding import umap
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
 from discovery.tl.hypotheses import SCORE_FORMULA, propose_hypotheses, status_rules
@@ -277,18 +278,23 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
               "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
-    if rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file():
+    tpath = rd.path / layout.DONOR_TESTS
+    if (rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file()
+            and tpath.is_file()):
         return {"hypotheses": json.loads(hpath.read_text())["hypotheses"],
-                "plans": json.loads(ppath.read_text())["plans"]}
+                "plans": json.loads(ppath.read_text())["plans"],
+                "donor_tests": pd.read_csv(tpath)}
     with rd.stage("hypotheses", params) as outputs:
         index = graph_index(rd.path)
         graphs = {e["slug"]: load_graph(rd.path / layout.graph_file(e["slug"]))
                   for e in index["graphs"]}
         keys = get_keys(adata)
         hook = config.sae_spec().hook
+        donor_tests = donor_gene_tests(adata)
+        atomic_write(tpath, lambda p: donor_tests.to_csv(p, index=False))
         hyps = propose_hypotheses(
             adata, model, SAEHook(hook, feats["sae"].eval()), graphs=graphs,
-            annotations=feats["annotations"],
+            annotations=feats["annotations"], donor_tests=donor_tests,
             rankings=rankings, model_test_auroc=metrics.get("test", {}).get("donor_auroc"),
             spec=spec, seed=config.seed)
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
@@ -301,8 +307,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                            "hypotheses": hyps})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
                            "priority_formula": PRIORITY_FORMULA, "plans": plans})
-        outputs += [layout.HYPOTHESES, layout.PLANS]
-    return {"hypotheses": hyps, "plans": plans}
+        outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]
+    return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests}
 
 
 def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],

@@ -38,6 +38,8 @@ ACTIVATIONS = ".activations"
 GRAPHS_DIR = "graphs"
 GRAPH_INDEX = "graphs/index.json"
 HYPOTHESES = "hypotheses.json"
+#: technical-covariate-adjusted donor-level gene tests (discovery.tl.donor_tests)
+DONOR_TESTS = "donor_tests.csv"
 PLANS = "plans.json"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"

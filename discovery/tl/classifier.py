@@ -69,9 +69,10 @@ DEFAULT_ARCH: dict[str, dict[str, Any]] = {
 DEFAULT_TRAIN: dict[str, dict[str, Any]] = {
     "transformer": {"epochs": 20, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.1,
                     "patience": 6, "balance": "class_batch"},
-    "mlp": {"epochs": 40, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "patience": 6},
+    "mlp": {"epochs": 40, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "patience": 6,
+            "balance": "class_batch"},
     "pretrained": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.01,
-                   "patience": 4},
+                   "patience": 4, "balance": "class_batch"},
 }
 
 

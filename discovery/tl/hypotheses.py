@@ -63,9 +63,10 @@ from discovery.io.contract import case_mask, cell_units, get_keys
 from discovery.io.layout import feature_index, sae_key
 from discovery.tl.attribution import SAEHook, integrated_gradients
 from discovery.tl.classifier import encode
+from discovery.tl.donor_tests import donor_gene_tests, usable_covariates
 from discovery.tl.interventions import FeatureEdit, intervene, perturb_genes
 from discovery.tl.records import SCORE_FORMULA, Evidence, Flag, Hypothesis, score_hypothesis
-from discovery.tl.stats import bh_fdr, partial_r2, residualise, welch_t
+from discovery.tl.stats import bh_fdr, label_test, partial_r2, residualise, welch_t
 
 #: a hypothesis whose top-10 genes hold this many of one artifact gene set (mitochondrial,
 #: ribosomal, dissociation stress, heat shock; data/gene_sets.yaml) is flagged
@@ -77,8 +78,8 @@ MIN_DETECTED_CELLS = 0.05
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "propose_hypotheses", "status_rules",
-           "hypotheses_to_ranking"]
+__all__ = ["HypothesisSpec", "SCORE_FORMULA", "STATUS_RULES", "evidence_ranking",
+           "hypotheses_to_ranking", "propose_hypotheses", "status_rules"]
 
 TECHNICAL = ("batch", "pct_counts_mt", "total_counts")
 
@@ -310,6 +311,7 @@ def propose_hypotheses(
     graphs: dict[str, nx.DiGraph],
     annotations: pd.DataFrame,
     rankings: pd.DataFrame | None = None,
+    donor_tests: pd.DataFrame | None = None,
     model_test_auroc: float | None = None,
     spec: HypothesisSpec | None = None,
     seed: int = 0,
@@ -319,23 +321,30 @@ def propose_hypotheses(
 
     ``graphs``: cohort graphs by name, each with ``graph['cell_type']`` (the run's graphs).
     ``annotations``: the feature table of :func:`discovery.tl.annotate.annotate_features`.
-    ``rankings``: the baseline rankings (cross-check panel). Reads log-normalised ``X``,
+    ``rankings``: the baseline rankings (cross-check panel). ``donor_tests``: the
+    technical-covariate-adjusted donor-level gene tests
+    (:func:`discovery.tl.donor_tests.donor_gene_tests`; computed when None): they turn
+    gene-set artifact flags into caveats unless the genes' signal is technical, and programs the
+    model does not use become ``de_only`` hypotheses. Reads log-normalised ``X``,
     ``obsm['X_sae_<hook>']``, ``obs['split']`` and the key columns. Writes nothing.
     """
     # tiny or unbalanced cohorts give empty donor groups: their statistics are NaN by design
     # (status candidate, statement "not testable"), not a numerical accident worth a warning
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        if donor_tests is None:
+            donor_tests = donor_gene_tests(adata)
         return _propose(adata, model, sae, graphs=graphs, annotations=annotations,
-                        rankings=rankings,
+                        rankings=rankings, donor_tests=donor_tests,
                         model_test_auroc=model_test_auroc, spec=spec or HypothesisSpec(),
                         seed=seed)
 
 
 def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
              graphs: dict[str, nx.DiGraph], annotations: pd.DataFrame,
-             rankings: pd.DataFrame | None, model_test_auroc: float | None,
-             spec: HypothesisSpec, seed: int) -> list[Hypothesis]:
+             rankings: pd.DataFrame | None, donor_tests: pd.DataFrame,
+             model_test_auroc: float | None, spec: HypothesisSpec,
+             seed: int) -> list[Hypothesis]:
     key = sae_key(sae.hook)
     if key not in adata.obsm:
         from discovery.tl.features import encode_cells
@@ -378,10 +387,14 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
                 if merged:
                     break
         hyps.extend(evs)
-    if not hyps:
+    for h in hyps:
+        _adjusted_activation_test(h, cohort)
+        _evidence_based_artifacts(h, donor_tests, spec)
+    de_only = _de_only(hyps, donor_tests, cohort, spec)
+    if not hyps and not de_only:
         return []
     qs = bh_fdr(np.array([h.evidence.donor_level["p"] for h in hyps]))
-    max_share = max(h.evidence.attribution for h in hyps)
+    max_share = max((h.evidence.attribution for h in hyps), default=0.0)
     ig_cache: dict[str, pd.Series] = {}
     # in-silico perturbation once per (cell type, mode) over every hypothesis's top genes, so
     # the random-gene nulls are shared
@@ -408,10 +421,15 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
         _cross_check(h, adata, model, sae, cohort, rankings, ig_cache, perturbations, spec, seed)
         h.evidence.replication["model_auroc_test"] = model_test_auroc
         _status_and_score(h, max_share, spec)
+    for h in de_only:
+        h.score, h.score_parts = score_hypothesis(h.evidence, max_share=max_share or 1.0,
+                                                  flagged=False)
+    hyps = hyps + de_only
     hyps.sort(key=lambda h: h.sort_key)
     for i, h in enumerate(hyps, 1):
         h.id, h.rank = f"H{i}", i
-        h.statement = _statement(h, str(cohort.keys.case))
+        h.statement = (_statement(h, str(cohort.keys.case)) if h.kind != "de_only"
+                       else _de_only_statement(h, str(cohort.keys.case)))
     return hyps
 
 
@@ -658,6 +676,135 @@ def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
     return flags
 
 
+def _adjusted_activation_test(h: Hypothesis, cohort: _Cohort) -> None:
+    """The activation's case effect beyond the technical covariates (discovery donors):
+    ``evidence.donor_level['adjusted']``."""
+    d = pd.DataFrame(h.donors).set_index("donor")
+    d = d[d["split"].isin(["train", "val"])]
+    label = d["case"].astype(float).to_numpy()
+    covs = {n: cohort.covariate_matrix(d.index, (n,)) for n in TECHNICAL}
+    covs = {n: x for n, x in covs.items() if x.shape[1]}
+    used = usable_covariates(covs, label)
+    X = np.column_stack([covs[n] for n in used]) if used else np.empty((len(d), 0))
+    res = label_test(d["activation"].to_numpy(float), label, X)
+    h.evidence.donor_level["adjusted"] = {
+        "effect": float(res.effect[0]), "t": float(res.t[0]), "p": float(res.p[0]),
+        "df": res.df, "covariates": used, "r2_technical": float(res.r2_covariates[0]),
+        "r2_label": float(res.r2_label[0])}
+
+
+def _tests_of(donor_tests: pd.DataFrame, ct: str) -> pd.DataFrame:
+    return donor_tests[donor_tests["cell_type"] == ct].set_index("gene")
+
+
+def _evidence_based_artifacts(h: Hypothesis, donor_tests: pd.DataFrame,
+                              spec: HypothesisSpec) -> None:
+    """Gene-set membership is a caveat; it demotes only with donor-level technical evidence.
+
+    An ``artifact_program`` flag (>= 3 top genes of an artifact gene set) stays a flag only when
+    at least half of the hypothesis's tested top-10 genes are ``technical`` in the donor tests
+    (the covariates explain them better than the label), or the activation itself is explained
+    by a technical covariate; otherwise it becomes a caveat. ``artifact_genes`` notes (an
+    enriched artifact set with no donor-level confound) are caveats. A hypothesis whose genes no
+    donor-level test sees gets a caveat saying so.
+    """
+    t = _tests_of(donor_tests, h.cell_type)
+    top = [g["symbol"] for g in h.genes[:10] if g["symbol"] in t.index]
+    tech_share = float(t.loc[top, "technical"].mean()) if top else 0.0
+    confounded = any(f.kind == "confounded" for f in h.flags)
+    keep, caveats = [], []
+    for f in h.flags:
+        if f.kind == "artifact_genes" or (f.kind == "artifact_program" and tech_share < 0.5
+                                           and not confounded):
+            caveats.append(Flag(f.kind, f.by, f.strength,
+                                f.detail + (f"; but only {tech_share:.0%} of its tested top "
+                                            "genes are explained by technical covariates at "
+                                            "donor level, so this is a caveat, not a flag"
+                                            if f.kind == "artifact_program" else "")))
+        else:
+            keep.append(f)
+    h.flags = keep
+    if top:
+        sign = 1.0 if h.direction == "up" else -1.0
+        seen = t.loc[top]
+        seen = seen[(seen["q"] < spec.alpha) & (np.sign(seen["effect"]) == sign)]
+        if seen.empty:
+            caveats.append(Flag("no_donor_signal", None, 0.0,
+                                f"no donor-level test sees its top genes in {h.cell_type} "
+                                f"(none has q < {spec.alpha:g} {'higher' if sign > 0 else 'lower'}"
+                                " in cases after the technical covariates): the model uses a "
+                                "signal that donor means do not show"))
+    h.caveats = caveats
+
+
+#: fewest genes a de_only program needs
+MIN_DE_GENES = 3
+
+
+def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
+             spec: HypothesisSpec) -> list[Hypothesis]:
+    """Programs that donor-level statistics see but no model hypothesis carries.
+
+    Per (cell type, direction): the genes with q < alpha, not technical, in that direction; if
+    at least :data:`MIN_DE_GENES` of its top ``n_genes`` are not among the top genes of a model
+    hypothesis of the same cell type and direction, they become one ``de_only`` hypothesis
+    ("the model does not use it"), ranked by its own evidence.
+    """
+    out: list[Hypothesis] = []
+    if donor_tests.empty:
+        return out
+    for (ct, sign), t in donor_tests.groupby(["cell_type", np.sign(donor_tests["effect"])]):
+        if sign == 0:
+            continue
+        direction = "up" if sign > 0 else "down"
+        sig = t[(t["q"] < spec.alpha) & ~t["technical"]].sort_values("p")
+        covered = {g["symbol"] for h in hyps if h.cell_type == ct and h.direction == direction
+                   for g in h.genes[:spec.n_genes]}
+        new = sig[~sig["gene"].isin(covered)].head(spec.n_genes)
+        if len(new) < MIN_DE_GENES:
+            continue
+        lead = new.iloc[0]
+        p_lead = float(lead["p"])
+        q_lead = float(lead["q"])
+        genes = [{"symbol": str(r.gene), "weight": float(r.effect)} for r in new.itertuples()]
+        ev = Evidence(
+            attribution=0.0, attribution_weight=0.0, ablation_predicted=0.0,
+            donor_level={"effect": float(new["effect"].mean()), "t": float(lead["t"]),
+                         "p": p_lead, "q": q_lead, "n_donors": int(lead["n_case"] +
+                                                                   lead["n_control"]),
+                         "n_case": int(lead["n_case"]), "n_control": int(lead["n_control"]),
+                         "donors": "all", "test": "adjusted pseudobulk (lead gene)",
+                         "covariates": str(lead["covariates"])},
+            stability=float("nan"),
+            replication={"effect": float("nan"), "p_one_sided": float("nan"), "n_donors": 0,
+                         "same_direction": False, "replicated": False,
+                         "biomarker_auroc_test": float("nan")},
+            confounds={}, gene_sides={},
+            extra={"genes_q": {str(r.gene): float(r.q) for r in new.itertuples()}})
+        h = Hypothesis(
+            cell_type=str(ct), direction=direction, genes=genes, features=[],
+            feature_labels={}, population_graph="", evidence=ev,
+            biomarker={"genes": [g["symbol"] for g in genes[:10]], "direction": direction,
+                       "definition": "", "auroc_test": float("nan")},
+            donors=[], flags=[], kind="de_only",
+            caveats=[Flag("model_does_not_use", None, 0.0,
+                          "the model does not use it: no feature the model relies on in "
+                          f"{ct} carries these genes; the evidence is donor-level statistics "
+                          "alone")])
+        out.append(h)
+    return out
+
+
+def _de_only_statement(h: Hypothesis, case: str) -> str:
+    dl = h.evidence.donor_level
+    genes = ", ".join(g["symbol"] for g in h.genes[:5])
+    return (f"In {h.cell_type}, {len(h.genes)} genes ({genes}, ...) are "
+            f"{'higher' if h.direction == 'up' else 'lower'} in {case} donors beyond the "
+            f"technical covariates ({dl['covariates']}; lead gene q = {dl['q']:.2g}, "
+            f"{dl['n_donors']} donors). The model does not use them: no feature it relies on "
+            "carries them.")
+
+
 def _status_and_score(h: Hypothesis, max_share: float, spec: HypothesisSpec) -> None:
     """Status (the only place it is decided; see STATUS_RULES) and score of ``h``."""
     ev = h.evidence
@@ -726,3 +873,69 @@ def hypotheses_to_ranking(hypotheses: list[dict[str, Any] | Hypothesis], *,
     df = df.drop_duplicates(["cell_type", "direction", "gene"], keep="first")
     df["rank"] = df.groupby(["cell_type", "direction"]).cumcount() + 1
     return df.reset_index(drop=True)
+
+
+def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests: pd.DataFrame,
+                     *, alpha: float = 0.05, demote: float = 0.1,
+                     method: str = "discovery") -> pd.DataFrame:
+    """Discovery's gene ranking per (cell type, direction): donor-level evidence, promoted by the
+    model, demoted by technical evidence.
+
+    1. Every tested gene starts from its adjusted donor-level test (``donor_tests``), as a signed
+       normal score z_g = sign(effect) * Φ⁻¹(1 - p/2): the model explains, it never filters out
+       what donor-level statistics see.
+    2. A gene whose donor-level variance the technical covariates explain better than the label
+       (``technical``) keeps ``demote`` (0.1) of its score.
+    3. A model hypothesis (not flagged, not rejected, not ``de_only``) whose activation differs
+       between case and control donors beyond the technical covariates (BH q of its adjusted
+       test < ``alpha``, z_h = Φ⁻¹(1 - p/2)) promotes each of its genes to
+       max(z, (z + w z_h) / sqrt(1 + w²)) in its direction, w = the gene's weight over the
+       hypothesis's largest (Stouffer's combination): a program that only single cells show (a
+       rare state) rises, a gene is never pushed down by the model.
+
+    Returns :data:`discovery.tl.baselines.RANKING_COLUMNS` plus ``promoted_by`` (hypothesis id).
+    """
+    from scipy.stats import norm
+
+    recs = [h.to_dict() if isinstance(h, Hypothesis) else h for h in hypotheses]
+    model = [h for h in recs if h.get("kind") != "de_only"
+             and h["status"] not in ("flagged", "rejected")
+             and np.isfinite(h["evidence"]["donor_level"].get("adjusted", {}).get("p", np.nan))]
+    qs = bh_fdr(np.array([h["evidence"]["donor_level"]["adjusted"]["p"] for h in model]))
+    promoters = [(h, q) for h, q in zip(model, qs) if q < alpha]
+    frames = []
+    cell_types = sorted(set(donor_tests["cell_type"]) | {h["cell_type"] for h, _ in promoters})
+    for ct in cell_types:
+        t = donor_tests[donor_tests["cell_type"] == ct]
+        p = np.clip(t["p"].to_numpy(float), 1e-300, 1.0)
+        z = np.nan_to_num(np.sign(t["effect"].to_numpy(float)) * norm.isf(p / 2))
+        z = np.where(t["technical"].to_numpy(bool), demote * z, z)
+        base = pd.Series(z, index=t["gene"].to_numpy(), dtype=float)
+        for direction, sign in (("up", 1.0), ("down", -1.0)):
+            score = sign * base
+            by = pd.Series("", index=score.index, dtype=object)
+            for h, _ in promoters:
+                if h["cell_type"] != ct or h["direction"] != direction:
+                    continue
+                adj = h["evidence"]["donor_level"]["adjusted"]
+                z_h = float(norm.isf(max(adj["p"], 1e-300) / 2))
+                wmax = max(abs(g["weight"]) for g in h["genes"]) or 1.0
+                for g in h["genes"]:
+                    w = abs(g["weight"]) / wmax
+                    z_g = float(score.get(g["symbol"], 0.0))
+                    comb = (z_g + w * z_h) / np.sqrt(1 + w * w)
+                    if comb > z_g:
+                        score[g["symbol"]] = comb
+                        by[g["symbol"]] = h["id"]
+            order = np.argsort(-score.to_numpy(), kind="mergesort")
+            genes = score.index.to_numpy()[order]
+            pv = t.set_index("gene")["p"].reindex(genes).to_numpy(float)
+            qv = t.set_index("gene")["q"].reindex(genes).to_numpy(float)
+            frames.append(pd.DataFrame({
+                "method": method, "cell_type": ct, "direction": direction,
+                "rank": np.arange(1, len(genes) + 1), "gene": genes,
+                "score": score.to_numpy()[order], "pval": pv, "qval": qv,
+                "promoted_by": by.reindex(genes).to_numpy()}))
+    cols = ["method", "cell_type", "direction", "rank", "gene", "score", "pval", "qval",
+            "promoted_by"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

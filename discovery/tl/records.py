@@ -105,7 +105,11 @@ class Hypothesis(_Record):
     donors: list[dict[str, Any]]  # one record per donor: activation, case, split, batch
     flags: list[Flag]
     status: str = "candidate"  # supported | candidate | flagged | rejected
-    kind: str = "mechanism"  # biomarker | mechanism
+    #: biomarker | mechanism (the model uses it) | de_only (donor-level statistics see it, the
+    #: model does not use it)
+    kind: str = "mechanism"
+    #: informational notes (gene-set membership, evidence one side lacks): they never demote
+    caveats: list[Flag] = field(default_factory=list)
     score: float = 0.0
     score_parts: dict[str, float] = field(default_factory=dict)
     id: str = ""
@@ -114,12 +118,14 @@ class Hypothesis(_Record):
     plans: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _nested = {"evidence": Evidence.from_dict, "flags": Flag.from_dict}
+    _nested = {"evidence": Evidence.from_dict, "flags": Flag.from_dict,
+               "caveats": Flag.from_dict}
 
     @property
     def sort_key(self) -> tuple[float, str]:
-        """Rank order: higher score first; ties by cell type and first feature."""
-        return (-self.score, f"{self.cell_type}:{self.features[0]}")
+        """Rank order: higher score first; ties by cell type and first feature (or gene)."""
+        lead = self.features[0] if self.features else f"{self.direction}:{self.genes[0]['symbol']}"
+        return (-self.score, f"{self.cell_type}:{lead}")
 
 
 @dataclass

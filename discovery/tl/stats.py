@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 __all__ = ["DonorTest", "LeastSquares", "aggregate_by", "bh_fdr", "donor_test", "least_squares",
-           "logit", "partial_f_tests", "partial_r2", "r_squared", "residualise", "welch_t"]
+           "label_test", "logit", "partial_f_tests", "partial_r2", "r_squared", "residualise", "welch_t"]
 
 
 def bh_fdr(p: np.ndarray) -> np.ndarray:
@@ -132,6 +132,12 @@ class LeastSquares(NamedTuple):
     rss: float  # residual sum of squares (summed over columns of y)
     rank: int  # rank of the design [1, covars]
 
+    @property
+    def rss_cols(self) -> np.ndarray:
+        """Residual sum of squares per column of ``y``."""
+        r = self.residuals
+        return (r**2).sum(0) if r.ndim > 1 else np.array([(r**2).sum()])
+
 
 def least_squares(y: np.ndarray, covars: np.ndarray) -> LeastSquares:
     """Least squares of ``y: (n,) or (n, k)`` on ``covars: (n, p)`` plus an intercept.
@@ -185,6 +191,49 @@ def partial_f_tests(y: np.ndarray, terms: dict[str, np.ndarray],
         f = ((red.rss - full.rss) / df1) / (full.rss / df2)
         out[name] = (r2, float(stats.f.sf(max(f, 0.0), df1, df2)))
     return out
+
+
+class LabelTest(NamedTuple):
+    """The label's coefficient in ``y ~ 1 + label + covariates``, column-wise."""
+
+    effect: np.ndarray  # coefficient of the label (case - control, adjusted)
+    t: np.ndarray
+    p: np.ndarray  # two-sided
+    df: int  # residual degrees of freedom (0: not testable)
+    r2_covariates: np.ndarray  # partial R² of the covariates given the label
+    r2_label: np.ndarray  # partial R² of the label given the covariates
+
+
+def label_test(y: np.ndarray, label: np.ndarray, covars: np.ndarray) -> LabelTest:
+    """Ordinary least squares t-test of the label, given covariates, for every column of ``y``.
+
+    ``y: (n, m)``, ``label: (n,)`` 0/1, ``covars: (n, p)`` (may have no columns). The design is
+    ``[1, label, covars]``; the covariate columns must leave it full rank (drop aliased ones
+    first). p-values are NaN when no residual degrees of freedom remain.
+    """
+    y = np.asarray(y, float)
+    y = y[:, None] if y.ndim == 1 else y
+    n, m = y.shape
+    X = _design(np.column_stack([np.asarray(label, float), covars]), n)
+    df = n - X.shape[1]
+    nan = np.full(m, np.nan)
+    if df <= 0 or np.linalg.matrix_rank(X) < X.shape[1]:
+        return LabelTest(nan, nan, nan, 0, nan, nan)
+    xtx_inv = np.linalg.inv(X.T @ X)
+    beta = xtx_inv @ X.T @ y
+    res = y - X @ beta
+    rss = (res**2).sum(0)
+    s2 = rss / df
+    se = np.sqrt(s2 * xtx_inv[1, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, beta[1] / se, 0.0)
+        p = 2 * stats.t.sf(np.abs(t), df)
+        rss_no_label = least_squares(y, covars).rss_cols
+        rss_no_cov = least_squares(y, np.asarray(label, float)[:, None]).rss_cols
+        tss = ((y - y.mean(0)) ** 2).sum(0)
+        r2_label = np.where(tss > 0, (rss_no_label - rss) / tss, 0.0)
+        r2_cov = np.where(tss > 0, (rss_no_cov - rss) / tss, 0.0)
+    return LabelTest(beta[1], t, p, int(df), np.clip(r2_cov, 0, 1), np.clip(r2_label, 0, 1))
 
 
 def logit(p: np.ndarray, *, eps: float = 1e-9) -> np.ndarray:

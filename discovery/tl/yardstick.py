@@ -12,6 +12,11 @@ And over every (cell type, direction) list of the method:
 
 3. artifact false discoveries: the number of planted artifact genes (technical batch program,
    mitochondrial genes) in the top 20, summed over lists.
+
+The randomised suite (:func:`score_programs`) reports, per program, recall@k = |top k ∩ program|
+/ min(k, program size) (the share of what could fit in the top k) for k = 10 and 20, and strict
+precision@10 = |top 10 ∩ program| / 10; artifact false discoveries are then counted in the top 10,
+over the artifact genes that are not also program genes (an immediate-early gene can be both).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["artifact_false_discoveries", "average_precision", "precision_at_k", "score_ranking"]
+__all__ = ["artifact_false_discoveries", "average_precision", "precision_at_k", "score_programs",
+           "score_ranking"]
 
 
 def precision_at_k(ranked: Sequence[str], positives: Iterable[str], k: int = 10) -> float:
@@ -93,3 +99,27 @@ def score_ranking(
         rows.append({"program": None, "cell_type": None, "direction": None,
                      "precision_at_k": np.nan, "auprc": np.nan, "artifact_fd": fd})
     return pd.DataFrame(rows)
+
+
+def score_programs(ranking: pd.DataFrame, truth: dict[str, Any]) -> tuple[pd.DataFrame, int]:
+    """Per-program recall@10, recall@20 and precision@10 of a ranking, and the artifact false
+    discoveries in the top 10 of every list (artifact genes that are no program's genes).
+
+    Returns ``(one row per planted program, false discoveries)``; no rows when nothing is planted.
+    """
+    program_genes = {g for p in truth["programs"].values() for g in p["genes"]}
+    artifact = {g for a in truth["artifacts"].values() for g in a.get("genes", [])}
+    fd = artifact_false_discoveries(ranking, artifact - program_genes, top=10)
+    lists = {key: grp.sort_values("rank")["gene"].tolist()
+             for key, grp in ranking.groupby(["cell_type", "direction"], sort=True)}
+    rows = []
+    for name, prog in sorted(truth["programs"].items()):
+        genes = lists.get((prog["cell_type"], prog["direction"]), [])
+        hits10 = len(set(genes[:10]) & set(prog["genes"]))
+        rows.append({"program": name, "kind": prog.get("kind", "shift"),
+                     "cell_type": prog["cell_type"], "direction": prog["direction"],
+                     "effect": float(prog["effect_size"]), "n_genes": len(prog["genes"]),
+                     "recall_at_10": precision_at_k(genes, prog["genes"], 10),
+                     "recall_at_20": precision_at_k(genes, prog["genes"], 20),
+                     "precision_at_10": hits10 / 10})
+    return pd.DataFrame(rows), fd
