@@ -23,6 +23,7 @@ if run is not None:
             "replicated": h["evidence"]["replication"]["replicated"],
             "biomarker AUROC": h["evidence"]["replication"]["biomarker_auroc_test"],
             "flags": "; ".join(f"{f['kind']}: {f['by']}" for f in h["flags"]),
+            "caveats": "; ".join(c["kind"] for c in h.get("caveats", [])),
             "plans": ", ".join(h.get("plans", [])),
         } for h in hyps]
         df = pd.DataFrame(rows)
@@ -52,3 +53,8 @@ if run is not None:
         pick = st.selectbox("Statement of", [h["id"] for h in hyps])
         h = next(h for h in hyps if h["id"] == pick)
         st.markdown(f"{badge(h['status'])} {h['statement']}")
+        for c in h.get("caveats", []):
+            st.caption(f"caveat ({c['kind']}): {c['detail']}")
+        if doc.get("model_findings"):
+            for line in doc["model_findings"]:
+                st.warning(line)

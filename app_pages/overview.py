@@ -5,6 +5,7 @@ import streamlit as st
 
 from app_pages.data import current_run, json_file, table
 from discovery.io import layout
+from discovery.tl.classifier import shortcut_findings
 from pipelines.report import graph_rows, model_rows, probe_rows, sae_rows
 
 run = current_run()
@@ -24,6 +25,10 @@ if run is not None:
     if metrics:
         st.subheader(f"Model ({metrics.get('kind')}) on held-out donors")
         st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
+        st.caption("Donor AUROC 95% interval: from resampling the test donors of each class; "
+                   "an interval that includes 0.5 cannot tell the model from chance.")
+        for line in shortcut_findings(metrics):
+            st.warning(line)
         rows = probe_rows(metrics)
         if rows:
             st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "

@@ -23,6 +23,7 @@ from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.files import write_text
 from discovery.pl.figures import donor_activation, faithfulness
+from discovery.tl.classifier import shortcut_findings
 
 __all__ = ["graph_rows", "model_rows", "probe_rows", "sae_rows", "write_report"]
 
@@ -42,8 +43,13 @@ ol.chain li{margin:.3rem 0} code{background:#f3f4f7;padding:0 .2rem}
 # --------------------------------------------------- tables shared with the app's Overview
 def model_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Held-out metrics of ``model/metrics.json``, one row per split."""
+    def ci(m: dict[str, Any]) -> str:
+        c = m.get("donor_auroc_ci")
+        return "–" if not c or c[0] is None else f"{c[0]:.2f}-{c[1]:.2f}"
+
     return [{"split": s, "donors": metrics[s]["n_donors"], "cell AUROC": metrics[s]["cell_auroc"],
-             "donor AUROC": metrics[s]["donor_auroc"], "accuracy": metrics[s]["accuracy"],
+             "donor AUROC": metrics[s]["donor_auroc"],
+             "donor AUROC 95% interval": ci(metrics[s]), "accuracy": metrics[s]["accuracy"],
              "ECE": metrics[s]["ece"]} for s in ("val", "test") if s in metrics]
 
 
@@ -192,6 +198,12 @@ def write_report(run_dir: str | Path) -> list[str]:
                 "case": keys.get("case"), "batch key": keys.get("batch_key")}])
     if metrics:
         doc.table(model_rows(metrics))
+        doc.para("Donor AUROC is the share of (case, control) test-donor pairs the model orders "
+                 "correctly; its 95% interval comes from resampling the test donors of each "
+                 "class. An interval that includes 0.5 means the test donors cannot tell the "
+                 "model from chance.", "small")
+        for line in shortcut_findings(metrics):
+            doc.para("⚠ " + line)
         rows = probe_rows(metrics)
         if rows:
             doc.para("Shortcut probe: how well a linear probe reads each covariate off the "
@@ -232,18 +244,25 @@ def write_report(run_dir: str | Path) -> list[str]:
             "kind": h["kind"], "cell type": h["cell_type"], "direction": h["direction"],
             "top genes": ", ".join(g["symbol"] for g in h["genes"][:6]),
             "score": h["score"], "attribution": ev["attribution"],
-            "ablation Δlogit": ev["ablation_delta"], "donor q": ev["donor_level"]["q"],
+            "ablation Δlogit": ev.get("ablation_delta"), "donor q": ev["donor_level"]["q"],
             "replicated": ev["replication"]["replicated"],
             "biomarker AUROC (test)": ev["replication"]["biomarker_auroc_test"],
             "flags": "; ".join(f"{f['kind']}: {f['by']}" for f in h["flags"]) or "–",
+            "caveats": "; ".join(c["kind"] for c in h.get("caveats", [])) or "–",
         })
     doc.table(rows, raw_html={"status"})
     for h in hyps[:10]:
         doc.heading(f"{h['id']} · {h['cell_type']} · {h['status']}", 3)
         doc.para(h["statement"])
-        feats = ", ".join(f"{f} ({h['feature_labels'].get(f, f)})" for f in h["features"])
-        doc.para(f"Features: {feats}. Distilled biomarker: {h['biomarker']['definition']}.",
-                 "small")
+        if h["features"]:
+            feats = ", ".join(f"{f} ({h['feature_labels'].get(f, f)})" for f in h["features"])
+            doc.para(f"Features: {feats}. Distilled biomarker: "
+                     f"{h['biomarker']['definition']}.", "small")
+        else:
+            doc.para("Features: none (the model does not use this program; donor-level "
+                     "evidence only).", "small")
+        for c in h.get("caveats", []):
+            doc.para(f"Caveat ({c['kind']}): {c['detail']}.", "small")
     if "donors" in figs:
         doc.image(figs["donors"], "donor-level activation of the top hypotheses")
     doc.heading("Experimental plans")

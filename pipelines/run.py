@@ -50,12 +50,14 @@ from discovery.pp.preprocess import preprocess
 from discovery.tl import annotate, classifier, features
 from discovery.tl.attribution import SAEHook, check_sae_hooks
 from discovery.tl.baselines import rank_genes
+from discovery.tl.classifier import shortcut_findings
 from discovery.tl.donor_tests import donor_gene_tests
 from discovery.tl.embedding import umap
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
 from discovery.tl.hypotheses import SCORE_FORMULA, propose_hypotheses, status_rules
 from discovery.tl.interventions import validate_graph, validation_summary
 from discovery.tl.plans import PRIORITY_FORMULA, make_plans
+from discovery.tl.records import Flag
 from discovery.tl.yardstick import score_ranking
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
@@ -297,6 +299,10 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
             annotations=feats["annotations"], donor_tests=donor_tests,
             rankings=rankings, model_test_auroc=metrics.get("test", {}).get("donor_auroc"),
             spec=spec, seed=config.seed)
+        findings = shortcut_findings(metrics)
+        for h in hyps:
+            if h.kind != "de_only":
+                h.caveats += [Flag("model_shortcut", None, 0.0, f) for f in findings]
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
         plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
         run_id = rd.manifest["run_id"]
@@ -304,7 +310,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         plans = [p.to_dict() for p in plans]
         write_json(hpath, {"schema_version": 1, "run_id": run_id,
                            "score_formula": SCORE_FORMULA, "status_rules": status_rules(spec),
-                           "hypotheses": hyps})
+                           "model_findings": findings, "hypotheses": hyps})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
                            "priority_formula": PRIORITY_FORMULA, "plans": plans})
         outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]

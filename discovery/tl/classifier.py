@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_ARCH",
     "TrainedClassifier",
+    "donor_auroc_interval",
+    "shortcut_findings",
     "encode",
     "evaluate",
     "load",
@@ -317,16 +319,41 @@ def evaluate(
     donors = adata.obs[keys.donor_key].astype(str).to_numpy()[m]
     per_donor = pd.DataFrame({"d": donors, "p": p, "y": y}).groupby("d").agg(p=("p", "mean"),
                                                                             y=("y", "first"))
+    auc = float(roc_auc_score(per_donor["y"], per_donor["p"]))
+    lo, hi = donor_auroc_interval(per_donor["y"].to_numpy(bool), per_donor["p"].to_numpy(float))
     return {
         "n_cells": int(m.sum()),
         "n_donors": int(len(per_donor)),
         "cell_auroc": float(roc_auc_score(y, p)),
-        "donor_auroc": float(roc_auc_score(per_donor["y"], per_donor["p"])),
+        "donor_auroc": auc,
+        "donor_auroc_ci": [lo, hi],
+        "n_case_donors": int(per_donor["y"].sum()),
+        "n_control_donors": int((~per_donor["y"].astype(bool)).sum()),
+        "at_chance": bool(lo <= 0.5),
         "accuracy": float(((p >= 0.5) == y).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(y, p >= 0.5)),
         "donor_accuracy": float(((per_donor["p"] >= 0.5) == per_donor["y"]).mean()),
         "ece": expected_calibration_error(y.astype(float), p),
     }
+
+
+def donor_auroc_interval(y: np.ndarray, p: np.ndarray, *, n_boot: int = 2000,
+                         seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the donor AUROC, resampling case and control donors
+    separately (each resample keeps both classes). With 3 test donors per class the interval is
+    wide by construction: it says how little a small test set can measure."""
+    y = np.asarray(y, bool)
+    cases, controls = np.asarray(p)[y], np.asarray(p)[~y]
+    if len(cases) == 0 or len(controls) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    a = cases[rng.integers(0, len(cases), (n_boot, len(cases)))]
+    b = controls[rng.integers(0, len(controls), (n_boot, len(controls)))]
+    # AUROC = P(case > control) + 0.5 P(tie), per resample
+    gt = (a[:, :, None] > b[:, None, :]).mean((1, 2))
+    eq = (a[:, :, None] == b[:, None, :]).mean((1, 2))
+    aucs = gt + 0.5 * eq
+    return (float(np.quantile(aucs, 0.025)), float(np.quantile(aucs, 0.975)))
 
 
 @torch.no_grad()
@@ -407,3 +434,42 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+#: a probe is "beyond chance" when its balanced accuracy exceeds chance by this much (batch) ...
+PROBE_MARGIN = 0.15
+#: ... or its cross-validated R² exceeds this (QC covariates)
+PROBE_MIN_R2 = 0.2
+
+
+def shortcut_findings(metrics: dict[str, Any]) -> list[str]:
+    """Sentences for every covariate the shortcut probe finds encoded beyond chance, and for a
+    model at chance on held-out donors (``model/metrics.json`` in, words out)."""
+    out = []
+    for col, v in metrics.get("shortcut_probe", {}).items():
+        if not isinstance(v, dict):
+            continue
+        groups = [g for g in (v.get("case"), v.get("control")) if g]
+        if not groups:
+            continue
+        if v.get("kind") == "batch":
+            acc = float(np.mean([g["balanced_accuracy"] for g in groups]))
+            chance = float(groups[0]["chance"])
+            if acc > chance + PROBE_MARGIN:
+                out.append(f"The model's representation encodes {col} beyond chance (probe "
+                           f"balanced accuracy {acc:.2f} within each label group, chance "
+                           f"{chance:.2f}): it can tell the processing batch apart, so a "
+                           "feature it relies on may be a batch shortcut.")
+        else:
+            r2 = float(np.mean([g["r2"] for g in groups]))
+            if r2 > PROBE_MIN_R2:
+                out.append(f"The model's representation encodes {col} (probe R² {r2:.2f} within "
+                           "each label group): a QC covariate it could use as a shortcut.")
+    test = metrics.get("test") or {}
+    ci = test.get("donor_auroc_ci")
+    if test.get("at_chance") and ci:
+        out.append(f"On the {test['n_donors']} held-out test donors the model's donor AUROC is "
+                   f"{test['donor_auroc']:.2f} (95% interval {ci[0]:.2f}-{ci[1]:.2f}), which "
+                   "includes chance: claims about its mechanism cannot be supported; the "
+                   "donor-level findings (de_only hypotheses) stand on their own evidence.")
+    return out

@@ -124,8 +124,17 @@ def status_rules(spec: HypothesisSpec) -> dict[str, str]:
                    "than the label, or one of its features is annotated as explained by batch / "
                    "QC in the hypothesis's cell type, or its top-10 genes hold >= "
                    f"{ARTIFACT_PROGRAM_GENES} genes of one artifact gene set (mitochondrial, "
-                   "ribosomal, dissociation, heat shock); never supported",
-        "candidate": "everything else with a causal effect on the case logit",
+                   "ribosomal, dissociation, heat shock) AND at least half of its tested top "
+                   "genes are explained by technical covariates at donor level "
+                   "(donor_tests.csv 'technical'); never supported. Gene-set membership alone "
+                   "is a caveat, not a flag",
+        "candidate": "everything else with a causal effect on the case logit; and every "
+                     "de_only hypothesis (a program donor-level statistics see, q < "
+                     f"{spec.alpha:g} beyond the technical covariates, that the model does not "
+                     "use)",
+        "caveats": "notes that never change the status: gene-set membership without technical "
+                   "evidence, genes no donor-level test sees, what the shortcut probe finds in "
+                   "the model",
         "rejected": "an expert rejected it (feedback)",
     }
 
@@ -679,7 +688,8 @@ def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
 def _adjusted_activation_test(h: Hypothesis, cohort: _Cohort) -> None:
     """The activation's case effect beyond the technical covariates (discovery donors):
     ``evidence.donor_level['adjusted']``."""
-    d = pd.DataFrame(h.donors).set_index("donor")
+    d = pd.DataFrame(h.donors, columns=["donor", "activation", "case", "split"])
+    d = d.set_index("donor")
     d = d[d["split"].isin(["train", "val"])]
     label = d["case"].astype(float).to_numpy()
     covs = {n: cohort.covariate_matrix(d.index, (n,)) for n in TECHNICAL}
