@@ -116,3 +116,41 @@ def test_evidence_ranking_demotes_technical_and_promotes_model_genes_only_upward
                _hyp("A", "up", [("G5", 1.0)], 0.5)):
         r = evidence_ranking([hh], _tests())
         assert r[r["direction"] == "up"].set_index("gene").loc["G5", "rank"] == up["G5"]
+
+
+def _artifact_hyp(flags):
+    from discovery.tl.records import Evidence, Hypothesis
+
+    ev = Evidence(attribution=0.2, attribution_weight=0.5, ablation_predicted=-0.1,
+                  donor_level={"p": 1e-4, "q": 1e-3, "effect": 1.0}, stability=0.9,
+                  replication={}, confounds={}, gene_sides={})
+    genes = [{"symbol": g, "weight": 1.0} for g in ("HSPA1A", "HSPA1B", "DNAJB1", "G1", "G2")]
+    return Hypothesis(cell_type="A", direction="up", genes=genes, features=["pooled:F1"],
+                      feature_labels={}, population_graph="a_case", evidence=ev, biomarker={},
+                      donors=[], flags=flags)
+
+
+@pytest.mark.parametrize("technical", [False, True])
+def test_gene_set_membership_is_a_caveat_unless_donor_evidence_says_technical(technical):
+    """A heat-shock program that moves with diagnosis and not with batch stays a candidate
+    with a caveat; the same genes explained by technical covariates stay flagged."""
+    from discovery.tl.hypotheses import HypothesisSpec, _evidence_based_artifacts
+    from discovery.tl.records import Flag
+
+    flag = Flag("artifact_program", "Heat shock", 0.3, "3 of its top-10 genes are Heat shock")
+    h = _artifact_hyp([flag])
+    tests = pd.DataFrame({"cell_type": "A", "gene": ["HSPA1A", "HSPA1B", "DNAJB1", "G1", "G2"],
+                          "effect": 1.0, "t": 5.0, "p": 1e-5, "q": 1e-4,
+                          "technical": [technical] * 3 + [False, False]})
+    _evidence_based_artifacts(h, tests, HypothesisSpec())
+    kinds = [f.kind for f in h.flags]
+    caveat_kinds = [c.kind for c in h.caveats]
+    if technical:
+        assert kinds == ["artifact_program"] and "artifact_program" not in caveat_kinds
+    else:
+        assert kinds == [] and "artifact_program" in caveat_kinds
+        assert "caveat, not a flag" in h.caveats[0].detail
+    # a hypothesis whose genes no donor-level test sees says so
+    h2 = _artifact_hyp([])
+    _evidence_based_artifacts(h2, tests.assign(q=0.5, p=0.4), HypothesisSpec())
+    assert [c.kind for c in h2.caveats] == ["no_donor_signal"]

@@ -119,7 +119,9 @@ def status_rules(spec: HypothesisSpec) -> dict[str, str]:
                      f"test donors (same direction, one-sided p < {spec.alpha:g}), its genes' "
                      "distilled biomarker reaches "
                      f"AUROC ≥ min_gene_auroc ({spec.min_gene_auroc:g}) on test donors, "
-                     "stability ≥ min_stability, not flagged",
+                     "stability ≥ min_stability, and no flag at all (a flag always demotes: "
+                     "a single influential donor, a covariate such as sex, age or composition "
+                     "that explains the signal as well as the label)",
         "flagged": "a technical covariate (batch, QC) explains the donor-level signal better "
                    "than the label, or one of its features is annotated as explained by batch / "
                    "QC in the hypothesis's cell type, or its top-10 genes hold >= "
@@ -133,8 +135,9 @@ def status_rules(spec: HypothesisSpec) -> dict[str, str]:
                      f"{spec.alpha:g} beyond the technical covariates, that the model does not "
                      "use)",
         "caveats": "notes that never change the status: gene-set membership without technical "
-                   "evidence, genes no donor-level test sees, what the shortcut probe finds in "
-                   "the model",
+                   "evidence, a feature confounded at cell level whose donor-level check "
+                   "favours the label, genes no donor-level test sees, what the shortcut probe "
+                   "finds in the model",
         "rejected": "an expert rejected it (feedback)",
     }
 
@@ -724,8 +727,8 @@ def _evidence_based_artifacts(h: Hypothesis, donor_tests: pd.DataFrame,
     confounded = any(f.kind == "confounded" for f in h.flags)
     keep, caveats = [], []
     for f in h.flags:
-        if f.kind == "artifact_genes" or (f.kind == "artifact_program" and tech_share < 0.5
-                                           and not confounded):
+        if f.kind in ("artifact_genes", "cell_level_confound") or (
+                f.kind == "artifact_program" and tech_share < 0.5 and not confounded):
             caveats.append(Flag(f.kind, f.by, f.strength,
                                 f.detail + (f"; but only {tech_share:.0%} of its tested top "
                                             "genes are explained by technical covariates at "
@@ -826,7 +829,7 @@ def _status_and_score(h: Hypothesis, max_share: float, spec: HypothesisSpec) -> 
     elif (np.isfinite(dl["q"]) and dl["q"] < spec.alpha and rep["replicated"] and stable
           and np.isfinite(rep["biomarker_auroc_test"])
           and rep["biomarker_auroc_test"] >= spec.min_gene_auroc
-          and not kinds & {"single_donor", "no_donors"}):
+          and not h.flags):
         status = "supported"
     else:
         status = "candidate"

@@ -62,9 +62,11 @@ class _Record:
 
 @dataclass
 class Flag(_Record):
-    """A reason to doubt a hypothesis. ``kind`` ``confounded`` / ``artifact_program`` make it
-    ``flagged``; ``single_donor`` / ``no_donors`` keep it from ``supported``; the others are
-    notes. ``strength`` in [0, 1]."""
+    """A reason to doubt a hypothesis (in ``flags``) or a note (in ``caveats``).
+
+    Every flag demotes: ``confounded`` / ``artifact_program`` make the hypothesis ``flagged``,
+    any other flag keeps it from ``supported``. Caveats never change the status. ``strength``
+    in [0, 1]."""
 
     kind: str
     by: str | None
