@@ -100,9 +100,9 @@ def test_coexpression_state_hides_from_donor_means_but_not_from_cells():
 def test_random_suite_smoke():
     """A quick subset of the generalisation suite: every method runs on small random scenarios
     and is scored; discovery never marks a hypothesis supported where nothing is planted."""
-    from conftest import TINY_STAGES
-
     from pipelines.benchmark import run_suite, suite_markdown
+
+    from .conftest import TINY_STAGES
 
     res = run_suite(3, 42, ["pseudobulk", "wilcoxon", "logreg_l1", "discovery"],
                     preset="standard", config=TINY_STAGES,

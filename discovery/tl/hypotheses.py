@@ -483,7 +483,9 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
     direction = "up" if direction_sign * side > 0 else "down"
     # distilled biomarker: mean z-scored pseudobulk of the top genes, signed by direction
     top = [cohort.genes[i] for i in order[:10]]
-    z = (pb[top] - pb[top][disc].mean()) / pb[top][disc].std().replace(0, 1)
+    # with fewer than 2 discovery donors in the cell type the spread is undefined: no scaling
+    spread = pb[top][disc].std().fillna(1.0).replace(0, 1)
+    z = ((pb[top] - pb[top][disc].mean().fillna(0.0)) / spread).fillna(0.0)
     score = z.mean(1) * (1 if direction == "up" else -1)
     yt = case.reindex(dv.index).astype(bool).to_numpy()
     biomarker_auc = (float(roc_auc_score(yt[test], score[test]))
