@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -286,44 +287,37 @@ def suite_tables(result: SuiteResult) -> dict[str, pd.DataFrame]:
     progs, runs = result.programs, result.runs
     methods = list(dict.fromkeys(runs["method"]))
     rows = []
-    with_prog = runs[runs["n_programs"] > 0]
     null = runs[runs["n_programs"] == 0]
     for m in methods:
         p = progs[progs["method"] == m] if len(progs) else progs
-        r = with_prog[with_prog["method"] == m].assign(fd=lambda d: d["artifact_fd_10"])
         rows.append({"method": m,
                      "recall@10": _ci(bootstrap_mean(p, "recall_at_10")),
                      "recall@20": _ci(bootstrap_mean(p, "recall_at_20")),
                      "precision@10": _ci(bootstrap_mean(p, "precision_at_10")),
-                     "artifact FD in top 10": _ci(bootstrap_mean(
-                         runs[runs["method"] == m].rename(columns={"artifact_fd_10": "fd"}),
-                         "fd")),
+                     "artifact FD in top 10": _ci(bootstrap_mean(runs[runs["method"] == m],
+                                                                 "artifact_fd_10")),
                      "scenarios with supported (no programs)": (
                          f"{int((null.loc[null['method'] == m, 'n_supported'] > 0).sum())}"
                          f" / {int((null['method'] == m).sum())}"
                          if m == "discovery" else "–"),
                      "failures": int(runs.loc[runs["method"] == m, "error"].notna().sum()),
                      "median seconds": float(runs.loc[runs["method"] == m, "seconds"].median())})
-        del r
     out = {"overall": pd.DataFrame(rows)}
+
+    def stratum(name: str, sub: pd.DataFrame) -> dict[str, Any]:
+        row: dict[str, Any] = {"stratum": name,
+                               "programs": int(len(sub) / max(len(methods), 1)),
+                               "scenarios": int(sub["scenario"].nunique())}
+        for m in methods:
+            row[m] = _ci(bootstrap_mean(sub[sub["method"] == m], "recall_at_10"))
+        return row
+
     strata_rows = []
     if len(progs):
         for title, col, bins, labels in STRATA:
             binned = pd.cut(progs[col], bins=bins, labels=labels, right=False)
-            for lab in labels:
-                sub = progs[binned == lab]
-                row = {"stratum": f"{title} {lab}",
-                       "programs": int(len(sub) / max(len(methods), 1)),
-                       "scenarios": int(sub["scenario"].nunique())}
-                for m in methods:
-                    row[m] = _ci(bootstrap_mean(sub[sub["method"] == m], "recall_at_10"))
-                strata_rows.append(row)
-        for kind, sub in progs.groupby("kind"):
-            row = {"stratum": f"kind {kind}", "programs": int(len(sub) / max(len(methods), 1)),
-                   "scenarios": int(sub["scenario"].nunique())}
-            for m in methods:
-                row[m] = _ci(bootstrap_mean(sub[sub["method"] == m], "recall_at_10"))
-            strata_rows.append(row)
+            strata_rows += [stratum(f"{title} {lab}", progs[binned == lab]) for lab in labels]
+        strata_rows += [stratum(f"kind {kind}", sub) for kind, sub in progs.groupby("kind")]
     out["strata"] = pd.DataFrame(strata_rows)
     per = runs.pivot_table(index=["scenario", "n_donors", "n_cells", "max_alignment",
                                   "n_programs", "artifacts"], columns="method",

@@ -344,18 +344,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     result = run_benchmark(scenarios, seeds, methods, n_donors=args.donors,
                            cells_per_donor=args.cells_per_donor, n_genes=args.genes,
                            quiet=args.quiet)
-    summary = result.summary()
-    table = Table(title="benchmark summary (mean over seeds)")
-    for col in summary.columns:
-        table.add_column(str(col))
-    for row in summary.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    _print_frame(result.summary(), "benchmark summary (mean over seeds)")
     if args.out:
-        command = "discovery " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        write_text(args.out, to_markdown(result, command=command))
+        write_text(args.out, to_markdown(result, command=_command_line()))
         console.print(f"written {args.out}")
     return 0
+
+
+def _print_frame(df, title: str) -> None:  # noqa: ANN001 - a pandas DataFrame
+    """A table as a rich table, floats to 3 decimals."""
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col))
+    for row in df.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+
+
+def _command_line() -> str:
+    """The command as typed, for the reports a benchmark writes."""
+    return "discovery " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _random_suite(args: argparse.Namespace, methods: list[str]) -> int:
@@ -365,20 +373,14 @@ def _random_suite(args: argparse.Namespace, methods: list[str]) -> int:
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
     result = run_suite(args.n, args.seed, methods, preset=args.preset, quiet=args.quiet)
-    overall = suite_tables(result)["overall"]
-    table = Table(title=f"random suite: {args.n} scenarios (seed {args.seed})")
-    for col in overall.columns:
-        table.add_column(str(col))
-    for row in overall.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    _print_frame(suite_tables(result)["overall"],
+                 f"random suite: {args.n} scenarios (seed {args.seed})")
     if args.csv:
         atomic_write(f"{args.csv}.programs.csv",
                      lambda p: result.programs.to_csv(p, index=False))
         atomic_write(f"{args.csv}.runs.csv", lambda p: result.runs.to_csv(p, index=False))
     if args.out:
-        command = "discovery " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        write_text(args.out, suite_markdown(result, command=command))
+        write_text(args.out, suite_markdown(result, command=_command_line()))
         console.print(f"written {args.out}")
     return 0
 

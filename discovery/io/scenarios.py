@@ -47,7 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from discovery.io import bundled
-from discovery.io.simulate import CELL_TYPES, HOUSEKEEPING, _Cohort, _counts
+from discovery.io.simulate import CELL_TYPES, _Cohort, _counts, real_gene_origin
 
 __all__ = ["ArtifactSpec", "ProgramSpec", "RandomScenario", "draw_scenario", "random_suite",
            "simulate_scenario"]
@@ -148,12 +148,8 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _universe(rng: np.random.Generator, n_genes: int) -> tuple[list[str], dict[str, str]]:
-    origin: dict[str, str] = {}
-    for gs in bundled.gene_sets(tissue="brain"):
-        for g in gs.genes:
-            origin.setdefault(g, gs.category)
-    for g in HOUSEKEEPING:
-        origin.setdefault(g, "housekeeping")
+    """The named simulator's real symbols, random symbols for the rest."""
+    origin = real_gene_origin()
     genes = list(origin)
     genes += _symbols(rng, n_genes - len(genes), set(genes))
     return genes, origin

@@ -140,14 +140,21 @@ SCENARIOS["confounded_clean"] = replace(
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _gene_universe(n_genes: int) -> tuple[list[str], dict[str, str]]:
-    """Gene names: real symbols for everything the truth uses, placeholders for the rest."""
+def real_gene_origin() -> dict[str, str]:
+    """Every real symbol a simulated cohort uses -> its origin (the bundled brain gene sets'
+    category, or ``housekeeping``), in a fixed order."""
     origin: dict[str, str] = {}
     for gs in bundled.gene_sets(tissue="brain"):
         for g in gs.genes:
             origin.setdefault(g, gs.category)
     for g in HOUSEKEEPING:
         origin.setdefault(g, "housekeeping")
+    return origin
+
+
+def _gene_universe(n_genes: int) -> tuple[list[str], dict[str, str]]:
+    """Gene names: real symbols for everything the truth uses, placeholders for the rest."""
+    origin = real_gene_origin()
     genes = list(origin)
     if n_genes < len(genes) + 100:
         msg = f"n_genes must be at least {len(genes) + 100} (the real genes plus 100 others)"

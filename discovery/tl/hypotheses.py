@@ -926,6 +926,7 @@ def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests:
         z = np.nan_to_num(np.sign(t["effect"].to_numpy(float)) * norm.isf(p / 2))
         z = np.where(t["technical"].to_numpy(bool), demote * z, z)
         base = pd.Series(z, index=t["gene"].to_numpy(), dtype=float)
+        by_gene = t.set_index("gene")
         for direction, sign in (("up", 1.0), ("down", -1.0)):
             score = sign * base
             by = pd.Series("", index=score.index, dtype=object)
@@ -944,8 +945,8 @@ def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests:
                         by[g["symbol"]] = h["id"]
             order = np.argsort(-score.to_numpy(), kind="mergesort")
             genes = score.index.to_numpy()[order]
-            pv = t.set_index("gene")["p"].reindex(genes).to_numpy(float)
-            qv = t.set_index("gene")["q"].reindex(genes).to_numpy(float)
+            pv = by_gene["p"].reindex(genes).to_numpy(float)
+            qv = by_gene["q"].reindex(genes).to_numpy(float)
             frames.append(pd.DataFrame({
                 "method": method, "cell_type": ct, "direction": direction,
                 "rank": np.arange(1, len(genes) + 1), "gene": genes,
