@@ -26,14 +26,21 @@ if run is not None:
         fid = st.selectbox("Feature", view["feature"].tolist(),
                            format_func=lambda f: f"{f} · {ann.set_index('feature').loc[f, 'label']}")
         row = ann.set_index("feature").loc[fid]
+        # the cell type the statistics describe: where the feature acts (older runs: its home)
+        where = row["cell_type"] if "cell_type" in row and pd.notna(row["cell_type"]) \
+            else row["home_cell_type"]
         c = st.columns(4)
-        c[0].metric("home cell type", row["home_cell_type"])
+        c[0].metric("acts in", where, help=f"most active in {row['home_cell_type']}")
         c[1].metric("active in cells", f"{row['frac_active']:.1%}")
         c[2].metric("donor effect (q)", f"{row['donor_effect']:+.2f} ({row['donor_q']:.1e})")
         c[3].metric("stability", "–" if pd.isna(row["stability"]) else f"{row['stability']:.2f}")
         if row.get("confounded_by"):
             st.warning(f"Explained by {row['confounded_by']} better than by the label "
-                       f"(cell level, strength {row['confound_strength']:.2f}).")
+                       f"in {where} (cell level, strength {row['confound_strength']:.2f}).")
+        acts_in = row.get("acts_in") if "acts_in" in row else None
+        if isinstance(acts_in, dict) and acts_in:
+            st.caption("Share of the attribution to the case logit it carries, per cell type's "
+                       "cohort graph: " + ", ".join(f"{k} {v:.1%}" for k, v in acts_in.items()))
         adata = load_adata(run)
         key = sae_key(quality['hook'])
         left, right = st.columns([3, 2])
@@ -48,11 +55,11 @@ if run is not None:
                 x="UMAP1:Q", y="UMAP2:Q",
                 color=alt.Color("activation:Q", scale=alt.Scale(scheme="viridis"))
             ).properties(height=360), width="stretch")
-            per = donor_means(adata, act, cell_type=row["home_cell_type"]).rename(
+            per = donor_means(adata, act, cell_type=where).rename(
                 columns={"value": "activation"})
             right.altair_chart(alt.Chart(per).mark_circle(size=60).encode(
                 x=alt.X("label:N", title=None), y=alt.Y("activation:Q",
-                                                        title=f"mean in {row['home_cell_type']}"),
+                                                        title=f"mean in {where}"),
                 color="label:N", tooltip=["donor", "activation"]).properties(height=360),
                 width="stretch")
         st.subheader("Genes")
@@ -61,6 +68,6 @@ if run is not None:
                                      "attribution": row["signature_weights"]}), hide_index=True)
         g[1].dataframe(pd.DataFrame(row["enrichment"]) if row["enrichment"] else pd.DataFrame(),
                        hide_index=True)
-        st.subheader("Confound scores (partial R², within the home cell type)")
+        st.subheader(f"Confound scores (partial R², within {where})")
         st.dataframe(pd.DataFrame([{k: row[k] for k in row.index if str(k).startswith("r2_")}]),
                      hide_index=True)

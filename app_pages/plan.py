@@ -31,8 +31,16 @@ if run is not None:
         c = st.columns(2)
         c[0].markdown(f"**Design.** {p['design']}")
         c[0].markdown(f"**Expected outcome.** {p['expected_outcome']}")
+        c[0].markdown(f"**Readout.** {p.get('readout', '–')}")
         c[1].markdown(f"**Falsified if.** {p['falsified_if']}")
         c[1].markdown("**Controls.**\n" + "\n".join(f"- {x}" for x in p["controls"]))
+        c[1].markdown("**Prerequisites.**\n"
+                      + ("\n".join(f"- {x}" for x in p.get("prerequisites", [])) or "–"))
+        also = p.get("extra", {}).get("also_tests", [])
+        if also:
+            st.caption(f"The same experiment also tests {', '.join(also)} (same assay and "
+                       "genes): one plan, not several.")
+        st.caption(f"Method source: {p.get('source', '–')}")
         st.subheader("Rationale chain")
         for i, step in enumerate(p["rationale"], 1):
             st.markdown(f"**{i}. {step['step']}** — {step['claim']}")

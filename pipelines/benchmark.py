@@ -8,10 +8,12 @@ method ranks it; the yardstick (:mod:`discovery.tl.yardstick`) scores the rankin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,9 +50,27 @@ def discovery_method(adata, *, seed: int, preset: str = "standard",  # noqa: ANN
     config = load_config(preset=preset, overrides={**(overrides or {}), "seed": seed})
     with tempfile.TemporaryDirectory() as tmp:
         res = analyse(adata, tmp, config=config, quiet=True)
+        mismatches = label_mismatches(Path(tmp))
     ranking = evidence_ranking(res["hypotheses"], res["donor_tests"])
     ranking.attrs["hypotheses"] = res["hypotheses"]
+    ranking.attrs["label_mismatches"] = mismatches
     return ranking
+
+
+def label_mismatches(run_dir: Path) -> int:
+    """Features whose annotation describes another cell type than the one whose cohort graph
+    they carry the most attribution in (0 in an honest run)."""
+    from discovery.io import layout
+    from discovery.io.graph_files import load_graph
+    from discovery.tl.annotate import feature_roles
+
+    index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
+    roles = feature_roles(load_graph(run_dir / layout.graph_file(e["slug"]))
+                          for e in index["graphs"])
+    ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
+    return sum(ann.loc[f, "cell_type"] != max(by, key=lambda c: (by[c], c))
+               or ann.loc[f, "cell_type"] not in ann.loc[f, "label"]
+               for f, by in roles.items() if f in ann.index)
 
 
 #: name -> ranking method
@@ -59,11 +79,30 @@ METHODS["discovery"] = discovery_method
 
 
 def _hypothesis_counts(hyps: list[dict], tr: dict) -> dict[str, float]:
-    """Status counts, and how hypotheses that carry planted artifact genes were treated."""
+    """Status counts, how hypotheses that carry planted artifact genes were treated, and the
+    honesty of the "why": duplicate pairs (same cell type and direction, >= 30% of top-20
+    genes shared) in the top 20, planted programs that appear exactly once in the top 10, and
+    supported hypotheses that carry a flag or lead with an artifact-explained feature."""
     art = {g for a in tr["artifacts"].values() for g in a["genes"]}
     carrying = [h for h in hyps
                 if len({g["symbol"] for g in h["genes"][:10]} & art) >= 3]
+    top20 = sorted(hyps, key=lambda h: h["rank"])[:20]
+    dup = sum(
+        (a["cell_type"], a["direction"]) == (b["cell_type"], b["direction"])
+        and len({g["symbol"] for g in a["genes"][:20]} & {g["symbol"] for g in b["genes"][:20]})
+        >= 0.3 * min(len(a["genes"][:20]), len(b["genes"][:20]))
+        for i, a in enumerate(top20) for b in top20[i + 1:])
+    planted = [p for p in tr["programs"].values() if p["effect_size"]]
+    once = sum(sum(h["cell_type"] == p["cell_type"] and h["direction"] == p["direction"]
+                   and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3
+                   for h in top20[:10]) == 1 for p in planted)
+    on_artifact = sum(h["status"] == "supported" and (
+        h["flags"] or max(h["evidence"].get("feature_roles") or [{"artifact": False, "share": 0}],
+                key=lambda r: r["share"])["artifact"]) for h in hyps)
     return {
+        "dup_pairs_top20": dup,
+        "programs_once_top10": f"{once}/{len(planted)}" if planted else "–",
+        "supported_on_artifact": on_artifact,
         "n_supported": sum(h["status"] == "supported" for h in hyps),
         "n_flagged": sum(h["status"] == "flagged" for h in hyps),
         "artifact_hyps": len(carrying),
@@ -134,6 +173,8 @@ def run_benchmark(
                 "n_q05": (int((q < 0.05).sum()) if q.notna().any() and hyps is None
                           else np.nan),
                 **(_hypothesis_counts(hyps, tr) if hyps is not None else {}),
+                **({"label_mismatches": ranking.attrs["label_mismatches"]}
+                   if "label_mismatches" in ranking.attrs else {}),
                 "seconds": seconds,
             })
     return BenchmarkResult(pd.concat(prog_rows, ignore_index=True), pd.DataFrame(run_rows))
@@ -170,7 +211,13 @@ def to_markdown(result: BenchmarkResult, *, command: str = "") -> str:
         "attribution graphs -> hypotheses; genes of unflagged hypotheses in rank order): "
         "n_supported = hypotheses with status supported, seeds_batch_flagged = seeds in which "
         "a hypothesis was flagged as confounded by batch, artifact_hyps(_flagged) = hypotheses "
-        "with >= 3 planted artifact genes in their top 10 (and how many of them were flagged).",
+        "with >= 3 planted artifact genes in their top 10 (and how many of them were flagged). "
+        "Honesty of the why (per run): dup_pairs_top20 = pairs of hypotheses in the top 20 of "
+        "one cell type and direction sharing >= 30% of their top-20 genes; programs_once_top10 "
+        "= planted programs that exactly one top-10 hypothesis carries (>= 3 of its genes in "
+        "the hypothesis's top 10); supported_on_artifact = supported hypotheses with a flag or "
+        "a leading artifact-explained feature; label_mismatches = features whose label names "
+        "another cell type than the one whose graph they carry the most attribution in.",
         "",
         "## Summary (mean over seeds)",
         "",

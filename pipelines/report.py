@@ -277,18 +277,24 @@ def write_report(run_dir: str | Path) -> list[str]:
                             f"{', '.join(st['refs']['nodes']) or '–'})"
                             for i, st in enumerate(p["rationale"], 1))
         ctrl = "; ".join(p["controls"])
+        prereq = "; ".join(p.get("prerequisites", [])) or "–"
+        also = p.get("extra", {}).get("also_tests", [])
+        for_h = p["hypothesis"] + (f" (also tests {', '.join(also)})" if also else "")
         doc.raw(
             f"<div class='plan'><h3>{html.escape(p['id'])} · {html.escape(p['title'])}</h3>"
-            f"<p class='small'>for {html.escape(p['hypothesis'])} · priority "
+            f"<p class='small'>for {html.escape(for_h)} · priority "
             f"{p['priority']:.3f} · {html.escape(p['modality'])}</p>"
             f"<p><b>Design.</b> {html.escape(p['design'])}</p>"
+            f"<p><b>Readout.</b> {html.escape(p.get('readout', ''))}</p>"
+            f"<p><b>Prerequisites.</b> {html.escape(prereq)}</p>"
             f"<p><b>Expected.</b> {html.escape(p['expected_outcome'])}</p>"
             f"<p><b>Falsified if.</b> {html.escape(p['falsified_if'])}</p>"
             f"<p><b>Controls.</b> {html.escape(ctrl)}</p>"
             f"<p><b>Why it was proposed.</b></p><ol class='chain'>{chain_h}</ol>"
             f"<p class='small'>Method source: {html.escape(p['source'])}</p></div>",
-            f"### {p['id']} · {p['title']}\n\nfor {p['hypothesis']} · priority "
+            f"### {p['id']} · {p['title']}\n\nfor {for_h} · priority "
             f"{p['priority']:.3f} · {p['modality']}\n\n**Design.** {p['design']}\n\n"
+            f"**Readout.** {p.get('readout', '')}\n\n**Prerequisites.** {prereq}\n\n"
             f"**Expected.** {p['expected_outcome']}\n\n**Falsified if.** {p['falsified_if']}\n\n"
             f"**Controls.** {ctrl}\n\n**Why it was proposed.**\n\n{chain_m}\n\n"
             f"Method source: {p['source']}")

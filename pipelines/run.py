@@ -336,30 +336,48 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
             write_json(index_path, index)
             outputs.append(layout.GRAPH_INDEX)
             return index
-        ann = feats["annotations"]
-        labels = dict(zip(ann["feature"], ann["label"]))
-        entries = []
         populations = case_populations(adata, min_cells=extra["min_cells"])
+        built = []
         for pop in tqdm(populations, desc="graphs", disable=quiet, leave=False):
-            g = cohort_graph(adata, model, saes, mask=pop.mask, name=pop.name, labels=labels,
-                             spec=spec)
+            g = cohort_graph(adata, model, saes, mask=pop.mask, name=pop.name, spec=spec)
             val = validate_graph(adata, model, saes, graph=g, mask=pop.mask,
                                  n_top=extra["n_top"])
-            summary = validation_summary(val)
-            g.graph.update({"cell_type": pop.cell_type, "label": "case", "validation": summary})
-            files = [layout.graph_file(pop.slug), layout.graph_file(pop.slug, ".graphml"),
-                     layout.validation_file(pop.slug)]
-            export_graph(g, rd.path / files[0])
-            export_graph(g, rd.path / files[1])
-            write_json(rd.path / files[2], val)
+            g.graph.update({"cell_type": pop.cell_type, "label": "case",
+                            "validation": validation_summary(val)})
             cells = example_cells(adata, pop.mask, n=extra["cell_graphs"])
+            cell_graphs = []
             for cell in cells:
-                one = adata.obs_names == cell
-                cg = cohort_graph(adata, model, saes, mask=one, name=f"cell {cell}",
-                                  labels=labels,
+                cg = cohort_graph(adata, model, saes, mask=adata.obs_names == cell,
+                                  name=f"cell {cell}",
                                   spec=GraphSpec(spec.node_threshold, spec.edge_threshold, 0,
                                                  spec.batch_size, spec.seed))
                 cg.graph.update({"cell": cell, "cell_type": pop.cell_type})
+                cell_graphs.append((cell, cg))
+            built.append((pop, g, val, cell_graphs))
+        # features are described where they act: the cell type whose graph they carry the most
+        # attribution in (annotations.json is rewritten with those labels)
+        ann = annotate.relabel_by_roles(
+            adata, model, feats["sae"], table=feats["annotations"],
+            roles=annotate.feature_roles(g for _, g, _, _ in built),
+            acts=np.asarray(adata.obsm[sae_key(hook)]), hook=hook)
+        feats["annotations"] = ann
+        atomic_write(rd.path / layout.ANNOTATIONS,
+                     lambda p: ann.to_json(p, orient="records", indent=1))
+        outputs.append(layout.ANNOTATIONS)
+        labels = dict(zip(ann["feature"], ann["label"]))
+        entries = []
+        for pop, g, val, cell_graphs in built:
+            summary = g.graph["validation"]
+            files = [layout.graph_file(pop.slug), layout.graph_file(pop.slug, ".graphml"),
+                     layout.validation_file(pop.slug)]
+            for graph in (g, *(cg for _, cg in cell_graphs)):
+                for n, d in graph.nodes(data=True):
+                    if d.get("kind") == "feature" and n in labels:
+                        d["label"] = labels[n]
+            export_graph(g, rd.path / files[0])
+            export_graph(g, rd.path / files[1])
+            write_json(rd.path / files[2], val)
+            for cell, cg in cell_graphs:
                 name = layout.cell_graph_file(slugify(cell))
                 export_graph(cg, rd.path / name)
                 files.append(name)
@@ -373,7 +391,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
                 "max_completeness_error": g.graph["max_completeness_error"],
                 "mean_logit": g.graph["mean_logit"],
                 "validation": {k: v for k, v in summary.items() if k != "circuit_curve"},
-                "cell_graphs": cells, "files": files,
+                "cell_graphs": [c for c, _ in cell_graphs], "files": files,
             })
         index = {"hook": hook, "graphs": entries}
         write_json(index_path, index)

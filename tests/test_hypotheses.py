@@ -59,11 +59,20 @@ def test_status_rules():
     c.evidence.replication["replicated"] = False
     _status_and_score(c, 0.3, spec)
     assert c.status == "candidate"
-    # unstable across SAE seeds -> candidate; an informational flag does not change status
-    u = _hyp(flags=[{"kind": "artifact_genes", "by": "Heat shock", "strength": 0, "detail": ""}])
+    # unstable across SAE seeds -> candidate
+    u = _hyp()
     u.evidence.stability = 0.1
     _status_and_score(u, 0.3, spec)
     assert u.status == "candidate"
+    # a caveat (informational) never changes the status; any flag demotes
+    cav = _hyp(caveats=[{"kind": "artifact_genes", "by": "Heat shock", "strength": 0,
+                         "detail": ""}])
+    _status_and_score(cav, 0.3, spec)
+    assert cav.status == "supported"
+    mech = _hyp(flags=[{"kind": "artifact_mechanism", "by": "batch", "strength": 0.6,
+                        "detail": "d"}])
+    _status_and_score(mech, 0.3, spec)
+    assert mech.status == "candidate"
     # the model's feature differs between donors but its genes do not separate held-out donors
     genes = _hyp()
     genes.evidence.replication["biomarker_auroc_test"] = 0.55
@@ -207,3 +216,118 @@ def test_report_is_self_contained(tiny_run, tmp_path):
     assert "data:image/png;base64," in text
     assert (out / "report.md").read_text().startswith("# discovery report")
     assert main(["report", str(tmp_path / "nope"), "--quiet"]) == 2
+
+
+def _roles(*rows):
+    return [{"feature": f, "share": sh, "label": lab, "confounded_by": by,
+             "confound_strength": 0.8 if by else 0.0,
+             "artifact": by is not None or lab.startswith("artifact")}
+            for f, sh, lab, by in rows]
+
+
+def test_mechanism_honesty_weighs_the_artifact_share():
+    """A leading artifact-explained feature, or > 30% of the attribution through such features,
+    is a demoting flag with a non-zero strength; a small non-leading share is a caveat."""
+    from discovery.tl.hypotheses import _mechanism
+
+    spec = HypothesisSpec()
+    h = _hyp()
+    flags, caveats = _mechanism(h, _roles(("pooled:F1", 0.2, "Microglia · program", None),
+                                          ("pooled:F2", 0.05, "x", "batch")), spec)
+    assert not flags and [c.kind for c in caveats] == ["artifact_features"]
+    assert h.evidence.extra["artifact_share"] == pytest.approx(0.2)
+    flags, _ = _mechanism(h, _roles(("pooled:F1", 0.2, "artifact · batch-explained", "batch"),
+                                    ("pooled:F2", 0.1, "Microglia · program", None)), spec)
+    assert [f.kind for f in flags] == ["artifact_mechanism"] and flags[0].strength > 0.5
+    assert "batch-explained feature" in flags[0].detail
+    # not leading, but 40% of the attribution
+    flags, _ = _mechanism(h, _roles(("pooled:F1", 0.3, "Microglia · program", None),
+                                    ("pooled:F2", 0.2, "artifact · library-size", None)), spec)
+    assert [f.kind for f in flags] == ["artifact_mechanism"]
+    h.flags = flags
+    _status_and_score(h, 0.3, spec)
+    assert h.status == "candidate"
+    assert _mechanism(h, _roles(("pooled:F1", 0.3, "Microglia · program", None)), spec) == \
+        ([], [])
+
+
+def _acting(roles: dict[str, float]) -> str:
+    return max(roles, key=lambda c: (roles[c], c))
+
+
+def test_the_why_is_true_on_a_run(tiny_run):
+    """Over a whole run: one program one hypothesis, flags always demote with a reason, no
+    supported hypothesis stands on an artifact feature, labels name the cell type where the
+    feature acts (as its graphs measure it), plans are one per experiment, modality matches."""
+    _assert_the_why_is_true(tiny_run)
+
+
+@pytest.mark.slow
+def test_the_why_is_true_on_a_confounded_cohort(tmp_path):
+    """The same checks where the batch is aligned with diagnosis (the `confounded` scenario):
+    the model has a shortcut to take, and no supported claim may stand on it."""
+    from pipelines.config import load_config
+    from pipelines.run import run_pipeline
+
+    cohort = {**TINY["cohort"], "scenario": "confounded", "n_donors": 16}
+    run_pipeline(tmp_path / "run", config=load_config(overrides={**TINY, "cohort": cohort}),
+                 quiet=True)
+    _assert_the_why_is_true(tmp_path / "run")
+
+
+def _assert_the_why_is_true(run) -> None:
+    import pandas as pd
+
+    from discovery.tl.annotate import feature_roles
+    from discovery.tl.records import Plan
+
+    hyps = [Hypothesis.from_dict(h)
+            for h in json.loads((run / "hypotheses.json").read_text())["hypotheses"]]
+    assert hyps
+    for h in hyps:
+        assert all(f.strength > 0 and f.detail for f in h.flags), h.id
+        if h.status == "supported":
+            assert not h.flags
+            lead = h.evidence.extra["feature_roles"][0]
+            assert not lead["artifact"] and h.evidence.extra["artifact_share"] <= 0.3
+        if h.kind != "de_only":
+            assert 0.0 <= h.evidence.extra["artifact_share"] <= 1.0
+            side = h.evidence.extra["gene_side"]
+            word = "higher" if h.direction == "up" else "lower"
+            assert f"are {word} in" in h.statement
+            assert ("rise as" if side > 0 else "fall as") in h.statement
+    top = hyps[:20]
+    for i, a in enumerate(top):
+        for b in top[i + 1:]:
+            if (a.cell_type, a.direction) == (b.cell_type, b.direction):
+                ga = {g["symbol"] for g in a.genes[:20]}
+                gb = {g["symbol"] for g in b.genes[:20]}
+                assert len(ga & gb) < 0.3 * min(len(ga), len(gb)), (a.id, b.id)
+    # labels: the cell type where the feature carries the most attribution in the graphs
+    index = json.loads((run / "graphs" / "index.json").read_text())
+    graphs = [load_graph(run / e["files"][0]) for e in index["graphs"]]
+    roles = feature_roles(graphs)
+    ann = pd.read_json(run / "features" / "annotations.json").set_index("feature")
+    assert roles
+    for f, by in roles.items():
+        where = _acting(by)
+        assert ann.loc[f, "cell_type"] == where, f
+        assert where in ann.loc[f, "label"], (f, ann.loc[f, "label"])
+        for g in graphs:
+            if f in g and g.graph.get("cell_type") == where:
+                assert g.nodes[f]["label"] == ann.loc[f, "label"]
+    plans = [Plan.from_dict(p)
+             for p in json.loads((run / "plans.json").read_text())["plans"]]
+    by_id = {h.id: h for h in hyps}
+    seen = []
+    for p in plans:
+        h = by_id[p.hypothesis]
+        key = (p.assay_id, h.cell_type, {g["symbol"] for g in h.genes[:5]})
+        assert not any(k[0] == key[0] and k[1] == key[1] and len(k[2] & key[2]) >= 3
+                       for k in seen), p.id
+        seen.append(key)
+        if "qpcr" in p.assay_id:
+            assert "qPCR" in p.modality
+        assert p.readout and p.prerequisites and p.source
+        if any(f.kind == "artifact_mechanism" for f in h.flags):
+            assert any("batch / QC-explained feature" in c for c in p.controls)

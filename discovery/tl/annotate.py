@@ -27,9 +27,11 @@ For each feature (:func:`annotate_features` runs the steps and returns one table
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import anndata as ad
+import networkx as nx
 import numpy as np
 import pandas as pd
 import torch
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "annotate_features",
+    "feature_roles",
+    "relabel_by_roles",
     "donor_means",
     "confound_scores",
     "donor_association",
@@ -155,22 +159,29 @@ def gene_signature(
     home: np.ndarray | None = None,
     n_cells: int = 64,
     expr: torch.Tensor | None = None,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient x (input - reference) attribution of each feature to each gene.
 
-    For feature f: mean over its ``n_cells`` top-activating cells of
+    For feature f: mean over its ``n_cells`` top-activating cells (of its ``home`` cell type
+    when given and it fires there) of
     (expr_g - ref_g) * d pre_f / d expr_g, the pre-activation taken through the model and the SAE
     encoder; ref = mean expression of the cells of f's home cell type where f is silent (all cells
     when ``home`` is None). Reads log-normalised ``X`` (unless ``expr``, its encoding over the
-    model's genes, is given) and the cell-type column. Returns ``(features, genes)``.
+    model's genes, is given) and the cell-type column. Returns ``(features, genes)`` (rows of
+    features not in ``features``, when given, stay zero).
     """
     genes = list(model.config.gene_names)
     x_all = encode(adata, genes) if expr is None else expr
     ct = adata.obs[get_keys(adata).cell_type_key].astype(str).to_numpy()
     out = np.zeros((acts.shape[1], len(genes)), dtype=np.float32)
     model.eval()
-    for f in range(acts.shape[1]):
-        top = np.argsort(-acts[:, f], kind="stable")[:n_cells]
+    for f in (range(acts.shape[1]) if features is None else features):
+        # its top-activating cells of the cell type it is described in (when it fires there)
+        pool = np.arange(acts.shape[0])
+        if home is not None and (acts[ct == home[f], f] > 0).any():
+            pool = np.flatnonzero(ct == home[f])
+        top = pool[np.argsort(-acts[pool, f], kind="stable")[:n_cells]]
         top = top[acts[top, f] > 0]
         if len(top) == 0:
             continue
@@ -232,50 +243,60 @@ def annotate_features(
     acts: np.ndarray,
     hook: str = "pooled",
     stability: np.ndarray | None = None,
+    where: np.ndarray | None = None,
+    features: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Annotate every SAE feature; see the module docstring for the steps.
 
-    Reads ``uns['discovery']['keys']``, the label / donor / cell-type / batch columns,
-    ``obs['pct_counts_mt', 'total_counts']``, log-normalised ``X``. Writes nothing (the caller
-    stores the table in the run directory). Returns one row per feature with JSON-safe values.
+    ``where``: the cell type in which to describe each feature (donor association, confounds,
+    signature reference, label); its home cell type when None. ``features``: annotate only these
+    feature indices (all when None). Reads ``uns['discovery']['keys']``, the label / donor /
+    cell-type / batch columns, ``obs['pct_counts_mt', 'total_counts']``, log-normalised ``X``.
+    Writes nothing (the caller stores the table in the run directory). Returns one row per
+    feature with JSON-safe values.
     """
     keys = get_keys(adata)
     ct = adata.obs[keys.cell_type_key].astype(str).to_numpy()
     genes = np.asarray(model.config.gene_names)
     home, share = _home_cell_types(acts, ct)
-    donors = donor_association(adata, acts, home, keys=keys)
-    conf = confound_scores(adata, acts, home, keys=keys)
-    log.info("gene signatures for %d features", acts.shape[1])
+    where = home if where is None else np.asarray(where)
+    idx = np.arange(acts.shape[1]) if features is None else np.asarray(features, dtype=int)
+    donors = donor_association(adata, acts[:, idx], where[idx], keys=keys)
+    conf = confound_scores(adata, acts[:, idx], where[idx], keys=keys)
+    log.info("gene signatures for %d features", len(idx))
     expr = encode(adata, list(genes))
-    attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=home, expr=expr)
+    attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=where, expr=expr,
+                            features=idx)
     x = expr.numpy()
-    in_type = {c: ct == c for c in np.unique(home)}
+    in_type = {c: ct == c for c in np.unique(where[idx])}
     x_by_type = {c: x[m] for c, m in in_type.items()}  # sliced once per cell type, not per feature
     rows = []
     is_case = case_mask(adata, keys)
-    for f in range(acts.shape[1]):
+    for i, f in enumerate(idx):
         a = acts[:, f]
         active = a > 0
         order = np.argsort(-attrib[f], kind="stable")
         sig = genes[order[:SIGNATURE_TOP]].tolist()
-        corr = (_expr_correlation(x_by_type[home[f]], a[in_type[home[f]]]) if active.any()
+        corr = (_expr_correlation(x_by_type[where[f]], a[in_type[where[f]]]) if active.any()
                 else np.zeros(len(genes)))
         enr = enrichment(sig, list(genes)) if active.any() else pd.DataFrame()
         top_set = None
         if not enr.empty and enr.iloc[0]["q"] < 0.05:
             top_set = enr.iloc[0].to_dict()
         sig_corr = float(np.mean(corr[order[:10]])) if active.any() else 0.0
-        d = donors.iloc[f]
-        c = conf.iloc[f]
+        d = donors.iloc[i]
+        c = conf.iloc[i]
         row = {
             "feature": feature_id(hook, f),
-            "index": f,
+            "index": int(f),
             "frac_active": float(active.mean()),
             "mean_activation": float(a.mean()),
             "max_activation": float(a.max()),
             "top_cells": adata.obs_names[np.argsort(-a, kind="stable")[:10]].tolist(),
             "home_cell_type": str(home[f]),
             "cell_type_share": float(share[f]),
+            # the cell type the statistics and the label describe (see relabel_by_roles)
+            "cell_type": str(where[f]),
             "frac_active_case": float(active[is_case].mean()),
             "frac_active_control": float(active[~is_case].mean()),
             "donor_effect": float(d["effect"]),
@@ -286,13 +307,14 @@ def annotate_features(
             "n_control_donors": int(d["n_control_donors"]),
             **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in c.items()},
             "signature": sig,
-            "signature_weights": [float(attrib[f, i]) for i in order[:SIGNATURE_TOP]],
+            "signature_weights": [float(attrib[f, j]) for j in order[:SIGNATURE_TOP]],
             "correlated_genes": genes[np.argsort(-corr, kind="stable")[:10]].tolist(),
             # +1: the feature fires where its signature genes are high; -1: where they are low
             "signature_sign": 1 if sig_corr >= 0 else -1,
             "enrichment": [] if enr.empty else enr.head(5).to_dict("records"),
             "top_set": None if top_set is None else top_set["set"],
             "top_set_category": None if top_set is None else top_set["category"],
+            "top_set_cell_type": None if top_set is None else top_set["cell_type"],
             "stability": None if stability is None else float(stability[f]),
         }
         row["label"] = auto_label(row, case=str(keys.case))
@@ -300,23 +322,108 @@ def annotate_features(
     return pd.DataFrame(rows)
 
 
+def feature_roles(graphs: Iterable[nx.DiGraph]) -> dict[str, dict[str, float]]:
+    """Where each feature acts: feature id -> {cell type: its share of the |attribution| into
+    the case logit in that cell type's cohort graph(s)} (features with a direct edge to the
+    output only; shares of several graphs of one cell type add up)."""
+    roles: dict[str, dict[str, float]] = {}
+    for g in graphs:
+        ct = g.graph.get("cell_type")
+        if ct is None or "output" not in g:
+            continue
+        inc = {u: abs(d["weight"]) for u, _, d in g.in_edges("output", data=True)}
+        total = sum(inc.values())
+        if total <= 0:
+            continue
+        for u, w in inc.items():
+            if g.nodes[u].get("kind") == "feature" and w > 0:
+                by_ct = roles.setdefault(u, {})
+                by_ct[str(ct)] = by_ct.get(str(ct), 0.0) + w / total
+    return roles
+
+
+def relabel_by_roles(
+    adata: ad.AnnData,
+    model: torch.nn.Module,
+    sae: SparseAutoencoder,
+    *,
+    table: pd.DataFrame,
+    roles: dict[str, dict[str, float]],
+    acts: np.ndarray,
+    hook: str = "pooled",
+) -> pd.DataFrame:
+    """Describe every feature where it acts: a feature that carries attribution in some cell
+    type's graph is annotated (donor association, confounds, signature, label) in the cell type
+    where it carries the most; others keep their home cell type. Adds ``acts_in`` (the
+    :func:`feature_roles` shares, largest first). Returns a new table; donor q-values are BH
+    over all features again."""
+    out = table.copy()
+    if "cell_type" not in out:
+        out["cell_type"] = out["home_cell_type"]
+    acting = {f: max(by, key=lambda c: (by[c], c)) for f, by in roles.items() if by}
+    out["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
+                      for f in out["feature"]]
+    where = out.set_index("index")["cell_type"].astype(str)
+    moved = [int(r.index) for r in out.itertuples()
+             if r.feature in acting and acting[r.feature] != r.cell_type]
+    if moved:
+        for i in moved:
+            where[i] = acting[out.loc[out["index"] == i, "feature"].iloc[0]]
+        stability = out.set_index("index")["stability"].reindex(range(acts.shape[1]))
+        stab = None if stability.isna().all() else stability.to_numpy(float)
+        w = where.reindex(range(acts.shape[1])).to_numpy(object)
+        fresh = annotate_features(adata, model, sae, acts=acts, hook=hook, stability=stab,
+                                  where=w, features=np.array(moved))
+        fresh["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
+                            for f in fresh["feature"]]
+        out = out.set_index("index")
+        fresh = fresh.set_index("index")
+        for c in fresh.columns:
+            if c not in out:
+                out[c] = None
+        for i in moved:
+            out.loc[i] = fresh.loc[i, out.columns]
+        out = out.reset_index()
+        p = out["donor_p"].to_numpy(float)
+        ok = np.isfinite(p)
+        q = np.full(len(p), np.nan)
+        q[ok] = bh_fdr(p[ok])
+        out["donor_q"] = q
+    case = str(get_keys(adata).case)
+    out["label"] = [auto_label(r, case=case) for r in out.to_dict("records")]
+    return out
+
+
 def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
-    """A short name from measured facts only: cell type, gene set, genes, direction or artifact."""
+    """A short name from measured facts only, about the cell type the row describes
+    (``cell_type``: where the feature acts): cell type, gene set, genes, direction; ``artifact``
+    only with evidence (batch or a QC covariate explains the activation better than the label
+    there). Enrichment for an artifact gene set is named, not concluded from; a marker or
+    disease set of another cell type reads "expresses <that cell type> genes in <this one>"."""
     genes = ", ".join(row["signature"][:3])
     if row["frac_active"] == 0:
         return "dead"
+    where = row.get("cell_type") or row["home_cell_type"]
     conf = row.get("confounded_by")
-    if conf or row.get("top_set_category") == "artifact":
+    if conf:
         what = {"batch": "batch-explained", "pct_counts_mt": "mitochondrial-fraction-explained",
-                "total_counts": "library-size-explained"}.get(conf or "", "artifact gene set")
-        return f"artifact · {what} ({genes})"
-    parts = [row["home_cell_type"]]
+                "total_counts": "library-size-explained"}.get(conf, f"{conf}-explained")
+        return f"artifact · {what} in {where} ({genes})"
+    parts = [where]
     low = "low " if row.get("signature_sign", 1) < 0 else ""
-    if row.get("top_set"):
+    other = row.get("top_set_cell_type")
+    if row.get("top_set") and other and other != where:
+        parts.append(f"expresses {other} genes ({row['top_set']}: {genes}) in {where}: "
+                     "possible doublets / ambient RNA")
+    elif row.get("top_set_category") == "artifact":
+        parts.append(f"{low}{row['top_set']} ({genes}; a technical gene set, not confirmed "
+                     "as technical here)")
+    elif row.get("top_set"):
         parts.append(f"{low}{row['top_set']} ({genes})")
     else:
         parts.append(f"{low}program ({genes})")
-    if row["donor_q"] is not None and row["donor_q"] < 0.05:
+    q = row.get("donor_q")
+    if q is not None and np.isfinite(q) and q < 0.05:
         parts.append(f"{'up' if row['donor_effect'] > 0 else 'down'} in {case}")
     return " · ".join(parts)
 

@@ -6,11 +6,14 @@ the case cells of one cell type cases. It is built only from measured facts:
 1. **Candidates**: in each cell type's cohort graph (case cells), the features whose direct
    effect on the case logit is at least ``min_share`` of the total |attribution| into the logit
    (SAE error included). A feature can be a candidate in several cell types (one direction of
-   the model may carry a different program in each). Candidates of one population are merged into a supernode when their decoder
-   directions have cosine >= ``merge_cosine``, or when they are enriched for the same gene set,
-   and their donor-level effects point the same way; and, once their genes are known (step 2),
-   when they share >= ``merge_genes`` of their top 10 genes in the same direction (a feature with
-   a technical flag is never merged with one without).
+   the model may carry a different program in each). Candidates of one population are merged
+   into a supernode when their decoder directions have cosine >= ``merge_cosine``, or when they
+   are enriched for the same gene set, and their donor-level effects point the same way; and,
+   once their genes are known (step 2), when they share >= ``merge_overlap`` (30%) of their top
+   ``n_genes`` genes in the same direction: one program, one hypothesis, every contributing
+   feature kept. Mechanism honesty then weighs how much of its attribution flows through
+   artifact-explained features (``evidence.extra['artifact_share']``, per feature in
+   ``evidence.extra['feature_roles']``).
 2. **Genes**: every measured gene (not only the model's input panel: a program's genes need not
    be model inputs) is correlated with the hypothesis's activation (sum over its features)
    across the cells of its cell type from the *discovery* donors (train + validation), after
@@ -91,7 +94,12 @@ class HypothesisSpec:
     min_share: float = 0.03
     max_per_population: int = 6
     merge_cosine: float = 0.5
-    merge_genes: int = 5
+    #: hypotheses of one cell type and direction sharing this share of their top n_genes genes
+    #: are one program (merged)
+    merge_overlap: float = 0.3
+    #: a hypothesis whose leading feature, or more than this share of its attribution, is
+    #: artifact-explained cannot be supported
+    max_artifact_share: float = 0.3
     n_genes: int = 20
     #: a hypothesis's genes are those that rise with its activation (what a non-negative feature
     #: detects) unless the genes that fall with it correlate this many times more strongly
@@ -119,12 +127,17 @@ def status_rules(spec: HypothesisSpec) -> dict[str, str]:
                      f"test donors (same direction, one-sided p < {spec.alpha:g}), its genes' "
                      "distilled biomarker reaches "
                      f"AUROC ≥ min_gene_auroc ({spec.min_gene_auroc:g}) on test donors, "
-                     "stability ≥ min_stability, and no flag at all (a flag always demotes: "
-                     "a single influential donor, a covariate such as sex, age or composition "
-                     "that explains the signal as well as the label)",
+                     "stability ≥ min_stability, and no flag at all (a flag always demotes "
+                     "and has a non-zero strength: a single influential donor, a covariate "
+                     "such as sex, age or composition that explains the signal as well as the "
+                     "label, or artifact_mechanism — the leading feature, or more than "
+                     f"{spec.max_artifact_share:.0%} of the attribution, flows through "
+                     "features explained by batch / QC in the hypothesis's cell type or "
+                     "annotated as artifacts where they act)",
         "flagged": "a technical covariate (batch, QC) explains the donor-level signal better "
-                   "than the label, or one of its features is annotated as explained by batch / "
-                   "QC in the hypothesis's cell type, or its top-10 genes hold >= "
+                   "than the label, or one of its features is explained by batch / QC in the "
+                   "hypothesis's cell type and the donor-level check agrees, or its top-10 "
+                   "genes hold >= "
                    f"{ARTIFACT_PROGRAM_GENES} genes of one artifact gene set (mitochondrial, "
                    "ribosomal, dissociation, heat shock) AND at least half of its tested top "
                    "genes are explained by technical covariates at donor level "
@@ -134,10 +147,11 @@ def status_rules(spec: HypothesisSpec) -> dict[str, str]:
                      "de_only hypothesis (a program donor-level statistics see, q < "
                      f"{spec.alpha:g} beyond the technical covariates, that the model does not "
                      "use)",
-        "caveats": "notes that never change the status: gene-set membership without technical "
-                   "evidence, a feature confounded at cell level whose donor-level check "
-                   "favours the label, genes no donor-level test sees, what the shortcut probe "
-                   "finds in the model",
+        "caveats": "notes that never change the status (strength may be 0): gene-set "
+                   "membership without technical evidence, artifact-explained features that "
+                   f"carry at most {spec.max_artifact_share:.0%} of the attribution and do "
+                   "not lead, genes no donor-level test sees, what the shortcut probe finds "
+                   "in the model",
         "rejected": "an expert rejected it (feedback)",
     }
 
@@ -204,6 +218,9 @@ class _Cohort:
                     cov[c] = col.astype(str).groupby(self.donor).agg(lambda s: s.mode().iloc[0])
         self.covariates = cov
         self._pb: dict[str, pd.DataFrame] = {}
+        #: (feature, cell type) -> (confounded_by, strength) where the annotation describes
+        #: another cell type
+        self.feature_confounds: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def covariate_matrix(self, donors: pd.Index, names: tuple[str, ...]) -> np.ndarray:
         cols = []
@@ -378,18 +395,16 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
                                 cohort.donor_case)["effect"]
         groups = _group(feats, sae, ann, effects, spec)
         evs = [_evidence(cohort, acts, ct, g, cands, ann, spec) for g in groups]
-        # second merge: features whose programs are the same genes (>= merge_genes of the top
-        # 10 shared, same direction) are one hypothesis
+        # second merge: one program, one hypothesis: features whose programs share >=
+        # merge_overlap of their top n_genes genes in the same direction are one hypothesis,
+        # whatever their technical status (mechanism honesty then weighs the artifact share)
         merged = True
         while merged:
             merged = False
             for i in range(len(evs)):
                 for j in range(i + 1, len(evs)):
-                    a = {g["symbol"] for g in evs[i].genes[:10]}
-                    b = {g["symbol"] for g in evs[j].genes[:10]}
                     if evs[i].direction == evs[j].direction and \
-                            len(a & b) >= spec.merge_genes and \
-                            _technical(evs[i]) == _technical(evs[j]):
+                            gene_overlap(evs[i], evs[j], spec.n_genes) >= spec.merge_overlap:
                         group = sorted(evs[i].features + evs[j].features,
                                        key=lambda f: -cands[f]["share"])
                         evs[i] = _evidence(cohort, acts, ct, group, cands, ann, spec)
@@ -512,6 +527,8 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                      "biomarker_auroc_test": biomarker_auc},
         confounds=confounds,
         gene_sides=sides,
+        # +1: the program's genes rise with the features' activity; -1: they fall as it rises
+        extra={"gene_side": int(side)},
     )
     batch = cohort.covariates.get("batch")
     h = Hypothesis(
@@ -530,7 +547,8 @@ def _evidence(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
                 for d, v in dv.items()],
         flags=[],
     )
-    h.flags = _flags(h, ann)
+    h.flags, h.caveats = _flags(h, ann, _feature_roles(cohort, acts, ct, group, cands, ann),
+                                spec)
     if cell_units(cohort.keys):
         h.flags.append(Flag("no_donors", "design", 1.0,
                             "the data has no donor structure: statistics are over cells of one "
@@ -626,15 +644,86 @@ def _cross_check(h: Hypothesis, adata: ad.AnnData, model: torch.nn.Module, sae: 
     h.evidence.ablation_delta = float(per_donor.mean())
 
 
-def _technical(h: Hypothesis) -> bool:
-    """Whether a hypothesis carries a technical flag (never merged with a clean one)."""
-    return any(f.kind in ("confounded", "artifact_genes") for f in h.flags)
+def gene_overlap(a: Hypothesis, b: Hypothesis, n: int = 20) -> float:
+    """Share of the smaller of two hypotheses' top-``n`` gene lists that the other holds too."""
+    ga = {g["symbol"] for g in a.genes[:n]}
+    gb = {g["symbol"] for g in b.genes[:n]}
+    return len(ga & gb) / max(min(len(ga), len(gb)), 1)
 
 
-def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
-    """Confound and artifact flags of a hypothesis (kind ``confounded`` changes its status)."""
+def _feature_roles(cohort: _Cohort, acts: np.ndarray, ct: str, group: list[str],
+                   cands: dict[str, dict], ann: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each feature of a hypothesis in its cell type: attribution share, and whether it is
+    artifact-explained there — batch or a QC covariate explains its activation better than the
+    label in ``ct``'s cells (cell-level partial R², as the annotation measures it; computed in
+    ``ct`` when the annotation describes another cell type), or its annotation (where it acts)
+    is an artifact label."""
+    from discovery.tl.annotate import confound_scores
+
+    out = []
+    for f in group:
+        row = ann.loc[f] if f in ann.index else None
+        described = None if row is None else (row.get("cell_type") or row.get("home_cell_type"))
+        if row is not None and described == ct:
+            by, strength = row.get("confounded_by"), row.get("confound_strength")
+        else:
+            key = (f, ct)
+            if key not in cohort.feature_confounds:
+                c = confound_scores(cohort.adata, acts[:, [feature_index(f)]], np.array([ct]),
+                                    keys=cohort.keys).iloc[0]
+                cohort.feature_confounds[key] = (c.get("confounded_by"),
+                                                 c.get("confound_strength"))
+            by, strength = cohort.feature_confounds[key]
+        label = "" if row is None else str(row.get("label", ""))
+        by = by if isinstance(by, str) and by else None
+        out.append({"feature": f, "share": float(cands[f]["share"]),
+                    "label": label, "confounded_by": by,
+                    "confound_strength": float(strength or 0.0),
+                    "artifact": by is not None or label.startswith("artifact")})
+    return out
+
+
+def _mechanism(h: Hypothesis, roles: list[dict[str, Any]],
+               spec: HypothesisSpec) -> tuple[list[Flag], list[Flag]]:
+    """Mechanism honesty: the share of the hypothesis's attribution that flows through
+    artifact-explained features (``evidence.extra['artifact_share']``). A leading artifact
+    feature, or a share above ``max_artifact_share``, is an ``artifact_mechanism`` flag (the
+    hypothesis cannot be supported; the gene-level donor evidence may still be real biology
+    seen through a confounded model); a smaller share is a caveat. Returns (flags, caveats)."""
+    total = sum(r["share"] for r in roles) or 1.0
+    bad = [r for r in roles if r["artifact"]]
+    share = sum(r["share"] for r in bad) / total
+    h.evidence.extra["artifact_share"] = float(share)
+    h.evidence.extra["feature_roles"] = roles
+    if not bad:
+        return [], []
+    lead = max(roles, key=lambda r: r["share"])
+
+    def why(r: dict[str, Any]) -> str:
+        what = (f"explained by {r['confounded_by']} in {h.cell_type}" if r["confounded_by"]
+                else f"annotated '{r['label']}'")
+        return f"{r['feature']} ({what}; {r['share'] / total:.0%} of its attribution)"
+
+    named = "; ".join(why(r) for r in bad)
+    if lead["artifact"] or share > spec.max_artifact_share:
+        cause = lead["confounded_by"] or (bad[0]["confounded_by"] or "artifact")
+        return [Flag("artifact_mechanism", cause, max(share, 1e-3),
+                     f"the model reaches this through a {cause}-explained feature: {share:.0%} "
+                     f"of its attribution flows through artifact-explained features ({named})"
+                     + ("; its leading feature is one of them" if lead["artifact"] else "")
+                     + ". The gene-level donor evidence may still be real biology seen through "
+                     "a confounded model")], []
+    return [], [Flag("artifact_features", None, 0.0,
+                     f"{share:.0%} of its attribution flows through artifact-explained features "
+                     f"({named}); the leading feature is not one of them")]
+
+
+def _flags(h: Hypothesis, ann: pd.DataFrame, roles: list[dict[str, Any]],
+           spec: HypothesisSpec) -> tuple[list[Flag], list[Flag]]:
+    """Confound and artifact flags of a hypothesis (each demotes, with a non-zero strength) and
+    its caveats (informational). Returns (flags, caveats)."""
     ev = h.evidence
-    flags = []
+    flags, caveats = [], []
     for name, c in ev.confounds.items():
         if name in TECHNICAL and c["r2"] > c["r2_label"] and c["r2"] > 0.1:
             flags.append(Flag(kind="confounded", by=name,
@@ -642,28 +731,31 @@ def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
                           detail=f"{name} explains {c['r2']:.0%} of the donor-level "
                                     f"variance of the activation beyond the label; the label "
                                     f"{c['r2_label']:.0%} beyond {name}"))
-    for f in h.features:
-        if f not in ann.index:
-            continue
-        row = ann.loc[f]
-        by = row.get("confounded_by")
-        if by and row.get("home_cell_type") == h.cell_type:
+    for r in roles:
+        by = r["confounded_by"]
+        if by:
             donor = ev.confounds.get(by)
             # cells are not independent: a donor-level check that favours the label wins
-            label_wins = donor is not None and donor["r2_label"] >= donor["r2"]
-            flags.append(Flag(kind="cell_level_confound" if label_wins else "confounded",
-                          by=str(by), strength=float(row.get("confound_strength") or 0.0),
-                          detail=f"feature {f} is annotated as explained by {by} within "
-                                    f"{h.cell_type} cells (cell-level partial R²)"
-                                    + ("; at donor level the label explains more "
-                                       f"({donor['r2_label']:.2f} vs {donor['r2']:.2f})"
-                                       if label_wins else "")))
-        elif row.get("top_set_category") == "artifact":
-            flags.append(Flag(kind="artifact_genes", by=str(row.get("top_set")),
-                          strength=0.0,
-                          detail=f"the attribution signature of {f} is enriched for "
-                                    f"{row.get('top_set')} (an artifact gene set); the "
-                                    "donor-level checks do not explain the signal by it"))
+            label_wins = donor is None or donor["r2_label"] >= donor["r2"]
+            if not label_wins:
+                flags.append(Flag(kind="confounded", by=str(by),
+                                  strength=max(float(r["confound_strength"]), 1e-3),
+                                  detail=f"feature {r['feature']} is explained by {by} within "
+                                         f"{h.cell_type} cells (cell-level partial R²), and at "
+                                         f"donor level {by} explains the activation better "
+                                         f"than the label ({donor['r2']:.2f} vs "
+                                         f"{donor['r2_label']:.2f})"))
+        row = ann.loc[r["feature"]] if r["feature"] in ann.index else None
+        if row is not None and row.get("top_set_category") == "artifact":
+            caveats.append(Flag(kind="artifact_genes", by=str(row.get("top_set")),
+                                strength=0.0,
+                                detail=f"the attribution signature of {r['feature']} is "
+                                       f"enriched for {row.get('top_set')} (an artifact gene "
+                                       "set); the donor-level checks do not explain the signal "
+                                       "by it"))
+    more_flags, more_caveats = _mechanism(h, roles, spec)
+    flags += more_flags
+    caveats += more_caveats
     top = {g["symbol"] for g in h.genes[:10]}
     for gs in bundled.gene_sets(category="artifact"):
         hits = sorted(top & set(gs.genes))
@@ -687,7 +779,7 @@ def _flags(h: Hypothesis, ann: pd.DataFrame) -> list[Flag]:
                       strength=float(d["max_t_drop"]),
                       detail=f"leaving out donor {d.get('donor')} removes "
                                 f"{d['max_t_drop']:.0%} of the donor-level t statistic"))
-    return flags
+    return flags, caveats
 
 
 def _adjusted_activation_test(h: Hypothesis, cohort: _Cohort) -> None:
@@ -727,15 +819,13 @@ def _evidence_based_artifacts(h: Hypothesis, donor_tests: pd.DataFrame,
     top = [g["symbol"] for g in h.genes[:10] if g["symbol"] in t.index]
     tech_share = float(t.loc[top, "technical"].mean()) if top else 0.0
     confounded = any(f.kind == "confounded" for f in h.flags)
-    keep, caveats = [], []
+    keep, caveats = [], list(h.caveats)
     for f in h.flags:
-        if f.kind in ("artifact_genes", "cell_level_confound") or (
-                f.kind == "artifact_program" and tech_share < 0.5 and not confounded):
+        if f.kind == "artifact_program" and tech_share < 0.5 and not confounded:
             caveats.append(Flag(f.kind, f.by, f.strength,
                                 f.detail + (f"; but only {tech_share:.0%} of its tested top "
                                             "genes are explained by technical covariates at "
-                                            "donor level, so this is a caveat, not a flag"
-                                            if f.kind == "artifact_program" else "")))
+                                            "donor level, so this is a caveat, not a flag")))
         else:
             keep.append(f)
     h.flags = keep
@@ -843,24 +933,32 @@ def _status_and_score(h: Hypothesis, max_share: float, spec: HypothesisSpec) -> 
 
 
 def _statement(h: Hypothesis, case: str) -> str:
+    """The hypothesis in words: feature activity and gene expression are stated separately,
+    each as "higher / lower in <case>", with how the genes move with the activity."""
     ev = h.evidence
     dl, rep = ev.donor_level, ev.replication
     genes = ", ".join(g["symbol"] for g in h.genes[:5])
     n = len(h.features)
     what = f"feature {h.features[0]}" if n == 1 else f"{n} co-acting features"
+    it = "it" if n == 1 else "them"
+    its = "its" if n == 1 else "their"
     rep_txt = ("replicated in held-out test donors" if rep["replicated"] else
                "not replicated in held-out test donors")
-    flag = next((f" Flagged: {f.detail}." for f in h.flags if f.kind == "confounded"),
+    side = ev.extra.get("gene_side", 1)
+    flag = next((f" Flagged: {f.detail}." for f in h.flags if f.kind == "confounded"), "")
+    mech = next((f" Mechanism: {f.detail}." for f in h.flags if f.kind == "artifact_mechanism"),
                 "")
+    activity = (f"Feature activity is {'higher' if dl['effect'] > 0 else 'lower'} in {case} "
+                f"donors (donor-level effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, "
+                f"{dl['n_donors']} donors; {rep_txt}). " if np.isfinite(dl["effect"]) else
+                f"Feature activity is not testable at donor level ({dl['n_donors']} donors "
+                "with enough cells). ")
     return (f"In {h.cell_type}, the model's {case} call relies on {what} "
-            f"({ev.attribution:.0%} of the attribution to the case logit; ablating "
-            f"{'it' if n == 1 else 'them'} moves the logit by {ev.ablation_delta:+.2f}), "
-            + (f"{'more' if dl['effect'] > 0 else 'less'} active in {case} donors (donor-level "
-               f"effect {dl['effect']:+.2f}, q = {dl['q']:.2g}, {dl['n_donors']} donors; "
-               f"{rep_txt}); " if np.isfinite(dl["effect"]) else
-               f"not testable at donor level ({dl['n_donors']} donors with enough cells); ")
-            + f"the genes that track {'it' if n == 1 else 'them'} across donors ({genes}) are "
-            f"{'higher' if h.direction == 'up' else 'lower'} in {case}.{flag}")
+            f"({ev.attribution:.0%} of the attribution to the case logit; ablating {it} moves "
+            f"the logit by {ev.ablation_delta:+.2f}). " + activity
+            + f"Gene expression: {genes} {'rise' if side > 0 else 'fall'} as {its} activity "
+            f"rises and are {'higher' if h.direction == 'up' else 'lower'} in {case}."
+            + flag + mech)
 
 
 def hypotheses_to_ranking(hypotheses: list[dict[str, Any] | Hypothesis], *,

@@ -82,6 +82,10 @@ def _controls(h: dict[str, Any], facts: dict[str, Any], covariates: list[str]) -
     if "pct_counts_mt" in bys or "total_counts" in bys:
         out.append("quality-matched samples (RIN / mitochondrial fraction), QC covariates in the "
                    "model")
+    if "artifact_mechanism" in kinds:
+        out.append("the model reaches this through a batch / QC-explained feature: measure the "
+                   "genes in donors balanced across processing batches and with QC covariates "
+                   "recorded, so the gene-level claim is tested without the model's shortcut")
     if "single_donor" in kinds:
         out.append("a sensitivity analysis leaving out the most influential donor")
     return out
@@ -130,21 +134,29 @@ def _rationale(h: dict[str, Any], graph: nx.DiGraph | None, assay: dict[str, Any
                     "ablation_predicted": ev["ablation_predicted"]},
     })
     gene_nodes = [f"gene:{g['symbol']}" for g in h["genes"][:10] if in_graph(f"gene:{g['symbol']}")]
+    side = ev.get("gene_side", 1)
+    dl, rep = ev["donor_level"], ev["replication"]
+    word = "higher" if h["direction"] == "up" else "lower"
     steps.append({
         "step": "program genes",
-        "claim": f"Across discovery donors, the genes that track the feature(s) in "
-                 f"{h['cell_type']} (partial correlation given batch and mitochondrial "
-                 f"fraction) are " + ", ".join(f"{g['symbol']} ({g['weight']:+.2f})"
-                                             for g in h["genes"][:5]) + ".",
+        "claim": f"Gene expression: across the {h['cell_type']} cells of discovery donors, "
+                 "the genes most correlated with the feature(s)' activity (partial "
+                 "correlation r given batch and mitochondrial fraction) are "
+                 + ", ".join(f"{g['symbol']} (r = {side * g['weight']:+.2f})"
+                             for g in h["genes"][:5])
+                 + f": they {'rise' if side > 0 else 'fall'} as the activity rises"
+                 + (" (negative r: lower where the feature is active)" if side < 0 else "")
+                 + f", and are {word} in {case} donors.",
         "refs": {"nodes": gene_nodes, "features": feats},
-        "numbers": {g["symbol"]: g["weight"] for g in h["genes"][:10]},
+        "numbers": {g["symbol"]: side * g["weight"] for g in h["genes"][:10]},
     })
-    dl, rep = ev["donor_level"], ev["replication"]
     steps.append({
         "step": "donor-level test",
-        "claim": f"The feature(s) are {'more' if dl['effect'] > 0 else 'less'} active in "
-                 f"{case} donors: effect {dl['effect']:+.3f}, p = {dl['p']:.2g}, q = "
-                 f"{dl['q']:.2g} over {dl['n_donors']} discovery donors (Welch on donor means).",
+        "claim": f"Feature activity is {'higher' if dl['effect'] > 0 else 'lower'} in {case} "
+                 f"donors: effect {dl['effect']:+.3f}, p = {dl['p']:.2g}, q = "
+                 f"{dl['q']:.2g} over {dl['n_donors']} discovery donors (Welch on donor means)"
+                 + (f"; with genes that fall as it rises, the program's expression is {word} "
+                    f"in {case}." if side < 0 else "."),
         "refs": {"nodes": f_nodes, "features": feats},
         "numbers": {k: dl[k] for k in ("effect", "t", "p", "q", "n_donors")},
     })
@@ -173,6 +185,25 @@ def _rationale(h: dict[str, Any], graph: nx.DiGraph | None, assay: dict[str, Any
     conf_txt = "; ".join(f["detail"] for f in h["flags"]) or (
         "no technical covariate, sex, age, composition or single donor explains the "
         "donor-level signal better than the label")
+    roles = ev.get("feature_roles", [])
+    art = ev.get("artifact_share", 0.0)
+    if roles:
+        bad = [r["feature"] for r in roles if r["artifact"]]
+        steps.append({
+            "step": "mechanism",
+            "claim": (f"{art:.0%} of the attribution flows through features explained by "
+                      f"batch / QC or annotated as artifacts ({', '.join(bad)}): "
+                      + ("the model reaches this through a confounded feature, so the claim "
+                         "about the model's mechanism is not supported even where the gene-level "
+                         "donor evidence holds." if any(f["kind"] == "artifact_mechanism"
+                                                         for f in h["flags"])
+                         else "a minority that does not lead.")
+                      if bad else "None of its features is explained by batch or QC in "
+                                  f"{h['cell_type']} or annotated as an artifact."),
+            "refs": {"nodes": [n for n in bad if in_graph(n)], "features": feats},
+            "numbers": {"artifact_share": art,
+                        **{r["feature"]: r["share"] for r in roles}},
+        })
     steps.append({
         "step": "confound checks",
         "claim": conf_txt[0].upper() + conf_txt[1:] + ".",
@@ -238,12 +269,42 @@ def make_plans(
                 "priority": float(priority),
                 "source": " ".join(str(a["source"]).split()),
                 "rationale": _rationale(h, graph, a, case),
+                "_genes": [g["symbol"] for g in h["genes"][:5]], "_cell_type": h["cell_type"],
             })
     plans.sort(key=lambda p: (-p["priority"], p["hypothesis"], p["assay_id"]))
+    plans = _one_plan_per_experiment(plans)
     by_h = {h.id: h for h in hypotheses}
     for h in hypotheses:
         h.plans = []
     for i, p in enumerate(plans, 1):
         p["id"] = f"P{i}"
-        by_h[p["hypothesis"]].plans.append(p["id"])
+        for hid in [p["hypothesis"], *p["extra"].get("also_tests", [])]:
+            by_h[hid].plans.append(p["id"])
     return [Plan.from_dict(p) for p in plans]
+
+
+#: two plans with the same assay in the same cell type whose gene panels share this many of
+#: their genes are one experiment
+SAME_EXPERIMENT_GENES = 3
+
+
+def _one_plan_per_experiment(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Near-identical plans (same assay, same cell type, >= SAME_EXPERIMENT_GENES genes of the
+    panel shared) are one plan: the first by priority is kept and lists the other hypotheses it
+    also tests (``extra['also_tests']``)."""
+    kept: list[dict[str, Any]] = []
+    for p in plans:
+        p.setdefault("extra", {})
+        genes = set(p["_genes"])
+        twin = next((k for k in kept if k["assay_id"] == p["assay_id"]
+                     and k["_cell_type"] == p["_cell_type"]
+                     and len(genes & set(k["_genes"])) >= SAME_EXPERIMENT_GENES), None)
+        if twin is None:
+            kept.append(p)
+        elif p["hypothesis"] != twin["hypothesis"]:
+            also = twin["extra"].setdefault("also_tests", [])
+            if p["hypothesis"] not in also:
+                also.append(p["hypothesis"])
+    for p in kept:
+        del p["_genes"], p["_cell_type"]
+    return kept
