@@ -19,6 +19,8 @@ if run is not None:
             "cell type": h["cell_type"], "direction": h["direction"],
             "top genes": ", ".join(g["symbol"] for g in h["genes"][:6]), "score": h["score"],
             "attribution": h["evidence"]["attribution"],
+            # share of its attribution through batch / QC-explained features (mechanism honesty)
+            "artifact share": h["evidence"].get("artifact_share"),
             "donor q": h["evidence"]["donor_level"]["q"],
             "replicated": h["evidence"]["replication"]["replicated"],
             "biomarker AUROC": h["evidence"]["replication"]["biomarker_auroc_test"],

@@ -36,7 +36,7 @@ if run is not None:
         c[1].markdown("**Controls.**\n" + "\n".join(f"- {x}" for x in p["controls"]))
         c[1].markdown("**Prerequisites.**\n"
                       + ("\n".join(f"- {x}" for x in p.get("prerequisites", [])) or "–"))
-        also = p.get("extra", {}).get("also_tests", [])
+        also = p.get("also_tests", [])
         if also:
             st.caption(f"The same experiment also tests {', '.join(also)} (same assay and "
                        "genes): one plan, not several.")

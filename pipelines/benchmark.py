@@ -96,7 +96,7 @@ def _hypothesis_counts(hyps: list[dict], tr: dict) -> dict[str, float]:
     once = sum(sum(h["cell_type"] == p["cell_type"] and h["direction"] == p["direction"]
                    and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3
                    for h in top20[:10]) == 1 for p in planted)
-    on_artifact = sum(h["status"] == "supported" and (
+    on_artifact = sum(h["status"] == "supported" and bool(
         h["flags"] or max(h["evidence"].get("feature_roles") or [{"artifact": False, "share": 0}],
                 key=lambda r: r["share"])["artifact"]) for h in hyps)
     return {

@@ -244,6 +244,7 @@ def write_report(run_dir: str | Path) -> list[str]:
             "kind": h["kind"], "cell type": h["cell_type"], "direction": h["direction"],
             "top genes": ", ".join(g["symbol"] for g in h["genes"][:6]),
             "score": h["score"], "attribution": ev["attribution"],
+            "artifact share": ev.get("artifact_share"),
             "ablation Δlogit": ev.get("ablation_delta"), "donor q": ev["donor_level"]["q"],
             "replicated": ev["replication"]["replicated"],
             "biomarker AUROC (test)": ev["replication"]["biomarker_auroc_test"],
@@ -278,7 +279,7 @@ def write_report(run_dir: str | Path) -> list[str]:
                             for i, st in enumerate(p["rationale"], 1))
         ctrl = "; ".join(p["controls"])
         prereq = "; ".join(p.get("prerequisites", [])) or "–"
-        also = p.get("extra", {}).get("also_tests", [])
+        also = p.get("also_tests", [])
         for_h = p["hypothesis"] + (f" (also tests {', '.join(also)})" if also else "")
         doc.raw(
             f"<div class='plan'><h3>{html.escape(p['id'])} · {html.escape(p['title'])}</h3>"

@@ -323,9 +323,12 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
     spec, extra = config.graph_settings()
     hook = config.sae_spec().hook
     params = {"graphs": config.graphs, "hook": hook,
-              "features_stage": rd.manifest["stages"]["features"].get("params_hash")}
+              "features_stage": rd.manifest["stages"]["features"].get("params_hash"),
+              # features are labelled where they act (annotations.json rewritten here)
+              "labels": "where-it-acts"}
     index_path = rd.path / layout.GRAPH_INDEX
-    if rd.is_done("graphs", params) and index_path.is_file():
+    if (rd.is_done("graphs", params) and index_path.is_file()
+            and "acts_in" in feats["annotations"]):
         return json.loads(index_path.read_text())
     with rd.stage("graphs", params) as outputs:
         saes = [SAEHook(hook, feats["sae"].eval())]

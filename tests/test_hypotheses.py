@@ -329,5 +329,38 @@ def _assert_the_why_is_true(run) -> None:
         if "qpcr" in p.assay_id:
             assert "qPCR" in p.modality
         assert p.readout and p.prerequisites and p.source
-        if any(f.kind == "artifact_mechanism" for f in h.flags):
-            assert any("batch / QC-explained feature" in c for c in p.controls)
+        for hid in [p.hypothesis, *p.extra.get("also_tests", [])]:
+            assert p.id in by_id[hid].plans
+            if any(f.kind == "artifact_mechanism" for f in by_id[hid].flags):
+                assert any("batch / QC-explained feature" in c for c in p.controls)
+
+
+def test_one_plan_per_experiment_keeps_every_hypothesis_and_its_caveats():
+    """The same assay on the same genes in one cell type and direction is one plan: it lists
+    the twin hypothesis, keeps its controls and mechanism step, and survives a JSON round trip;
+    the opposite direction stays a plan of its own."""
+    from discovery.tl.plans import make_plans
+    from discovery.tl.records import Plan
+
+    a = _hyp(id="H1", rank=1, status="supported")
+    b = _hyp(id="H2", rank=2, status="candidate",
+             flags=[{"kind": "artifact_mechanism", "by": "batch", "strength": 0.5,
+                     "detail": "d"}])
+    b.evidence.extra.update(artifact_share=0.5, feature_roles=[
+        {"feature": "pooled:F1", "share": 0.3, "label": "x", "confounded_by": "batch",
+         "confound_strength": 0.9, "artifact": True}])
+    c = _hyp(id="H3", rank=3, status="supported", direction="down")
+    for h, sc in ((a, 0.9), (b, 0.8), (c, 0.7)):
+        h.score = sc
+        h.biomarker = {"genes": ["A", "B"], "direction": h.direction, "definition": "",
+                       "auroc_test": 0.9}
+    plans = make_plans([a, b, c], {}, case="AD")
+    twins = [p for p in plans if p.hypothesis == "H1" and p.extra.get("also_tests") == ["H2"]]
+    assert twins, [(p.hypothesis, p.assay_id, p.extra) for p in plans]
+    p = twins[0]
+    assert any("batch / QC-explained feature" in x for x in p.controls)
+    assert any(st.step == "mechanism (H2)" for st in p.rationale)
+    assert p.id in a.plans and p.id in b.plans and p.id not in c.plans
+    assert any(q.hypothesis == "H3" for q in plans)
+    back = Plan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert back.extra["also_tests"] == ["H2"]

@@ -363,12 +363,14 @@ def relabel_by_roles(
     acting = {f: max(by, key=lambda c: (by[c], c)) for f, by in roles.items() if by}
     out["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
                       for f in out["feature"]]
+    # where each feature is to be described: where it acts, else its home (a table relabelled
+    # by earlier graphs goes back home for features that no longer act anywhere)
+    target = {r.feature: acting.get(r.feature, r.home_cell_type) for r in out.itertuples()}
     where = out.set_index("index")["cell_type"].astype(str)
-    moved = [int(r.index) for r in out.itertuples()
-             if r.feature in acting and acting[r.feature] != r.cell_type]
+    moved = [int(r.index) for r in out.itertuples() if target[r.feature] != r.cell_type]
     if moved:
         for i in moved:
-            where[i] = acting[out.loc[out["index"] == i, "feature"].iloc[0]]
+            where[i] = target[out.loc[out["index"] == i, "feature"].iloc[0]]
         stability = out.set_index("index")["stability"].reindex(range(acts.shape[1]))
         stab = None if stability.isna().all() else stability.to_numpy(float)
         w = where.reindex(range(acts.shape[1])).to_numpy(object)
@@ -394,6 +396,15 @@ def relabel_by_roles(
     return out
 
 
+def _same_cell_type(a: str, b: str) -> bool:
+    """Cell-type names compared loosely (case, plural 's', spaces, hyphens): "Oligodendrocyte"
+    is "oligodendrocytes", "OPC" is "OPCs"."""
+    def norm(x: str) -> str:
+        x = "".join(ch for ch in x.lower() if ch.isalnum())
+        return x[:-1] if x.endswith("s") else x
+    return norm(a) == norm(b)
+
+
 def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
     """A short name from measured facts only, about the cell type the row describes
     (``cell_type``: where the feature acts): cell type, gene set, genes, direction; ``artifact``
@@ -412,7 +423,7 @@ def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
     parts = [where]
     low = "low " if row.get("signature_sign", 1) < 0 else ""
     other = row.get("top_set_cell_type")
-    if row.get("top_set") and other and other != where:
+    if row.get("top_set") and other and not _same_cell_type(other, where):
         parts.append(f"expresses {other} genes ({row['top_set']}: {genes}) in {where}: "
                      "possible doublets / ambient RNA")
     elif row.get("top_set_category") == "artifact":

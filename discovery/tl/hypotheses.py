@@ -706,9 +706,11 @@ def _mechanism(h: Hypothesis, roles: list[dict[str, Any]],
 
     named = "; ".join(why(r) for r in bad)
     if lead["artifact"] or share > spec.max_artifact_share:
-        cause = lead["confounded_by"] or (bad[0]["confounded_by"] or "artifact")
+        causes = sorted({r["confounded_by"] or "artifact-annotated" for r in bad})
+        cause = lead["confounded_by"] or causes[0]
+        what = " / ".join(c if c == "artifact-annotated" else f"{c}-explained" for c in causes)
         return [Flag("artifact_mechanism", cause, max(share, 1e-3),
-                     f"the model reaches this through a {cause}-explained feature: {share:.0%} "
+                     f"the model reaches this through a {what} feature: {share:.0%} "
                      f"of its attribution flows through artifact-explained features ({named})"
                      + ("; its leading feature is one of them" if lead["artifact"] else "")
                      + ". The gene-level donor evidence may still be real biology seen through "
@@ -812,7 +814,7 @@ def _evidence_based_artifacts(h: Hypothesis, donor_tests: pd.DataFrame,
     at least half of the hypothesis's tested top-10 genes are ``technical`` in the donor tests
     (the covariates explain them better than the label), or the activation itself is explained
     by a technical covariate; otherwise it becomes a caveat. ``artifact_genes`` notes (an
-    enriched artifact set with no donor-level confound) are caveats. A hypothesis whose genes no
+    enriched artifact set, written by :func:`_flags`) stay caveats. A hypothesis whose genes no
     donor-level test sees gets a caveat saying so.
     """
     t = _tests_of(donor_tests, h.cell_type)

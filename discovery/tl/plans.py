@@ -191,7 +191,7 @@ def _rationale(h: dict[str, Any], graph: nx.DiGraph | None, assay: dict[str, Any
         bad = [r["feature"] for r in roles if r["artifact"]]
         steps.append({
             "step": "mechanism",
-            "claim": (f"{art:.0%} of the attribution flows through features explained by "
+            "claim": (f"{art:.0%} of its attribution flows through features explained by "
                       f"batch / QC or annotated as artifacts ({', '.join(bad)}): "
                       + ("the model reaches this through a confounded feature, so the claim "
                          "about the model's mechanism is not supported even where the gene-level "
@@ -270,6 +270,7 @@ def make_plans(
                 "source": " ".join(str(a["source"]).split()),
                 "rationale": _rationale(h, graph, a, case),
                 "_genes": [g["symbol"] for g in h["genes"][:5]], "_cell_type": h["cell_type"],
+                "_direction": h["direction"],
             })
     plans.sort(key=lambda p: (-p["priority"], p["hypothesis"], p["assay_id"]))
     plans = _one_plan_per_experiment(plans)
@@ -278,33 +279,40 @@ def make_plans(
         h.plans = []
     for i, p in enumerate(plans, 1):
         p["id"] = f"P{i}"
-        for hid in [p["hypothesis"], *p["extra"].get("also_tests", [])]:
+        for hid in [p["hypothesis"], *p.get("also_tests", [])]:
             by_h[hid].plans.append(p["id"])
     return [Plan.from_dict(p) for p in plans]
 
 
-#: two plans with the same assay in the same cell type whose gene panels share this many of
-#: their genes are one experiment
+#: two plans with the same assay in the same cell type and direction whose gene panels share
+#: this many of their genes are one experiment
 SAME_EXPERIMENT_GENES = 3
 
 
 def _one_plan_per_experiment(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Near-identical plans (same assay, same cell type, >= SAME_EXPERIMENT_GENES genes of the
-    panel shared) are one plan: the first by priority is kept and lists the other hypotheses it
-    also tests (``extra['also_tests']``)."""
+    """Near-identical plans (same assay, cell type and direction, >= SAME_EXPERIMENT_GENES
+    genes of the panel shared) are one plan: the first by priority is kept, lists the other
+    hypotheses it also tests (``also_tests``), and takes over their controls and their
+    mechanism caveat (a twin reached through a batch-explained feature keeps saying so)."""
     kept: list[dict[str, Any]] = []
     for p in plans:
-        p.setdefault("extra", {})
         genes = set(p["_genes"])
         twin = next((k for k in kept if k["assay_id"] == p["assay_id"]
                      and k["_cell_type"] == p["_cell_type"]
+                     and k["_direction"] == p["_direction"]
                      and len(genes & set(k["_genes"])) >= SAME_EXPERIMENT_GENES), None)
         if twin is None:
             kept.append(p)
-        elif p["hypothesis"] != twin["hypothesis"]:
-            also = twin["extra"].setdefault("also_tests", [])
-            if p["hypothesis"] not in also:
-                also.append(p["hypothesis"])
+            continue
+        if p["hypothesis"] == twin["hypothesis"]:
+            continue
+        also = twin.setdefault("also_tests", [])
+        if p["hypothesis"] not in also:
+            also.append(p["hypothesis"])
+        twin["controls"] += [c for c in p["controls"] if c not in twin["controls"]]
+        mech = next((s for s in p["rationale"] if s["step"] == "mechanism"), None)
+        if mech is not None and mech not in twin["rationale"]:
+            twin["rationale"].append({**mech, "step": f"mechanism ({p['hypothesis']})"})
     for p in kept:
-        del p["_genes"], p["_cell_type"]
+        del p["_genes"], p["_cell_type"], p["_direction"]
     return kept
