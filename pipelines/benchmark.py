@@ -62,13 +62,13 @@ def label_mismatches(run_dir: Path) -> int:
     they carry the most attribution in (0 in an honest run)."""
     from discovery.io import layout
     from discovery.io.graph_files import load_graph
-    from discovery.tl.annotate import feature_roles
+    from discovery.tl.annotate import acting_cell_type, feature_roles
 
     index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
     roles = feature_roles(load_graph(run_dir / layout.graph_file(e["slug"]))
                           for e in index["graphs"])
     ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
-    return sum(ann.loc[f, "cell_type"] != max(by, key=lambda c: (by[c], c))
+    return sum(ann.loc[f, "cell_type"] != acting_cell_type(by)
                or ann.loc[f, "cell_type"] not in ann.loc[f, "label"]
                for f, by in roles.items() if f in ann.index)
 
@@ -83,15 +83,15 @@ def _hypothesis_counts(hyps: list[dict], tr: dict) -> dict[str, float]:
     honesty of the "why": duplicate pairs (same cell type and direction, >= 30% of top-20
     genes shared) in the top 20, planted programs that appear exactly once in the top 10, and
     supported hypotheses that carry a flag or lead with an artifact-explained feature."""
+    from discovery.tl.hypotheses import gene_overlap
+
     art = {g for a in tr["artifacts"].values() for g in a["genes"]}
     carrying = [h for h in hyps
                 if len({g["symbol"] for g in h["genes"][:10]} & art) >= 3]
     top20 = sorted(hyps, key=lambda h: h["rank"])[:20]
-    dup = sum(
-        (a["cell_type"], a["direction"]) == (b["cell_type"], b["direction"])
-        and len({g["symbol"] for g in a["genes"][:20]} & {g["symbol"] for g in b["genes"][:20]})
-        >= 0.3 * min(len(a["genes"][:20]), len(b["genes"][:20]))
-        for i, a in enumerate(top20) for b in top20[i + 1:])
+    dup = sum((a["cell_type"], a["direction"]) == (b["cell_type"], b["direction"])
+              and gene_overlap(a["genes"], b["genes"], 20) >= 0.3
+              for i, a in enumerate(top20) for b in top20[i + 1:])
     planted = [p for p in tr["programs"].values() if p["effect_size"]]
     once = sum(sum(h["cell_type"] == p["cell_type"] and h["direction"] == p["direction"]
                    and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3

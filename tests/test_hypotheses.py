@@ -251,10 +251,6 @@ def test_mechanism_honesty_weighs_the_artifact_share():
         ([], [])
 
 
-def _acting(roles: dict[str, float]) -> str:
-    return max(roles, key=lambda c: (roles[c], c))
-
-
 def test_the_why_is_true_on_a_run(tiny_run):
     """Over a whole run: one program one hypothesis, flags always demote with a reason, no
     supported hypothesis stands on an artifact feature, labels name the cell type where the
@@ -278,7 +274,7 @@ def test_the_why_is_true_on_a_confounded_cohort(tmp_path):
 def _assert_the_why_is_true(run) -> None:
     import pandas as pd
 
-    from discovery.tl.annotate import feature_roles
+    from discovery.tl.annotate import acting_cell_type, feature_roles
     from discovery.tl.records import Plan
 
     hyps = [Hypothesis.from_dict(h)
@@ -310,7 +306,7 @@ def _assert_the_why_is_true(run) -> None:
     ann = pd.read_json(run / "features" / "annotations.json").set_index("feature")
     assert roles
     for f, by in roles.items():
-        where = _acting(by)
+        where = acting_cell_type(by)
         assert ann.loc[f, "cell_type"] == where, f
         assert where in ann.loc[f, "label"], (f, ann.loc[f, "label"])
         for g in graphs:

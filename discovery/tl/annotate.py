@@ -41,6 +41,7 @@ from discovery.io import bundled
 from discovery.io.contract import Keys, case_mask, get_keys
 from discovery.io.layout import feature_id
 from discovery.tl.classifier import encode
+from discovery.tl.graphs import logit_shares
 from discovery.tl.stats import bh_fdr, donor_test, r_squared
 from models.sae import SparseAutoencoder
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "annotate_features",
+    "acting_cell_type",
     "feature_roles",
     "relabel_by_roles",
     "donor_means",
@@ -329,17 +331,19 @@ def feature_roles(graphs: Iterable[nx.DiGraph]) -> dict[str, dict[str, float]]:
     roles: dict[str, dict[str, float]] = {}
     for g in graphs:
         ct = g.graph.get("cell_type")
-        if ct is None or "output" not in g:
+        if ct is None:
             continue
-        inc = {u: abs(d["weight"]) for u, _, d in g.in_edges("output", data=True)}
-        total = sum(inc.values())
-        if total <= 0:
-            continue
-        for u, w in inc.items():
-            if g.nodes[u].get("kind") == "feature" and w > 0:
+        for u, (share, _) in logit_shares(g).items():
+            if share > 0:
                 by_ct = roles.setdefault(u, {})
-                by_ct[str(ct)] = by_ct.get(str(ct), 0.0) + w / total
+                by_ct[str(ct)] = by_ct.get(str(ct), 0.0) + share
     return roles
+
+
+def acting_cell_type(shares: dict[str, float]) -> str:
+    """The cell type a feature carries the most attribution in (ties: the later name), from its
+    :func:`feature_roles` entry."""
+    return max(shares, key=lambda c: (shares[c], c))
 
 
 def relabel_by_roles(
@@ -357,40 +361,29 @@ def relabel_by_roles(
     where it carries the most; others keep their home cell type. Adds ``acts_in`` (the
     :func:`feature_roles` shares, largest first). Returns a new table; donor q-values are BH
     over all features again."""
-    out = table.copy()
+    out = table.copy().set_index("index")
     if "cell_type" not in out:
         out["cell_type"] = out["home_cell_type"]
-    acting = {f: max(by, key=lambda c: (by[c], c)) for f, by in roles.items() if by}
-    out["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
-                      for f in out["feature"]]
     # where each feature is to be described: where it acts, else its home (a table relabelled
     # by earlier graphs goes back home for features that no longer act anywhere)
-    target = {r.feature: acting.get(r.feature, r.home_cell_type) for r in out.itertuples()}
-    where = out.set_index("index")["cell_type"].astype(str)
-    moved = [int(r.index) for r in out.itertuples() if target[r.feature] != r.cell_type]
-    if moved:
-        for i in moved:
-            where[i] = target[out.loc[out["index"] == i, "feature"].iloc[0]]
-        stability = out.set_index("index")["stability"].reindex(range(acts.shape[1]))
-        stab = None if stability.isna().all() else stability.to_numpy(float)
-        w = where.reindex(range(acts.shape[1])).to_numpy(object)
-        fresh = annotate_features(adata, model, sae, acts=acts, hook=hook, stability=stab,
-                                  where=w, features=np.array(moved))
-        fresh["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
-                            for f in fresh["feature"]]
-        out = out.set_index("index")
-        fresh = fresh.set_index("index")
-        for c in fresh.columns:
-            if c not in out:
-                out[c] = None
-        for i in moved:
-            out.loc[i] = fresh.loc[i, out.columns]
-        out = out.reset_index()
-        p = out["donor_p"].to_numpy(float)
-        ok = np.isfinite(p)
-        q = np.full(len(p), np.nan)
-        q[ok] = bh_fdr(p[ok])
-        out["donor_q"] = q
+    target = pd.Series([acting_cell_type(roles[f]) if roles.get(f) else home
+                        for f, home in zip(out["feature"], out["home_cell_type"])],
+                       index=out.index)
+    moved = out.index[target != out["cell_type"]].to_numpy(int)
+    if len(moved):
+        stability = out["stability"].reindex(range(acts.shape[1]))
+        fresh = annotate_features(
+            adata, model, sae, acts=acts, hook=hook,
+            stability=None if stability.isna().all() else stability.to_numpy(float),
+            where=target.reindex(range(acts.shape[1])).to_numpy(object),
+            features=moved).set_index("index")
+        for c in fresh.columns.difference(out.columns):
+            out[c] = None
+        out.loc[moved, fresh.columns] = fresh.loc[moved]
+        out["donor_q"] = bh_fdr(out["donor_p"].to_numpy(float))
+    out["acts_in"] = [dict(sorted(roles.get(f, {}).items(), key=lambda t: -t[1]))
+                      for f in out["feature"]]
+    out = out.reset_index()
     case = str(get_keys(adata).case)
     out["label"] = [auto_label(r, case=case) for r in out.to_dict("records")]
     return out

@@ -55,6 +55,7 @@ __all__ = [
     "default_reference",
     "example_cells",
     "influence",
+    "logit_shares",
     "population_mask",
     "slugify",
     "reference_means",
@@ -123,6 +124,20 @@ class Population:
     slug: str  # file-name stem, "microglia_case"
     cell_type: str
     mask: np.ndarray  # (cells,) bool
+
+
+def logit_shares(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Each feature's direct edge into the output node: feature id -> (its share of the total
+    |attribution| into the output, SAE error included; the signed weight). Empty without an
+    output node or attribution."""
+    if "output" not in g:
+        return {}
+    inc = {u: d["weight"] for u, _, d in g.in_edges("output", data=True)}
+    total = sum(abs(w) for w in inc.values())
+    if total <= 0:
+        return {}
+    return {u: (abs(w) / total, w) for u, w in inc.items()
+            if g.nodes[u].get("kind") == "feature"}
 
 
 def slugify(text: str) -> str:

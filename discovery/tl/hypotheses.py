@@ -67,6 +67,7 @@ from discovery.io.layout import feature_index, sae_key
 from discovery.tl.attribution import SAEHook, integrated_gradients
 from discovery.tl.classifier import encode
 from discovery.tl.donor_tests import donor_gene_tests, usable_covariates
+from discovery.tl.graphs import logit_shares
 from discovery.tl.interventions import FeatureEdit, intervene, perturb_genes
 from discovery.tl.records import SCORE_FORMULA, Evidence, Flag, Hypothesis, score_hypothesis
 from discovery.tl.stats import bh_fdr, label_test, partial_r2, residualise, welch_t
@@ -292,16 +293,10 @@ def _candidates(graphs: dict[str, nx.DiGraph],
     out: dict[str, dict[str, dict]] = {}
     for name, g in graphs.items():
         ct = g.graph.get("cell_type")
-        if ct is None or "output" not in g:
+        if ct is None:
             continue
-        inc = {u: d["weight"] for u, _, d in g.in_edges("output", data=True)}
-        total = sum(abs(w) for w in inc.values())
-        if total <= 0:
-            continue
-        feats = [(u, w) for u, w in inc.items() if g.nodes[u].get("kind") == "feature"]
-        feats.sort(key=lambda t: -abs(t[1]))
-        for u, w in feats[: spec.max_per_population]:
-            share = abs(w) / total
+        feats = sorted(logit_shares(g).items(), key=lambda t: -t[1][0])
+        for u, (share, w) in feats[: spec.max_per_population]:
             if share >= spec.min_share:
                 out.setdefault(ct, {})[u] = {
                     "cell_type": ct, "graph": name, "share": share, "weight": w,
@@ -404,7 +399,8 @@ def _propose(adata: ad.AnnData, model: torch.nn.Module, sae: SAEHook, *,
             for i in range(len(evs)):
                 for j in range(i + 1, len(evs)):
                     if evs[i].direction == evs[j].direction and \
-                            gene_overlap(evs[i], evs[j], spec.n_genes) >= spec.merge_overlap:
+                            gene_overlap(evs[i].genes, evs[j].genes, spec.n_genes) >= \
+                            spec.merge_overlap:
                         group = sorted(evs[i].features + evs[j].features,
                                        key=lambda f: -cands[f]["share"])
                         evs[i] = _evidence(cohort, acts, ct, group, cands, ann, spec)
@@ -644,10 +640,11 @@ def _cross_check(h: Hypothesis, adata: ad.AnnData, model: torch.nn.Module, sae: 
     h.evidence.ablation_delta = float(per_donor.mean())
 
 
-def gene_overlap(a: Hypothesis, b: Hypothesis, n: int = 20) -> float:
-    """Share of the smaller of two hypotheses' top-``n`` gene lists that the other holds too."""
-    ga = {g["symbol"] for g in a.genes[:n]}
-    gb = {g["symbol"] for g in b.genes[:n]}
+def gene_overlap(a: list[dict[str, Any]], b: list[dict[str, Any]], n: int = 20) -> float:
+    """Share of the smaller of two hypotheses' top-``n`` gene lists (``genes`` records) that
+    the other holds too."""
+    ga = {g["symbol"] for g in a[:n]}
+    gb = {g["symbol"] for g in b[:n]}
     return len(ga & gb) / max(min(len(ga), len(gb)), 1)
 
 
