@@ -278,6 +278,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
     """Hypotheses from the run's graphs and features, and plans for them."""
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
+              "donor_tests": "moderated mean + tail tests",
               "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
     tpath = rd.path / layout.DONOR_TESTS

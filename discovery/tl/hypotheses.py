@@ -831,7 +831,9 @@ def _evidence_based_artifacts(h: Hypothesis, donor_tests: pd.DataFrame,
     if top:
         sign = 1.0 if h.direction == "up" else -1.0
         seen = t.loc[top]
-        seen = seen[(seen["q"] < spec.alpha) & (np.sign(seen["effect"]) == sign)]
+        q_dir = f"q_{h.direction}"
+        seen = (seen[seen[q_dir] < spec.alpha] if q_dir in seen
+                else seen[(seen["q"] < spec.alpha) & (np.sign(seen["effect"]) == sign)])
         if seen.empty:
             caveats.append(Flag("no_donor_signal", None, 0.0,
                                 f"no donor-level test sees its top genes in {h.cell_type} "
@@ -857,11 +859,8 @@ def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
     out: list[Hypothesis] = []
     if donor_tests.empty:
         return out
-    for (ct, sign), t in donor_tests.groupby(["cell_type", np.sign(donor_tests["effect"])]):
-        if sign == 0:
-            continue
-        direction = "up" if sign > 0 else "down"
-        sig = t[(t["q"] < spec.alpha) & ~t["technical"]].sort_values("p")
+    for (ct, direction), t in _directed_tests(donor_tests):
+        sig = t[(t["q"] < spec.alpha) & ~t["technical"]].sort_values("p", kind="mergesort")
         covered = {g["symbol"] for h in hyps if h.cell_type == ct and h.direction == direction
                    for g in h.genes[:spec.n_genes]}
         new = sig[~sig["gene"].isin(covered)].head(spec.n_genes)
@@ -877,7 +876,8 @@ def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
                          "p": p_lead, "q": q_lead, "n_donors": int(lead["n_case"] +
                                                                    lead["n_control"]),
                          "n_case": int(lead["n_case"]), "n_control": int(lead["n_control"]),
-                         "donors": "all", "test": "adjusted pseudobulk (lead gene)",
+                         "donors": "all",
+                         "test": "adjusted pseudobulk mean and tail tests (lead gene)",
                          "covariates": str(lead["covariates"])},
             stability=float("nan"),
             replication={"effect": float("nan"), "p_one_sided": float("nan"), "n_donors": 0,
@@ -896,6 +896,24 @@ def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
                           f"{ct} carries these genes; the evidence is donor-level statistics "
                           "alone")])
         out.append(h)
+    return out
+
+
+def _directed_tests(donor_tests: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """Per (cell type, direction), the donor tests with ``p`` / ``q`` of that direction's
+    combined evidence (``p_up`` / ``p_down``: mean and tail tests) and the genes whose evidence
+    points that way; older tables without them split the mean test by the sign of its effect."""
+    out = []
+    for ct, t in donor_tests.groupby("cell_type", sort=True):
+        for direction, sign in (("up", 1.0), ("down", -1.0)):
+            if f"p_{direction}" in t:
+                sub = t.assign(p=t[f"p_{direction}"], q=t[f"q_{direction}"])
+                # a gene counts for the direction its strongest evidence points to
+                other = "down" if direction == "up" else "up"
+                sub = sub[sub[f"p_{direction}"] <= sub[f"p_{other}"]]
+            else:
+                sub = t[np.sign(t["effect"]) == sign]
+            out.append(((str(ct), direction), sub))
     return out
 
 
@@ -993,9 +1011,11 @@ def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests:
     """Discovery's gene ranking per (cell type, direction): donor-level evidence, promoted by the
     model, demoted by technical evidence.
 
-    1. Every tested gene starts from its adjusted donor-level test (``donor_tests``), as a signed
-       normal score z_g = sign(effect) * Φ⁻¹(1 - p/2): the model explains, it never filters out
-       what donor-level statistics see.
+    1. Every tested gene starts from its adjusted donor-level evidence of a change in the list's
+       direction (``donor_tests``: the mean and tail tests combined, ``p_up`` / ``p_down``), as a
+       normal score z_g = Φ⁻¹(1 - p): the model explains, it never filters out what donor-level
+       statistics see. (Tables without those columns use the mean test, z_g = sign(effect) *
+       Φ⁻¹(1 - p/2).)
     2. A gene whose donor-level variance the technical covariates explain better than the label
        (``technical``) keeps ``demote`` (0.1) of its score.
     3. A model hypothesis (not flagged, not rejected, not ``de_only``) whose activation differs
@@ -1019,13 +1039,17 @@ def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests:
     cell_types = sorted(set(donor_tests["cell_type"]) | {h["cell_type"] for h, _ in promoters})
     for ct in cell_types:
         t = donor_tests[donor_tests["cell_type"] == ct]
-        p = np.clip(t["p"].to_numpy(float), 1e-300, 1.0)
-        z = np.nan_to_num(np.sign(t["effect"].to_numpy(float)) * norm.isf(p / 2))
-        z = np.where(t["technical"].to_numpy(bool), demote * z, z)
-        base = pd.Series(z, index=t["gene"].to_numpy(), dtype=float)
+        technical = t["technical"].to_numpy(bool)
         by_gene = t.set_index("gene")
         for direction, sign in (("up", 1.0), ("down", -1.0)):
-            score = sign * base
+            if f"p_{direction}" in t:
+                z = norm.isf(np.clip(t[f"p_{direction}"].to_numpy(float), 1e-300, 1.0))
+            else:
+                p = np.clip(t["p"].to_numpy(float), 1e-300, 1.0)
+                z = sign * np.sign(t["effect"].to_numpy(float)) * norm.isf(p / 2)
+            z = np.nan_to_num(z)
+            z = np.where(technical & (z > 0), demote * z, z)
+            score = pd.Series(z, index=t["gene"].to_numpy(), dtype=float)
             by = pd.Series("", index=score.index, dtype=object)
             for h, _ in promoters:
                 if h["cell_type"] != ct or h["direction"] != direction:
@@ -1042,8 +1066,9 @@ def evidence_ranking(hypotheses: list[dict[str, Any] | Hypothesis], donor_tests:
                         by[g["symbol"]] = h["id"]
             order = np.argsort(-score.to_numpy(), kind="mergesort")
             genes = score.index.to_numpy()[order]
-            pv = by_gene["p"].reindex(genes).to_numpy(float)
-            qv = by_gene["q"].reindex(genes).to_numpy(float)
+            col = f"_{direction}" if f"p_{direction}" in by_gene else ""
+            pv = by_gene[f"p{col}"].reindex(genes).to_numpy(float)
+            qv = by_gene[f"q{col}"].reindex(genes).to_numpy(float)
             frames.append(pd.DataFrame({
                 "method": method, "cell_type": ct, "direction": direction,
                 "rank": np.arange(1, len(genes) + 1), "gene": genes,
