@@ -46,7 +46,8 @@ from pipelines.report import write_report
 from pipelines.run import features_stage, graphs_stage, hypotheses_stage
 from pipelines.rundir import RunDir, config_hash
 
-__all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_share", "refine_run"]
+__all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
+           "covariate_share", "refine_run"]
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -69,6 +70,23 @@ def _feature_targets(items: pd.DataFrame, hyps: list[dict], hook: str) -> tuple[
                 feats.append(f)
                 ids.append(int(row.id))
     return sorted(set(feats)), sorted(set(ids))
+
+
+def covariate_and_term(covariate: str | None, named: Counter,
+                       batch_key: str | None) -> tuple[str | None, str | None]:
+    """The obs column a refinement acts on, and the term the annotations call it.
+
+    Annotations name the batch term ``batch`` whatever the data calls its batch column (a user's
+    ``seq_run``), and QC covariates by their column. ``covariate``: the column the expert named
+    (or None); ``named``: the ``confounded_by`` terms of the marked features. Without a named
+    column the most common term is used, else the batch column.
+    """
+    if covariate is None and named:
+        top = named.most_common(1)[0][0]
+        covariate = batch_key if top == "batch" else top
+    covariate = covariate or batch_key
+    term = "batch" if covariate is not None and covariate == batch_key else covariate
+    return covariate, term
 
 
 def covariate_share(run_dir: Path, covariate: str) -> float:
@@ -146,14 +164,14 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         msg = (f"covariate {covariate!r} is not an obs column of the run; choose one of "
                f"{', '.join(map(str, parent.adata.obs.columns))}")
         raise InputError(msg)
-    covariate = covariate or (named.most_common(1)[0][0] if named else keys.batch_key)
+    covariate, term = covariate_and_term(covariate, named, keys.batch_key)
     store.log_action(run_id, "refine:start", detail=json.dumps(
         {"mode": mode, "features": [feature_id(sae_hook.hook, i) for i in feats],
          "feedback": fb_ids, "covariate": covariate}))
     proposals = propose_similar(sae_hook.sae, ann, feats)
     store.log_action(run_id, "propagate:proposed", detail=json.dumps(
         [p["feature"] for p in proposals]))
-    check = fit_check(ann, feats, covariate=covariate or "batch")
+    check = fit_check(ann, feats, covariate=term or "batch")
     store.log_action(run_id, "generalise:check", detail=json.dumps(
         {k: check.get(k) for k in ("rule", "flags")}))
 
@@ -231,11 +249,12 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         from discovery.io.simulate import truth as sim_truth
 
         truth = sim_truth(adata)
-    cov = covariate or "batch"
+    cov = term or "batch"  # the annotation term (confounded_by), not the column name
     comparison = {
         "schema_version": 1, "parent": str(parent_dir), "parent_run": run_id,
         "child_run": rd.manifest["run_id"], "mode": mode, "feedback_ids": fb_ids,
-        "suppressed": [feature_id(sae_hook.hook, i) for i in feats], "covariate": cov,
+        "suppressed": [feature_id(sae_hook.hook, i) for i in feats],
+        "covariate": covariate or cov, "annotation_term": cov,
         "proposed_similar": proposals, "check": check,
         "before": {
             "test_donor_auroc": parent_metrics["test"]["donor_auroc"],

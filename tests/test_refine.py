@@ -301,3 +301,25 @@ def test_matching_depth_thins_the_deeper_batch_to_the_shallower_one(tiny_run):
     same = adata.copy()
     same.layers["counts"] = counts.tocsr()
     assert match_depth(same, "batch", min_ratio=1.5)["thinned"] == []
+
+
+def test_refine_reads_the_users_batch_column_name():
+    """A cohort whose batch column is ``seq_run``: annotations call the term ``batch``, so the
+    check is fitted on ``r2_batch`` and the retraining acts on the ``seq_run`` column (it once
+    answered "annotations have no r2_seq_run column")."""
+    from collections import Counter
+
+    from discovery.tl.refine import fit_check
+    from pipelines.child_run import covariate_and_term
+
+    assert covariate_and_term(None, Counter({"batch": 3}), "seq_run") == ("seq_run", "batch")
+    assert covariate_and_term("seq_run", Counter(), "seq_run") == ("seq_run", "batch")
+    assert covariate_and_term(None, Counter({"pct_counts_mt": 2, "batch": 1}), "seq_run") == (
+        "pct_counts_mt", "pct_counts_mt")
+    assert covariate_and_term(None, Counter(), None) == (None, None)
+    ann = pd.DataFrame({"index": [0, 1, 2], "feature": ["F0", "F1", "F2"],
+                        "r2_batch": [0.4, 0.5, 0.01], "r2_label": [0.05, 0.1, 0.2],
+                        "frac_active": [0.2, 0.2, 0.2]})
+    _, term = covariate_and_term("seq_run", Counter(), "seq_run")
+    check = fit_check(ann, [0], covariate=term)
+    assert check["rule"] is not None and check["flags"] == ["F1"]
