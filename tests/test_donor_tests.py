@@ -205,10 +205,12 @@ def test_cauchy_combination_is_calibrated_for_dependent_tests():
     np.testing.assert_allclose(cauchy_combination(one), [0.3, 1e-4], rtol=1e-6)
 
 
-def _state_cohort(seed=0, n_donors=16, cells=120, frac=0.3, fold=4.0, base_shape=2.0):
+def _state_cohort(seed=0, n_donors=16, cells=120, frac=0.3, fold=4.0, base_shape=2.0,
+                  compensate=True):
     """Counts of one cell type: in every case donor a share ``frac`` of cells enters a state that
-    raises 5 genes ``fold``-fold while its other cells lower them, so that the donors' mean log
-    expression does not move (a co-expression state, as in the randomised suite)."""
+    raises 5 genes ``fold``-fold while (``compensate``) its other cells lower them, so that the
+    donors' mean *log* expression does not move (a co-expression state, as in the randomised
+    suite; the pseudobulk, a sum, still rises about 1.6-fold, which the mean test sees weakly)."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -223,7 +225,8 @@ def _state_cohort(seed=0, n_donors=16, cells=120, frac=0.3, fold=4.0, base_shape
     mu = np.tile(base, (len(donor), 1)) * np.exp(rng.normal(0, 0.3, (n_donors, n_genes)))[donor]
     state = case & (rng.random(len(donor)) < frac)
     mu[np.ix_(state, np.arange(5))] *= fold
-    mu[np.ix_(case & ~state, np.arange(5))] *= np.exp(-np.log(fold) * frac / (1 - frac))
+    if compensate:
+        mu[np.ix_(case & ~state, np.arange(5))] *= np.exp(-np.log(fold) * frac / (1 - frac))
     counts = rng.poisson(mu).astype(np.float32)
     obs = pd.DataFrame({"diagnosis": np.where(case, "AD", "ctrl"),
                         "donor": [f"d{d}" for d in donor], "cell_type": "Neuron"},
@@ -252,3 +255,35 @@ def test_tail_tests_see_a_state_that_the_donor_mean_misses():
     assert hits(up) == 5 and hits(by_mean) < 5
     null = dt[~planted]
     assert (null["p_up"] < 0.05).mean() < 0.12 and (null["q_up"] < 0.05).sum() <= 2
+
+
+def test_down_evidence_mirrors_up_evidence():
+    """Half of the case donors' cells lower the planted genes 4-fold: p_down carries them to the
+    top of the down list and out of the up list, and the de_only machinery reads the directed
+    columns."""
+    from discovery.tl.donor_tests import donor_gene_tests
+    from discovery.tl.hypotheses import _directed_tests, evidence_ranking
+
+    dt = donor_gene_tests(_state_cohort(seed=1, n_donors=24, frac=0.5, fold=0.25,
+                                         compensate=False))
+    planted = {f"G{i}" for i in range(5)}
+    r = evidence_ranking([], dt)
+    down = r[r["direction"] == "down"]["gene"].head(5)
+    up = r[r["direction"] == "up"]["gene"].head(5)
+    assert len(planted & set(down)) >= 4 and not planted & set(up)
+    by = dict(_directed_tests(dt))
+    assert planted <= set(by[("Neuron", "down")]["gene"])
+    assert not planted & set(by[("Neuron", "up")]["gene"])
+    # the directed table's p is that direction's evidence
+    d = by[("Neuron", "down")].set_index("gene")
+    np.testing.assert_allclose(d["p"], d["p_down"])
+
+
+def test_cauchy_combination_of_two_tests_has_the_closed_form():
+    from discovery.tl.stats import cauchy_combination
+
+    p = np.array([[0.01], [0.2]])
+    t = np.tan((0.5 - p) * np.pi).mean()
+    np.testing.assert_allclose(cauchy_combination(p), [0.5 - np.arctan(t) / np.pi])
+    # one strong test dominates a null one: the combination is near twice the smaller p
+    assert 0.9e-4 < cauchy_combination(np.array([[1e-4], [0.5]]))[0] < 2.1e-4

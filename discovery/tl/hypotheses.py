@@ -856,6 +856,8 @@ def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
     hypothesis of the same cell type and direction, they become one ``de_only`` hypothesis
     ("the model does not use it"), ranked by its own evidence.
     """
+    from scipy.stats import norm
+
     out: list[Hypothesis] = []
     if donor_tests.empty:
         return out
@@ -869,7 +871,11 @@ def _de_only(hyps: list[Hypothesis], donor_tests: pd.DataFrame, cohort: _Cohort,
         lead = new.iloc[0]
         p_lead = float(lead["p"])
         q_lead = float(lead["q"])
-        genes = [{"symbol": str(r.gene), "weight": float(r.effect)} for r in new.itertuples()]
+        # a gene's weight is its directed evidence (signed by the direction), not its mean
+        # effect: a gene seen by its tail test can have a mean effect of either sign
+        z = norm.isf(np.clip(new["p"].to_numpy(float), 1e-300, 1.0))
+        genes = [{"symbol": str(r.gene), "weight": float((1 if direction == "up" else -1) * zz),
+                  "mean_effect": float(r.effect)} for r, zz in zip(new.itertuples(), z)]
         ev = Evidence(
             attribution=0.0, attribution_weight=0.0, ablation_predicted=0.0,
             donor_level={"effect": float(new["effect"].mean()), "t": float(lead["t"]),
@@ -921,7 +927,8 @@ def _de_only_statement(h: Hypothesis, case: str) -> str:
     dl = h.evidence.donor_level
     genes = ", ".join(g["symbol"] for g in h.genes[:5])
     return (f"In {h.cell_type}, {len(h.genes)} genes ({genes}, ...) are "
-            f"{'higher' if h.direction == 'up' else 'lower'} in {case} donors beyond the "
+            f"{'higher' if h.direction == 'up' else 'lower'} in {case} donors, on average or "
+            f"in a share of their cells (donor-level mean and tail tests), beyond the "
             f"technical covariates ({dl['covariates']}; lead gene q = {dl['q']:.2g}, "
             f"{dl['n_donors']} donors). The model does not use them: no feature it relies on "
             "carries them.")
