@@ -37,10 +37,9 @@ import logging
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from discovery.io.contract import Keys, case_mask, counts_matrix, get_keys
-from discovery.tl.stats import LabelTest, aggregate_by, bh_fdr, cauchy_combination, label_test
+from discovery.tl.stats import aggregate_by, bh_fdr, cauchy_combination, label_test
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +91,6 @@ def usable_covariates(covs: dict[str, np.ndarray], label: np.ndarray) -> list[st
             continue
         kept.append(name)
     return kept
-
-
-def _one_sided(res: LabelTest, sign: float) -> np.ndarray:
-    """One-sided p-value of ``sign * t`` > 0 on the test's (moderated) degrees of freedom."""
-    t = np.nan_to_num(sign * np.asarray(res.t, float))
-    df = res.df + res.df_prior
-    p = stats.norm.sf(t) if not np.isfinite(df) else stats.t.sf(t, max(df, 1))
-    return np.where(np.isfinite(res.p), p, np.nan)
 
 
 def tail_shares(counts: object, donors: np.ndarray, names: np.ndarray,
@@ -154,7 +145,8 @@ def donor_gene_tests(adata: ad.AnnData, *, min_cells: int = 5,
     frames = []
     for ct in sorted(set(ct_col)):
         m = ct_col == ct
-        names, summed, n = aggregate_by(counts[m], donor_col[m])
+        counts_ct = counts[m]
+        names, summed, n = aggregate_by(counts_ct, donor_col[m])
         keep = n >= min_cells
         names, summed = names[keep], np.asarray(summed[keep], float)
         label = is_case.reindex(names).to_numpy(bool)
@@ -176,12 +168,11 @@ def donor_gene_tests(adata: ad.AnnData, *, min_cells: int = 5,
         res = label_test(logcpm, y, X, moderate=True)
         technical = ((res.r2_covariates > res.r2_label) & (res.r2_covariates > MIN_TECHNICAL_R2)
                      if used else np.zeros(int(tested.sum()), bool))
-        up, low = tail_shares(counts[m][:, tested], donor_col[m], names)
+        up, low = tail_shares(counts_ct[:, tested], donor_col[m], names)
         tail_up = label_test(np.arcsin(np.sqrt(up)), y, X, moderate=True)
         tail_low = label_test(np.arcsin(np.sqrt(low)), y, X, moderate=True)
-        p_up = cauchy_combination(np.vstack([_one_sided(res, 1.0), _one_sided(tail_up, 1.0)]))
-        p_down = cauchy_combination(np.vstack([_one_sided(res, -1.0),
-                                               _one_sided(tail_low, 1.0)]))
+        p_up = cauchy_combination(np.vstack([res.one_sided(1.0), tail_up.one_sided(1.0)]))
+        p_down = cauchy_combination(np.vstack([res.one_sided(-1.0), tail_low.one_sided(1.0)]))
         frames.append(pd.DataFrame({
             "cell_type": ct, "gene": genes[tested], "effect": res.effect, "t": res.t,
             "p": res.p, "q": bh_fdr(res.p), "t_tail_up": tail_up.t, "t_tail_down": tail_low.t,

@@ -205,6 +205,18 @@ class LabelTest(NamedTuple):
     r2_label: np.ndarray  # partial R² of the label given the covariates
     df_prior: float = 0.0  # prior degrees of freedom added by variance moderation (inf: pooled)
 
+    def one_sided(self, sign: float = 1.0) -> np.ndarray:
+        """One-sided p-values of ``sign * t > 0``, on the same distribution as ``p`` (NaN where
+        ``p`` is)."""
+        p = _t_sf(np.nan_to_num(sign * np.asarray(self.t, float)), self.df + self.df_prior)
+        return np.where(np.isfinite(self.p), p, np.nan)
+
+
+def _t_sf(t: np.ndarray, df: float) -> np.ndarray:
+    """Upper tail of Student's t on ``df`` degrees of freedom; normal when ``df`` is infinite
+    (a moderated test whose prior is the pooled variance)."""
+    return stats.t.sf(t, df) if np.isfinite(df) else stats.norm.sf(t)
+
 
 def squeeze_var(s2: np.ndarray, df: int) -> tuple[np.ndarray, float]:
     """Empirical-Bayes moderated variances (Smyth 2004, limma's ``squeezeVar``).
@@ -281,8 +293,7 @@ def label_test(y: np.ndarray, label: np.ndarray, covars: np.ndarray, *,
     se = np.sqrt(s2 * xtx_inv[1, 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, beta[1] / se, 0.0)
-        # an infinite prior is the pooled variance: the t statistic is then normal
-        p = 2 * (stats.t.sf(np.abs(t), df + d0) if np.isfinite(d0) else stats.norm.sf(np.abs(t)))
+        p = 2 * _t_sf(np.abs(t), df + d0)
         rss_no_label = least_squares(y, covars).rss_cols
         rss_no_cov = least_squares(y, np.asarray(label, float)[:, None]).rss_cols
         tss = ((y - y.mean(0)) ** 2).sum(0)
