@@ -7,7 +7,8 @@ from discovery.io import layout
 from discovery.io.feedback import REASONS, VERDICTS, FeedbackItem
 
 REASON_TEXT = {"technical_artifact": "technical artifact", "confounder": "confounder",
-               "known_biology": "known biology", "wrong_cell_type": "wrong cell type",
+               "known_biology": "known biology", "wrong_cell_type": "wrong cell type (contamination)",
+               "single_donor": "driven by a single donor",
                "implausible_direction": "implausible direction", "other": "other"}
 
 run = current_run()

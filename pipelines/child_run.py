@@ -27,6 +27,7 @@ from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.files import atomic_write, write_json
 from discovery.io.layout import feature_id, parse_feature_id
 from discovery.tl import classifier
+from discovery.tl.expert import EXPERT_REASONS, donors_to_exclude, expert_notes, same_hypothesis
 from discovery.tl.refine import (
     ACTIONABLE,
     QC_GENE_GROUPS,
@@ -47,7 +48,7 @@ from pipelines.run import features_stage, graphs_stage, hypotheses_stage
 from pipelines.rundir import RunDir, config_hash
 
 __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
-           "covariate_share", "refine_run"]
+           "covariate_share", "program_ranks", "refine_run"]
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -108,10 +109,11 @@ def covariate_share(run_dir: Path, covariate: str) -> float:
     return num / den if den else float("nan")
 
 
-def _program_ranks(hyps: list[dict], truth: dict | None, *,
+def program_ranks(hyps: list[dict], truth: dict | None, *,
                    include_flagged: bool = False) -> dict[str, int | None]:
     """Best rank of each planted program's hypothesis (right cell type and direction, >= 3
-    program genes in its top 10), among unflagged hypotheses unless ``include_flagged``."""
+    program genes in its top 10), among unflagged hypotheses unless ``include_flagged`` (an
+    expert-rejected hypothesis never counts)."""
     if not truth:
         return {}
     out = {}
@@ -120,6 +122,7 @@ def _program_ranks(hyps: list[dict], truth: dict | None, *,
             continue
         ranks = [h["rank"] for h in hyps if h["cell_type"] == p["cell_type"]
                  and h["direction"] == p["direction"]
+                 and h["status"] != "rejected"
                  and (include_flagged or h["status"] != "flagged")
                  and len({g["symbol"] for g in h["genes"][:10]} & set(p["genes"])) >= 3]
         out[name] = min(ranks) if ranks else None
@@ -152,11 +155,20 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     items = store.items(run_id)
     sae_hook = parent.saes[0]
     feats, fb_ids = _feature_targets(items, parent_hyps, sae_hook.hook)
-    if not feats:
+    plans_path = parent_dir / layout.PLANS
+    notes = expert_notes(items, parent_hyps, json.loads(plans_path.read_text())["plans"]
+                         if plans_path.is_file() else [])
+    if not feats and not notes:
         msg = (f"no actionable feedback for run {run_id}: refine needs 'disagree' with reason "
                f"{' or '.join(ACTIONABLE)} on a feature ({sae_hook.hook}:F<i>) or a hypothesis "
-               "(`discovery feedback RUN_DIR --target ...`)")
+               f"(the model is changed), or with reason {', '.join(EXPERT_REASONS)} (the "
+               "ranking, the checks or the donors are changed) (`discovery feedback RUN_DIR "
+               "--target ...`)")
         raise InputError(msg)
+    if not feats:
+        mode = "rerank"  # nothing names an artifact: the model stays, the other reasons act
+    fb_ids = sorted({*fb_ids, *(n.feedback_id for n in notes)})
+    excluded = donors_to_exclude(notes)
     ann = pd.read_json(parent_dir / layout.ANNOTATIONS)
     named = Counter(ann.set_index("index").loc[feats, "confounded_by"].dropna())
     keys = get_keys(parent.adata)
@@ -167,13 +179,18 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     covariate, term = covariate_and_term(covariate, named, keys.batch_key)
     store.log_action(run_id, "refine:start", detail=json.dumps(
         {"mode": mode, "features": [feature_id(sae_hook.hook, i) for i in feats],
-         "feedback": fb_ids, "covariate": covariate}))
-    proposals = propose_similar(sae_hook.sae, ann, feats)
-    store.log_action(run_id, "propagate:proposed", detail=json.dumps(
-        [p["feature"] for p in proposals]))
-    check = fit_check(ann, feats, covariate=term or "batch")
-    store.log_action(run_id, "generalise:check", detail=json.dumps(
-        {k: check.get(k) for k in ("rule", "flags")}))
+         "feedback": fb_ids, "covariate": covariate,
+         "expert": [{"feedback": n.feedback_id, "reason": n.reason, "target": n.target}
+                    for n in notes],
+         "excluded_donors": [d["donor"] for d in excluded]}))
+    proposals, check = [], {"rule": None, "why": "no feature was marked as an artifact"}
+    if feats:
+        proposals = propose_similar(sae_hook.sae, ann, feats)
+        store.log_action(run_id, "propagate:proposed", detail=json.dumps(
+            [p["feature"] for p in proposals]))
+        check = fit_check(ann, feats, covariate=term or "batch")
+        store.log_action(run_id, "generalise:check", detail=json.dumps(
+            {k: check.get(k) for k in ("rule", "flags")}))
 
     config = PipelineConfig.from_dict(manifest["config"])
     suppressed = [feature_id(sae_hook.hook, i) for i in feats]
@@ -192,11 +209,20 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         elif src.is_file():
             shutil.copy2(src, out / name)
     adata = parent.adata
-    basis = suppression_basis(sae_hook.sae, feats)
+    if excluded:
+        donor = adata.obs[keys.donor_key].astype(str)
+        for d in excluded:
+            d["cells"] = int((donor == d["donor"]).sum())
+        adata = adata[~donor.isin([d["donor"] for d in excluded]).to_numpy()].copy()
+        rd.manifest["feedback"]["excluded_donors"] = excluded
+    basis = suppression_basis(sae_hook.sae, feats) if feats else None
     history: dict[str, Any] = {}
     parent_probs = adata.obs["case_prob"].to_numpy().copy()
-    with rd.stage("model", {"mode": mode, "features": feats, "parent": run_id}) as outputs:
-        if mode == "ablate":
+    with rd.stage("model", {"mode": mode, "features": feats, "parent": run_id,
+                            "excluded_donors": [d["donor"] for d in excluded]}) as outputs:
+        if mode == "rerank":
+            child = parent.model
+        elif mode == "ablate":
             from discovery.tl.refine import _pooled_mean
 
             child = fold_projection(parent.model, basis, _pooled_mean(adata, parent.model))
@@ -241,7 +267,8 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     graphs_stage(rd, adata, child, feats_res, config, quiet=quiet)
     rankings = pd.read_csv(out / layout.RANKINGS) if (
         out / layout.RANKINGS).is_file() else None
-    hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config)
+    hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config,
+                           expert=(notes, excluded))
 
     parent_metrics = json.loads((parent_dir / layout.METRICS).read_text())
     truth = None
@@ -261,7 +288,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
             "test_cell_auroc": parent_metrics["test"]["cell_auroc"],
             **balanced_eval(adata, parent_probs),
             "covariate_attribution_share": covariate_share(parent_dir, cov),
-            "program_ranks": _program_ranks(parent_hyps, truth),
+            "program_ranks": program_ranks(parent_hyps, truth),
             "n_flagged": sum(h["status"] == "flagged" for h in parent_hyps),
         },
         "after": {
@@ -269,10 +296,12 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
             "test_cell_auroc": metrics["test"]["cell_auroc"],
             **balanced_eval(adata, probs),
             "covariate_attribution_share": covariate_share(out, cov),
-            "program_ranks": _program_ranks(hyp["hypotheses"], truth),
+            "program_ranks": program_ranks(hyp["hypotheses"], truth),
             "n_flagged": sum(h["status"] == "flagged" for h in hyp["hypotheses"]),
         },
         "ranking": _ranking_diff(parent_hyps, hyp["hypotheses"]),
+        "expert_feedback": hyp.get("expert_feedback", []),
+        "excluded_donors": excluded,
     }
     b, a = comparison["before"], comparison["after"]
     comparison["covariate_share_drop"] = (
@@ -363,10 +392,7 @@ def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]
     top-10 genes): rank and status before and after."""
     rows = []
     for h in after:
-        top = {g["symbol"] for g in h["genes"][:10]}
-        match = next((p for p in before if p["cell_type"] == h["cell_type"]
-                      and p["direction"] == h["direction"]
-                      and len(top & {g["symbol"] for g in p["genes"][:10]}) >= 5), None)
+        match = next((p for p in before if same_hypothesis(p, h)), None)
         rows.append({"hypothesis": h["id"], "cell_type": h["cell_type"],
                      "direction": h["direction"],
                      "genes": ", ".join(g["symbol"] for g in h["genes"][:5]),

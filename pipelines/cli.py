@@ -161,20 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="feature (pooled:F12), hypothesis (H3) or plan")
     p.add_argument("--verdict", choices=["agree", "disagree"], required=True)
     p.add_argument("--reason", required=True,
-                   help="technical_artifact (or: batch, artifact), confounder, known_biology, "
-                        "wrong_cell_type, implausible_direction, other")
+                   help="technical_artifact (or: batch, artifact), confounder (the model "
+                        "is changed by refine); known_biology, wrong_cell_type (or: "
+                        "contamination), single_donor (or: donor), implausible_direction, other "
+                        "(refine re-ranks, adds a check or excludes the donor)")
     p.add_argument("--note", default="", help="why, in words")
     p.add_argument("--by", default=None, help="your name [the login name]")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("refine", help="child run that no longer relies on rejected features")
+    p = sub.add_parser("refine", help="child run that acts on the feedback: no longer relies "
+                                      "on rejected features, re-ranked, donors excluded")
     p.add_argument("run_dir", type=Path, help="parent run directory (with feedback)")
     p.add_argument("--out", type=Path, required=True, help="child run directory")
     p.add_argument("--mode", choices=["ablate", "finetune", "retrain"], default="ablate",
                    help="ablate: mean-ablate the features' directions in the head; finetune: "
                         "fine-tune with them projected out; retrain: retrain without the input "
                         "genes that carry the artifact (a QC metric such as pct_counts_mt: "
-                        "renormalise without its gene group and withhold the group)")
+                        "renormalise without its gene group and withhold the group). Without "
+                        "artifact feedback the model is kept and only the other reasons act "
+                        "(mode rerank)")
     p.add_argument("--covariate", default=None,
                    help="obs column that explains the artifact (default: what the marked "
                         "features are annotated as confounded by, else the batch key)")

@@ -25,7 +25,8 @@ from discovery.io.files import write_text
 from discovery.pl.figures import donor_activation, faithfulness
 from discovery.tl.classifier import shortcut_findings
 
-__all__ = ["graph_rows", "model_rows", "probe_rows", "sae_rows", "write_report"]
+__all__ = ["graph_rows", "model_rows", "probe_rows", "refine_effect_rows", "sae_rows",
+           "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -164,6 +165,47 @@ class _Doc:
         self.m += [md_text, ""]
 
 
+def refine_effect_rows(refine: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per piece of feedback a child run acted on: what it said and what changed."""
+    rows = []
+    if refine.get("suppressed"):
+        rows.append({"feedback": ", ".join(f"#{i}" for i in refine.get("feedback_ids", [])
+                                           if i not in {e["feedback"] for e in
+                                                        refine.get("expert_feedback", [])}),
+                     "reason": f"artifact ({refine.get('covariate')})",
+                     "target": ", ".join(refine["suppressed"]),
+                     "what changed": f"model: {refine['mode']} without these features"})
+    for e in refine.get("expert_feedback", []):
+        moved = "; ".join(
+            f"{c['id']}: rank {c['rank_before_feedback']} -> {c['rank']}, "
+            f"{c['status_before_feedback']} -> {c['status']}" for c in e["child_hypotheses"])
+        extra = []
+        if e.get("excluded_donors"):
+            extra.append("excluded donor(s) " + ", ".join(e["excluded_donors"]))
+        chk = e.get("check")
+        if chk:
+            extra.append(f"check added: {chk['rule']}; flagged {', '.join(chk['flagged']) or 'none'}"
+                         if chk.get("rule") else f"no check: {chk['why']}")
+        rows.append({"feedback": f"#{e['feedback']} by {e['author']}",
+                     "reason": e["reason"].replace("_", " ") + (f" ({e['note']})" if e["note"]
+                                                                else ""),
+                     "target": e["target"],
+                     "what changed": "; ".join([e["effect"], *extra, moved] if moved
+                                               else [e["effect"], *extra])})
+    return rows
+
+
+def _refine_section(doc: Any, refine: dict[str, Any]) -> None:
+    """A child run opens with what its parent's feedback changed."""
+    from pipelines.child_run import comparison_rows
+
+    doc.heading("What the feedback changed")
+    doc.para(f"Child of run {refine['parent_run']} (mode {refine['mode']}). Each row is one "
+             "piece of expert feedback and what it changed in this run.")
+    doc.table(refine_effect_rows(refine))
+    doc.table([{k: _fmt(v) for k, v in r.items()} for r in comparison_rows(refine)])
+
+
 def write_report(run_dir: str | Path) -> list[str]:
     """Write ``report.html`` and ``report.md`` into ``run_dir``; returns their relative paths."""
     rd = Path(run_dir)
@@ -191,6 +233,9 @@ def write_report(run_dir: str | Path) -> list[str]:
     doc.para(f"Created {manifest.get('created')}; config hash {manifest.get('config_hash')}; "
              f"seed {manifest.get('seed')}. Everything below is read from this run directory.",
              "small")
+    refine = _read(rd / layout.REFINE)
+    if refine:
+        _refine_section(doc, refine)
     doc.heading("Cohort and model")
     keys = summary.get("keys", {})
     doc.table([{"cells": summary.get("n_cells"), "genes": summary.get("n_genes"),

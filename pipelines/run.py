@@ -53,6 +53,7 @@ from discovery.tl.baselines import rank_genes
 from discovery.tl.classifier import shortcut_findings
 from discovery.tl.donor_tests import donor_gene_tests
 from discovery.tl.embedding import umap
+from discovery.tl.expert import ExpertNote, apply_expert
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
 from discovery.tl.hypotheses import SCORE_FORMULA, propose_hypotheses, status_rules
 from discovery.tl.interventions import validate_graph, validation_summary
@@ -274,17 +275,24 @@ def analyse(adata: ad.AnnData, out: str | Path, *, config: PipelineConfig | None
 
 def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
                      rankings: pd.DataFrame, metrics: dict[str, Any],
-                     config: PipelineConfig) -> dict[str, Any]:
-    """Hypotheses from the run's graphs and features, and plans for them."""
+                     config: PipelineConfig, *,
+                     expert: tuple[list[ExpertNote], list[dict]] | None = None) -> dict[str, Any]:
+    """Hypotheses from the run's graphs and features, and plans for them.
+
+    ``expert``: a child run's non-artifact feedback and the donors it excluded
+    (:mod:`discovery.tl.expert`), applied before the plans are made."""
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
-              "donor_tests": "moderated mean + tail tests",
+              "donor_tests": "moderated mean + tail tests (shares in [0, 1])",
               "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
+    if expert and expert[0]:
+        params["expert_feedback"] = [(n.feedback_id, n.reason) for n in expert[0]]
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
     tpath = rd.path / layout.DONOR_TESTS
     if (rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file()
             and tpath.is_file()):
-        return {"hypotheses": json.loads(hpath.read_text())["hypotheses"],
+        doc = json.loads(hpath.read_text())
+        return {"hypotheses": doc["hypotheses"], "expert_feedback": doc.get("expert_feedback", []),
                 "plans": json.loads(ppath.read_text())["plans"],
                 "donor_tests": pd.read_csv(tpath)}
     with rd.stage("hypotheses", params) as outputs:
@@ -304,6 +312,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         for h in hyps:
             if h.kind != "de_only":
                 h.caveats += [Flag("model_shortcut", None, 0.0, f) for f in findings]
+        effects = apply_expert(hyps, expert[0], adata, expert[1]) if expert and expert[0] else []
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
         plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
         run_id = rd.manifest["run_id"]
@@ -311,11 +320,13 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         plans = [p.to_dict() for p in plans]
         write_json(hpath, {"schema_version": 1, "run_id": run_id,
                            "score_formula": SCORE_FORMULA, "status_rules": status_rules(spec),
-                           "model_findings": findings, "hypotheses": hyps})
+                           "model_findings": findings, "hypotheses": hyps,
+                           **({"expert_feedback": effects} if effects else {})})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
                            "priority_formula": PRIORITY_FORMULA, "plans": plans})
         outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]
-    return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests}
+    return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests,
+            "expert_feedback": effects}
 
 
 def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],

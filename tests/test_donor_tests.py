@@ -287,3 +287,17 @@ def test_cauchy_combination_of_two_tests_has_the_closed_form():
     np.testing.assert_allclose(cauchy_combination(p), [0.5 - np.arctan(t) / np.pi])
     # one strong test dominates a null one: the combination is near twice the smaller p
     assert 0.9e-4 < cauchy_combination(np.array([[1e-4], [0.5]]))[0] < 2.1e-4
+
+
+def test_tail_shares_stay_proportions_when_float_sums_overshoot():
+    """A gene at zero in every cell has every cell in its lower tail: the share is exactly 1
+    (float32 sums of 1/n can exceed it, and arcsin(sqrt(share)) would be NaN)."""
+    from discovery.tl.donor_tests import tail_shares
+
+    donors = np.repeat([f"d{i}" for i in range(4)], [3, 7, 11, 13])
+    counts = np.zeros((len(donors), 3))
+    counts[:, 1] = np.arange(len(donors)) % 5
+    up, low = tail_shares(counts, donors, [f"d{i}" for i in range(4)])
+    assert ((0 <= up) & (up <= 1)).all() and ((0 <= low) & (low <= 1)).all()
+    np.testing.assert_allclose(low[:, 0], 1.0)
+    assert np.isfinite(np.arcsin(np.sqrt(low))).all()

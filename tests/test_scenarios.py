@@ -96,6 +96,39 @@ def test_coexpression_state_hides_from_donor_means_but_not_from_cells():
     assert corr > 0.4
 
 
+def test_clean_twin_is_the_same_cohort_without_its_artifacts():
+    """Same donors, batches, cells and program states; the batch genes no longer separate the
+    technical batch, while the planted program still separates cases."""
+    for seed in range(200):
+        s = draw_scenario(seed, donors=(20, 24), cells_per_donor=(60, 80), n_genes=(600, 650))
+        art = next((a for a in s.artifacts if a.kind == "batch_program" and a.effect > 1.0),
+                   None)
+        if art is not None and any(p.kind == "shift" and p.effect > 1.0 for p in s.programs):
+            break
+    dirty, clean = simulate_scenario(s), simulate_scenario(s, clean=True)
+    assert dirty.obs.equals(clean.obs) and (dirty.obs_names == clean.obs_names).all()
+    td, tc = truth(dirty), truth(clean)
+    assert td["programs"] == tc["programs"] and td["donors"] == tc["donors"]
+    assert tc["clean"] and tc["scenario"].endswith("-clean")
+    assert all(a["effect_size"] == 0 for a in tc["artifacts"].values()
+               if a["kind"] != "composition")  # a composition shift changes the cells: kept
+    batch = (dirty.obs[s.keys["batch_key"]] == dirty.obs[s.keys["batch_key"]].cat.categories[1])
+    cols = [dirty.var_names.get_loc(g) for g in art.genes]
+
+    def gap(a):
+        x = np.log1p(a.X[:, cols].toarray() / a.X.sum(1).A * 1e4).mean(1)
+        return x[batch.to_numpy()].mean() - x[~batch.to_numpy()].mean()
+
+    assert gap(dirty) > 0.3 and abs(gap(clean)) < 0.1
+    p = next(p for p in s.programs if p.kind == "shift" and p.effect > 1.0)
+    for a in (dirty, clean):
+        df, case, _, _ = _donor_means(a, s, p.cell_type, p.genes)
+        diff = df[case].mean().mean() - df[~case].mean().mean()
+        assert diff * (1 if p.direction == "up" else -1) > 0.1
+    # and the dirty cohort is exactly what it was before the clean switch existed
+    assert (simulate_scenario(s).X != dirty.X).nnz == 0
+
+
 @pytest.mark.slow
 def test_random_suite_smoke():
     """A quick subset of the generalisation suite: every method runs on small random scenarios

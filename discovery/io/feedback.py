@@ -6,7 +6,10 @@ schema is versioned: ``schema_version`` holds the applied version and :data:`MIG
 applied in order on open. Nothing is ever deleted: a correction is a new row.
 
 Reasons (the vocabulary the app and the CLI offer): ``technical_artifact``, ``confounder``,
-``known_biology``, ``wrong_cell_type``, ``implausible_direction``, ``other``.
+``known_biology``, ``wrong_cell_type`` (cell-type contamination), ``single_donor``,
+``implausible_direction``, ``other``. What each one does to a child run:
+:mod:`discovery.tl.refine` (the artifact reasons change the model) and
+:mod:`discovery.tl.expert` (the others change the cohort, the evidence and the ranking).
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ __all__ = ["MIGRATIONS", "REASONS", "REASON_ALIASES", "TARGET_KINDS", "VERDICTS"
            "FeedbackStore", "default_url", "resolve_reason", "target_kind"]
 
 REASONS = ("technical_artifact", "confounder", "known_biology", "wrong_cell_type",
-           "implausible_direction", "other")
+           "single_donor", "implausible_direction", "other")
 VERDICTS = ("agree", "disagree")
 TARGET_KINDS = ("hypothesis", "feature", "plan")
 #: words an expert may type for a reason, and the reason they mean
 REASON_ALIASES = {"batch": "technical_artifact", "artifact": "technical_artifact",
                   "technical": "technical_artifact", "confound": "confounder",
                   "known": "known_biology", "cell_type": "wrong_cell_type",
+                  "contamination": "wrong_cell_type", "donor": "single_donor",
                   "direction": "implausible_direction"}
 
 

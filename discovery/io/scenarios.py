@@ -262,9 +262,18 @@ def _aligned(rng: np.random.Generator, is_case: np.ndarray, alignment: float) ->
     return out
 
 
-def simulate_scenario(scenario: RandomScenario) -> ad.AnnData:
+def simulate_scenario(scenario: RandomScenario, *, clean: bool = False) -> ad.AnnData:
     """The cohort of a drawn scenario: counts in ``X`` (CSR float32), obs under the scenario's
-    column names, truth in ``uns['simulation']`` (deterministic for the scenario)."""
+    column names, truth in ``uns['simulation']`` (deterministic for the scenario).
+
+    ``clean``: its twin with every artifact switched off at the source — the same random draws,
+    so the same donors, batches, cells and program states, but no batch program, no ambient
+    soup, no QC shift and no outlier donor: what a perfect de-confounding could at best recover
+    (the upper bound the feedback benchmark compares a child run with). A composition shift
+    stays: it changes which cells exist, not what they express, so no refinement of the model
+    can remove it, and removing it would change the cells themselves.
+    """
+    off = 0.0 if clean else 1.0
     rng = np.random.default_rng([scenario.seed, 104729])
     genes = list(scenario.genes)
     gidx = {g: i for i, g in enumerate(genes)}
@@ -357,11 +366,12 @@ def simulate_scenario(scenario: RandomScenario) -> ad.AnnData:
     for i, a in enumerate(scenario.artifacts):
         name = f"{a.kind} ({i + 1})"
         entry: dict[str, Any] = {"kind": a.kind, "alignment": a.alignment,
-                                 "effect_size": a.effect}
+                                 "effect_size": a.effect if a.kind == "composition"
+                                 else off * a.effect}
         if a.kind == "batch_program":
             batch_cols = np.array([gidx[g] for g in a.genes])
-            batch_shift = a.effect * rng.uniform(0.6, 1.4, len(batch_cols))
-            lib *= np.where(tech[donor_of_cell], 0.85, 1.0)
+            batch_shift = off * a.effect * rng.uniform(0.6, 1.4, len(batch_cols))
+            lib *= np.where(tech[donor_of_cell], 0.85 ** off, 1.0)
             entry.update(driven_by="batch", genes=list(a.genes))
         elif a.kind == "ambient":
             cols = np.array([gidx[g] for g in a.genes])
@@ -369,12 +379,12 @@ def simulate_scenario(scenario: RandomScenario) -> ad.AnnData:
             for d in np.flatnonzero(tech):
                 cells = np.flatnonzero((donor_of_cell == d) & (ct_of_cell != src))
                 # a soup of the source type's transcripts: lifts its markers where they are low
-                edits.append((cells, cols, np.full(len(cols), a.effect)))
+                edits.append((cells, cols, np.full(len(cols), off * a.effect)))
             entry.update(driven_by="batch", genes=list(a.genes), source=a.cell_type)
         elif a.kind == "qc_shift":
             side = _aligned(rng, is_case, a.alignment)
-            logit_mt += a.effect * side[donor_of_cell]
-            lib *= np.where(side[donor_of_cell], np.exp(-0.4 * a.effect), 1.0)
+            logit_mt += off * a.effect * side[donor_of_cell]
+            lib *= np.where(side[donor_of_cell], np.exp(-0.4 * off * a.effect), 1.0)
             entry.update(driven_by="pct_counts_mt", genes=list(a.genes),
                          donors=[donor_ids[d] for d in np.flatnonzero(side)])
         elif a.kind == "composition":
@@ -386,7 +396,7 @@ def simulate_scenario(scenario: RandomScenario) -> ad.AnnData:
             d = int(rng.choice(np.flatnonzero(is_case == pick_case)))
             cols = np.array([gidx[g] for g in a.genes])
             edits.append((np.flatnonzero(donor_of_cell == d), cols,
-                          a.effect * rng.choice([-1.0, 1.0], len(cols))))
+                          off * a.effect * rng.choice([-1.0, 1.0], len(cols))))
             entry.update(driven_by="donor", genes=list(a.genes), donor=donor_ids[d])
         artifacts_truth[name] = entry
     f_mt = 1.0 / (1.0 + np.exp(-logit_mt))
@@ -413,7 +423,8 @@ def simulate_scenario(scenario: RandomScenario) -> ad.AnnData:
     var = pd.DataFrame(index=genes)
     adata = ad.AnnData(X=sp.csr_matrix(_counts(cohort, 0, n_cells, rng)), obs=obs, var=var)
     truth = {
-        "scenario": scenario.name, "seed": scenario.seed, "params": scenario.to_dict(),
+        "scenario": scenario.name + ("-clean" if clean else ""), "seed": scenario.seed,
+        "params": scenario.to_dict(), "clean": clean,
         "difficulty": scenario.difficulty(), "label_key": k["label_key"], "case": case,
         "keys": k, "programs": programs_truth, "artifacts": artifacts_truth,
         "donors": {d: {"diagnosis": case if is_case[i] else control,

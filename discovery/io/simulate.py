@@ -117,10 +117,11 @@ SCENARIOS: dict[str, Scenario] = {
     "confounded": Scenario(
         "confounded",
         "A strong technical batch almost aligned with diagnosis; the real disease programs are "
-        "weak and affect fewer donors.",
-        program_effect=0.6,
-        affected_fraction=0.6,
-        state_fraction=(0.3, 0.6),
+        "of moderate strength and affect fewer donors and cells: learnable once the artifacts "
+        "are gone (its clean twin), hidden behind the batch shortcut while they are there.",
+        program_effect=1.0,
+        affected_fraction=0.7,
+        state_fraction=(0.5, 0.8),
         neuron_loss=0.9,
         batch_alignment=(0.9, 0.1),
         batch_effect=1.6,

@@ -122,7 +122,8 @@ def tail_shares(counts: object, donors: np.ndarray, names: np.ndarray,
         hi, lo = np.quantile(block, quantiles, axis=0)
         up[:, j:j + _BLOCK] = avg @ (block > hi).astype(np.float32)
         low[:, j:j + _BLOCK] = avg @ (block <= lo).astype(np.float32)
-    return up, low
+    # float32 sums of 1/n can land a hair above 1 (arcsin(sqrt(.)) of it is NaN)
+    return np.clip(up, 0.0, 1.0), np.clip(low, 0.0, 1.0)
 
 
 def donor_gene_tests(adata: ad.AnnData, *, min_cells: int = 5,
