@@ -57,7 +57,10 @@ if run is not None:
                "technical artifact or confounder are suppressed — ablate only (their directions "
                "removed from the head), fine-tune with them projected out, or retrain without "
                "the input genes that carry the artifact — with graphs, hypotheses and a "
-               "before/after comparison.")
+               "before/after comparison. The other reasons act as well: known biology is "
+               "ranked after new claims, a contamination example becomes a check on every "
+               "hypothesis, a single-donor verdict excludes that donor, a rejection drops the "
+               "plans (with only such feedback the model is kept).")
     with st.form("refine"):
         mode = st.radio("Mode", ["ablate", "finetune", "retrain"], horizontal=True, key="rf_mode")
         child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
@@ -73,8 +76,13 @@ if run is not None:
         except Exception as err:  # noqa: BLE001 - shown to the user, not a traceback
             st.error(str(err))
         else:
-            st.success(f"Child run {child_name} ({mode}): {', '.join(res['suppressed'])} "
-                       "suppressed.")
+            from pipelines.report import refine_effect_rows
+
+            st.success(f"Child run {child_name} ({res['mode']}): "
+                       f"{', '.join(res['suppressed']) or 'no feature'} suppressed.")
+            for w in res.get("warnings", []):
+                st.warning(w)
+            st.dataframe(refine_effect_rows(res), hide_index=True)
             st.dataframe(comparison_rows(res), hide_index=True)
             st.dataframe(res["ranking"], hide_index=True)
             if res["proposed_similar"]:

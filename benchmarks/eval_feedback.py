@@ -57,7 +57,12 @@ import pandas as pd  # noqa: E402
 
 from discovery.io.feedback import FeedbackItem, FeedbackStore, default_url  # noqa: E402
 from discovery.io.files import write_text  # noqa: E402
-from pipelines.child_run import covariate_share, program_ranks, refine_run  # noqa: E402
+from pipelines.child_run import (  # noqa: E402
+    covariate_share,
+    program_ranks,
+    refine_run,
+    refine_warnings,
+)
 from pipelines.config import load_config  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 
@@ -114,6 +119,14 @@ def captured_at(run: Path, k: int = 10) -> int:
     return sum(r <= k for r in captured(run, any_status=False).values())
 
 
+def next_shortcut(parent: Path, child: Path, term: str) -> str:
+    """The technical terms the child leans on instead (:func:`refine_warnings`)."""
+    shares, _ = refine_warnings(parent, child, term, [], [])
+    rose = [f"{t} {v['before']:.2f} -> {v['after']:.2f}" for t, v in shares.items()
+            if v["after"] >= max(2 * v["before"], v["before"] + 0.1)]
+    return "; ".join(rose) or "–"
+
+
 def _fmt_ranks(ranks: dict[str, int]) -> str:
     return "; ".join(f"{k} #{v}" for k, v in sorted(ranks.items(), key=lambda kv: kv[1])) or "–"
 
@@ -163,6 +176,8 @@ def _confounded(args: argparse.Namespace, root: Path) -> list[dict]:
                 "captured@10 after": captured_at(child),
                 "any status: before": parent_captured,
                 "any status: after": _fmt_ranks(captured(child)),
+                "child leans on": next_shortcut(src, child, "batch" if covariate is None
+                                                else covariate),
             })
             print(rows[-1], flush=True)
         if args.clean:
@@ -270,6 +285,8 @@ def _random(args: argparse.Namespace, root: Path) -> list[dict]:
                "share drop": res["covariate_share_drop"] if ok else None,
                "balanced AUROC before": res["before"].get("balanced_donor_auroc") if ok else None,
                "after": res["after"].get("balanced_donor_auroc") if ok else None,
+               "child leans on": next_shortcut(parent, child, res["annotation_term"])
+               if ok else "–",
                "note": ("" if ok else "nothing marked: the loop could not start" if not marked
                         else res["error"])}
         rows.append(row)

@@ -3,10 +3,14 @@ rejected, with graphs and hypotheses recomputed and a before/after comparison.
 
 Reads the parent's feedback store (``disagree`` with reason ``technical_artifact`` or
 ``confounder``; a hypothesis stands for its features), suppresses those features' directions
-(:mod:`discovery.tl.refine`: ``ablate``, ``finetune`` or ``retrain``), writes the child run (its manifest records
-the parent and the feedback ids), and ``refine.json``: batch-balanced held-out metrics, the share
-of attribution through features explained by the named covariate, and the hypothesis ranking
-before and after. Every step is logged in the store's action table (the audit trail).
+(:mod:`discovery.tl.refine`: ``ablate``, ``finetune`` or ``retrain``), applies the other
+reasons (:mod:`discovery.tl.expert`: known biology re-ranked, a contamination check, a
+single-donor verdict's donor excluded, rejections; with only those the model is kept: mode
+``rerank``), writes the child run (its manifest records the parent and the feedback ids), and
+``refine.json``: batch-balanced held-out metrics, the share of attribution through features
+explained by the named covariate, the hypothesis ranking before and after, what each feedback
+changed, and warnings where the child may be worse (:func:`refine_warnings`). Every step is
+logged in the store's action table (the audit trail).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from pipelines.run import features_stage, graphs_stage, hypotheses_stage
 from pipelines.rundir import RunDir, config_hash
 
 __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
-           "covariate_share", "program_ranks", "refine_run"]
+           "covariate_share", "program_ranks", "refine_run", "refine_warnings"]
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -307,6 +311,8 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     comparison["covariate_share_drop"] = (
         1 - a["covariate_attribution_share"] / b["covariate_attribution_share"]
         if b["covariate_attribution_share"] > 0 else float("nan"))
+    comparison["other_covariates"], comparison["warnings"] = refine_warnings(
+        parent_dir, out, cov, parent_hyps, hyp["hypotheses"])
     write_json(out / layout.REFINE, comparison)
     with rd.stage("report", {"refine": comparison["child_run"]}) as outputs:
         outputs += write_report(out)
@@ -315,6 +321,43 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
          "balanced_donor_auroc": [b.get("balanced_donor_auroc"), a.get("balanced_donor_auroc")]},
         default=float))
     return comparison
+
+
+def refine_warnings(parent_dir: Path, child_dir: Path, term: str, parent_hyps: list[dict],
+                    child_hyps: list[dict]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """What a refinement may have made worse, said out loud.
+
+    - **The next shortcut**: every other technical term some feature of the parent or the child
+      is annotated as explained by; its attribution share before and after. A share that at
+      least doubles and rises by >= 0.1 means the child leans on that covariate instead (a
+      model denied one shortcut takes the next aligned one): the warning names the refinement
+      that would act on it.
+    - **Lost claims**: the parent's supported hypotheses that no child hypothesis matches
+      (:func:`discovery.tl.expert.same_hypothesis`), or that the child no longer supports.
+    """
+    terms: set[str] = set()
+    for run in (parent_dir, child_dir):
+        ann = pd.read_json(run / layout.ANNOTATIONS)
+        terms |= set(ann["confounded_by"].dropna().astype(str))
+    shares = {t: {"before": covariate_share(parent_dir, t), "after": covariate_share(child_dir, t)}
+              for t in sorted(terms - {term})}
+    warnings = []
+    for t, v in shares.items():
+        if v["after"] >= max(2 * v["before"], v["before"] + 0.1):
+            how = (f"--mode retrain --covariate {t}" if t in QC_GENE_GROUPS
+                   else "--mode retrain" if t == "batch" else f"--covariate {t}")
+            warnings.append(
+                f"the child leans on {t} instead: attribution through {t}-explained features "
+                f"rose from {v['before']:.2f} to {v['after']:.2f}; mark those features and "
+                f"refine the child again ({how})")
+    supported = [h for h in parent_hyps if h["status"] == "supported"]
+    lost = [h["id"] for h in supported
+            if not any(same_hypothesis(h, c) and c["status"] == "supported" for c in child_hyps)]
+    if lost:
+        warnings.append(f"{len(lost)} of the parent's {len(supported)} supported hypotheses "
+                        f"are not supported in the child ({', '.join(lost)}): check them before "
+                        "you trust the child's ranking")
+    return shares, warnings
 
 
 def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],

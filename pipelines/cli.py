@@ -526,6 +526,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if res["proposed_similar"]:
         console.print("similar features to review: " + ", ".join(
             p["feature"] for p in res["proposed_similar"][:10]))
+    for e in res.get("expert_feedback", []):
+        console.print(f"feedback #{e['feedback']} ({e['reason']}): {e['effect']}")
+    for w in res.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")
     return 0
 
 

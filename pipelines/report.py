@@ -204,6 +204,8 @@ def _refine_section(doc: Any, refine: dict[str, Any]) -> None:
              "piece of expert feedback and what it changed in this run.")
     doc.table(refine_effect_rows(refine))
     doc.table([{k: _fmt(v) for k, v in r.items()} for r in comparison_rows(refine)])
+    for w in refine.get("warnings", []):
+        doc.para("⚠ " + w)
 
 
 def write_report(run_dir: str | Path) -> list[str]:

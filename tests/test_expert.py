@@ -191,3 +191,31 @@ def test_refine_acts_on_non_artifact_feedback_and_the_report_says_so(tiny_run, t
         assert any(cv["kind"] == "known_biology" for cv in h["caveats"])
     md = (child / "report.md").read_text()
     assert "What the feedback changed" in md and "single donor" in md and "known biology" in md
+
+
+def test_refine_warns_when_the_child_takes_the_next_shortcut_or_loses_claims(tmp_path,
+                                                                             monkeypatch):
+    """A child denied the batch that now reads the mitochondrial fraction is told so, with the
+    refinement that would act on it; a supported claim the child lost is named."""
+    import pipelines.child_run as cr
+
+    parent, child = tmp_path / "p", tmp_path / "c"
+    for run, by in ((parent, ["batch", None]), (child, ["pct_counts_mt", "total_counts"])):
+        (run / "features").mkdir(parents=True)
+        pd.DataFrame({"feature": ["pooled:F0", "pooled:F1"], "confounded_by": by}).to_json(
+            run / "features" / "annotations.json")
+    shares = {(parent, "pct_counts_mt"): 0.0, (child, "pct_counts_mt"): 0.86,
+              (parent, "total_counts"): 0.05, (child, "total_counts"): 0.08}
+    monkeypatch.setattr(cr, "covariate_share", lambda run, term: shares[run, term])
+    hyps = [h.to_dict() for h in _hyps()]
+    hyps[0]["status"] = hyps[1]["status"] = "supported"
+    kept = copy.deepcopy(hyps[1])
+    other, warnings = cr.refine_warnings(parent, child, "batch", hyps, [kept])
+    assert set(other) == {"pct_counts_mt", "total_counts"}  # the acted-on term is not listed
+    assert len(warnings) == 2
+    assert "leans on pct_counts_mt" in warnings[0] and "--covariate pct_counts_mt" in warnings[0]
+    assert "1 of the parent's 2 supported hypotheses" in warnings[1] and "H1" in warnings[1]
+    # a small rise (0.05 -> 0.08) is not a new shortcut; nothing lost, nothing said
+    shares[child, "pct_counts_mt"] = 0.0
+    _, quiet = cr.refine_warnings(parent, child, "batch", hyps, copy.deepcopy(hyps))
+    assert quiet == []
