@@ -312,7 +312,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         for h in hyps:
             if h.kind != "de_only":
                 h.caveats += [Flag("model_shortcut", None, 0.0, f) for f in findings]
-        effects = apply_expert(hyps, expert[0], adata, expert[1]) if expert and expert[0] else []
+        effects = apply_expert(adata, hyps, expert[0], excluded=expert[1]) if expert and expert[0] else []
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
         plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
         run_id = rd.manifest["run_id"]

@@ -97,7 +97,7 @@ def test_each_reason_changes_the_ranking_as_stated():
                                 (3, "disagree", "implausible_direction", "H4"),
                                 (4, "agree", "other", "H5")), parent)
     assert [n.feedback_id for n in notes] == [1, 2, 3]  # a thumbs-up changes nothing
-    effects = apply_expert(child, notes, a)
+    effects = apply_expert(a, child, notes)
     by_genes = {h.genes[0]["symbol"] + h.cell_type: h for h in child}
     contaminated, own = by_genes["M0Neurons"], by_genes["A0Astrocytes"]
     assert contaminated.status == "rejected" and contaminated.flags[-1].kind == "expert"
@@ -127,8 +127,8 @@ def test_a_contamination_example_in_its_own_cell_type_gives_no_rule():
     a = _cohort()
     parent = [h.to_dict() for h in _hyps()]
     child = _hyps()
-    effects = apply_expert(child, expert_notes(
-        _items((1, "disagree", "wrong_cell_type", "H2")), parent), a)
+    effects = apply_expert(a, child, expert_notes(
+        _items((1, "disagree", "wrong_cell_type", "H2")), parent))
     assert effects[0]["check"]["rule"] is None and "own cell type" in effects[0]["check"]["why"]
     assert sum(h.status == "rejected" for h in child) == 1
     assert not any(h.status == "flagged" for h in child)

@@ -158,7 +158,7 @@ def _find(parent: dict[str, Any], hyps: list[Hypothesis]) -> list[Hypothesis]:
     return [h for h in hyps if same_hypothesis(parent, h.to_dict())]
 
 
-def apply_expert(hyps: list[Hypothesis], notes: list[ExpertNote], adata: ad.AnnData,
+def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNote], *,
                  excluded: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Apply ``notes`` to the child run's hypotheses (in place: status, flags, caveats, then
     order, ids and ranks) and return one record per note saying what changed.
