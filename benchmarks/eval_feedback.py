@@ -295,6 +295,8 @@ def _random(args: argparse.Namespace, root: Path) -> list[dict]:
 
 
 def _random_summary(df: pd.DataFrame, n_boot: int = 2000) -> list[str]:
+    if df.empty:
+        return ["No drawn scenario had an actionable artifact aligned >= 50% and a program."]
     rng = np.random.default_rng(0)
     v = df[["parent", "child", "clean"]].to_numpy(float)
     idx = rng.integers(0, len(v), size=(n_boot, len(v)))

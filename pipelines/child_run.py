@@ -26,7 +26,7 @@ import pandas as pd
 
 from discovery.get.run import open_run
 from discovery.io import layout
-from discovery.io.contract import InputError, get_keys
+from discovery.io.contract import InputError, case_mask, get_keys
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.files import atomic_write, write_json
 from discovery.io.layout import feature_id, parse_feature_id
@@ -217,7 +217,20 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         donor = adata.obs[keys.donor_key].astype(str)
         for d in excluded:
             d["cells"] = int((donor == d["donor"]).sum())
-        adata = adata[~donor.isin([d["donor"] for d in excluded]).to_numpy()].copy()
+        keep = ~donor.isin([d["donor"] for d in excluded]).to_numpy()
+        case = case_mask(adata, keys)
+        for split in ("train", "val", "test"):
+            in_split = (adata.obs["split"] == split).to_numpy()
+            for is_case, name in ((True, "case"), (False, "control")):
+                if (in_split & (case == is_case)).any() and not (
+                        in_split & keep & (case == is_case)).any():
+                    gone = sorted(set(donor[in_split & ~keep & (case == is_case)]))
+                    msg = (f"excluding donor(s) {', '.join(gone)} (single-donor feedback) "
+                           f"would leave the {split} split without a {name} donor; the "
+                           "model could not be evaluated there. Withdraw that feedback or "
+                           "rerun the parent with more donors")
+                    raise InputError(msg)
+        adata = adata[keep].copy()
         rd.manifest["feedback"]["excluded_donors"] = excluded
     basis = suppression_basis(sae_hook.sae, feats) if feats else None
     history: dict[str, Any] = {}
@@ -333,7 +346,8 @@ def refine_warnings(parent_dir: Path, child_dir: Path, term: str, parent_hyps: l
       model denied one shortcut takes the next aligned one): the warning names the refinement
       that would act on it.
     - **Lost claims**: the parent's supported hypotheses that no child hypothesis matches
-      (:func:`discovery.tl.expert.same_hypothesis`), or that the child no longer supports.
+      (:func:`discovery.tl.expert.same_hypothesis`), or that the child no longer supports —
+      unless an expert's feedback rejected or flagged the match (that change is the point).
     """
     terms: set[str] = set()
     for run in (parent_dir, child_dir):
@@ -351,8 +365,13 @@ def refine_warnings(parent_dir: Path, child_dir: Path, term: str, parent_hyps: l
                 f"rose from {v['before']:.2f} to {v['after']:.2f}; mark those features and "
                 f"refine the child again ({how})")
     supported = [h for h in parent_hyps if h["status"] == "supported"]
-    lost = [h["id"] for h in supported
-            if not any(same_hypothesis(h, c) and c["status"] == "supported" for c in child_hyps)]
+    by_expert = {"expert", "contamination"}
+
+    def kept_or_judged(h: dict) -> bool:
+        return any(same_hypothesis(h, c) and (c["status"] == "supported" or by_expert & {
+            f["kind"] for f in c["flags"]}) for c in child_hyps)
+
+    lost = [h["id"] for h in supported if not kept_or_judged(h)]
     if lost:
         warnings.append(f"{len(lost)} of the parent's {len(supported)} supported hypotheses "
                         f"are not supported in the child ({', '.join(lost)}): check them before "
@@ -431,8 +450,8 @@ def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _ranking_diff(before: list[dict], after: list[dict]) -> list[dict[str, Any]]:
-    """Each child hypothesis matched to the parent's (same cell type and direction, >= 5 shared
-    top-10 genes): rank and status before and after."""
+    """Each child hypothesis matched to the parent's (:func:`same_hypothesis`): rank and status
+    before and after."""
     rows = []
     for h in after:
         match = next((p for p in before if same_hypothesis(p, h)), None)

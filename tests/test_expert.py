@@ -105,7 +105,8 @@ def test_each_reason_changes_the_ranking_as_stated():
     # microglial program in microglia is not
     mixed = by_genes["M2Astrocytes"]
     assert mixed.status == "flagged" and mixed.flags[-1].kind == "contamination"
-    assert mixed.flags[-1].by == "Microglia"
+    assert mixed.flags[-1].by == "Microglia" and 0 < mixed.flags[-1].strength < 1
+    assert mixed.score == pytest.approx(0.7 * 0.25)  # flagged factor: its plans follow it down
     assert by_genes["M0Microglia"].status == "candidate"
     # known biology: kept, marked, ranked after every hypothesis nobody called known
     assert own.status == "candidate" and own.extra["novelty"] == "known"
@@ -129,7 +130,8 @@ def test_a_contamination_example_in_its_own_cell_type_gives_no_rule():
     child = _hyps()
     effects = apply_expert(a, child, expert_notes(
         _items((1, "disagree", "wrong_cell_type", "H2")), parent))
-    assert effects[0]["check"]["rule"] is None and "own cell type" in effects[0]["check"]["why"]
+    assert effects[0]["check"]["rule"] is None and "no expression rule" in effects[0]["check"]["why"]
+    assert effects[0]["effect"].startswith("rejected; no contamination check")
     assert sum(h.status == "rejected" for h in child) == 1
     assert not any(h.status == "flagged" for h in child)
 
@@ -141,6 +143,11 @@ def test_single_donor_names_the_donor_that_drives_the_hypothesis():
                                 (8, "disagree", "single_donor", "H2")), parent)
     out = donors_to_exclude(notes)
     assert out == [{"donor": "d3", "feedback": [7], "hypotheses": ["H1"], "t_drop": 0.8}]
+    # the verdict without a donor record says that nothing was excluded
+    effects = apply_expert(_cohort(), _hyps(), notes, excluded=out)
+    assert effects[0]["excluded_donors"] == ["d3"]
+    assert effects[1]["excluded_donors"] == []
+    assert effects[1]["effect"].startswith("no donor excluded")
 
 
 def test_same_hypothesis_needs_cell_type_direction_and_shared_genes():

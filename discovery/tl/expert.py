@@ -15,8 +15,11 @@ child's ``refine.json`` and report say which feedback caused which change:
   (:func:`contamination_ratio`). The rule asks for at least half the example's log ratio: the
   threshold is the square root of the smallest ratio among the marked examples (a program
   whose genes lean at least half as far, on the log scale, towards another cell type), and
-  there is no rule when a marked example's genes are highest in its own cell type (nothing
-  separates it). Every other hypothesis at or above the threshold is flagged ``contamination``.
+  there is no rule when an example's genes are less than twice as expressed elsewhere
+  (:data:`MIN_EXAMPLE_RATIO`: too weak to separate contamination from shared genes). Every
+  other hypothesis at or above the threshold is flagged ``contamination`` (its score takes the
+  flagged factor, as a flag the pipeline finds would). A known hypothesis's score is halved,
+  so its plans follow it down.
 - ``single_donor``: the donor that drives the hypothesis (the largest drop of its donor-level t
   when one discovery donor is left out, ``evidence.confounds.donor``) is excluded from the child
   run, so every donor-level statistic there is computed without it.
@@ -40,7 +43,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from discovery.io.contract import get_keys
-from discovery.tl.records import Flag, Hypothesis
+from discovery.tl.records import FLAGGED_FACTOR, Flag, Hypothesis
 
 __all__ = ["EXPERT_REASONS", "ExpertNote", "apply_expert", "contamination_ratio",
            "donors_to_exclude", "expert_notes", "same_hypothesis"]
@@ -60,6 +63,11 @@ EFFECTS = {
 }
 #: shared top-10 genes for a child hypothesis to be the parent's found again
 MIN_SHARED = 5
+#: a contamination example must lean at least this far towards another cell type to become a
+#: rule (genes twice as expressed elsewhere); a weaker one is rejected alone
+MIN_EXAMPLE_RATIO = 2.0
+#: score factor of a hypothesis an expert called known (plans follow the score)
+KNOWN_FACTOR = 0.5
 
 
 @dataclass
@@ -178,6 +186,7 @@ def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNo
         if n.reason == "known_biology":
             for h in found:
                 h.extra["novelty"] = "known"
+                h.score *= KNOWN_FACTOR
                 h.caveats.append(Flag("known_biology", n.author, 0.0,
                                       f"{who} says this is known biology"
                                       + (f": {n.note}" if n.note else "")))
@@ -185,6 +194,11 @@ def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNo
         elif n.reason == "single_donor":
             gone = [d["donor"] for d in excluded or [] if n.feedback_id in d["feedback"]]
             rec["excluded_donors"] = gone
+            if not gone:
+                rec["effect"] = ("no donor excluded: " + (
+                    "no hypothesis of the parent matches the target" if not n.hypotheses else
+                    "the hypothesis has no donor-level influence record (a leave-one-donor-out "
+                    "test needs discovery donors)"))
         else:  # wrong_cell_type, implausible_direction, other: rejected
             for h in found:
                 h.status = "rejected"
@@ -195,6 +209,8 @@ def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNo
             if n.reason == "wrong_cell_type":
                 checks.append(_contamination_check(n, adata))
                 rec["check"] = checks[-1]
+                if checks[-1]["threshold"] is None:
+                    rec["effect"] = "rejected; no contamination check: " + checks[-1]["why"]
         effects.append(rec)
     for chk in checks:
         if chk["threshold"] is None:
@@ -205,10 +221,12 @@ def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNo
             ratio, other = contamination_ratio(adata, [g["symbol"] for g in h.genes[:10]],
                                                h.cell_type)
             if np.isfinite(ratio) and ratio >= chk["threshold"]:
-                h.flags.append(Flag("contamination", other, float(ratio),
+                h.flags.append(Flag("contamination", other, float(1 - 1 / ratio),
                                     f"its genes are expressed {ratio:.1f}x more in {other} "
                                     f"than in {h.cell_type} (check from feedback "
                                     f"#{chk['feedback']}: ratio >= {chk['threshold']:.2f})"))
+                if h.status != "flagged":
+                    h.score *= FLAGGED_FACTOR  # as a flag found by the pipeline would
                 h.status = "flagged"
                 group[id(h)] = max(group.get(id(h), 0), 2)
                 chk.setdefault("_flagged", []).append(h)
@@ -239,12 +257,19 @@ def _contamination_check(n: ExpertNote, adata: ad.AnnData) -> dict[str, Any]:
                                        h["cell_type"])
         ratios.append({"hypothesis": h["id"], "ratio": r, "other_cell_type": other})
     finite = [r["ratio"] for r in ratios if np.isfinite(r["ratio"])]
-    ok = bool(finite) and min(finite) > 1.0
+    ok = bool(finite) and len(finite) == len(ratios) and min(finite) >= MIN_EXAMPLE_RATIO
     thr = float(np.sqrt(min(finite))) if ok else None
+    if ok:
+        why = None
+    elif not n.hypotheses:
+        why = "no hypothesis of the parent matches the target"
+    elif len(finite) < len(ratios):
+        why = "the example's genes or cell type are not measured in this run"
+    else:
+        why = (f"the example's genes are at most {min(finite):.2f}x as expressed in another "
+               f"cell type as in their own (a rule needs >= {MIN_EXAMPLE_RATIO:g}x), so no "
+               "expression rule separates it")
     return {"feedback": n.feedback_id, "examples": ratios, "threshold": thr,
             "rule": (f"flag a hypothesis whose top genes are expressed >= {thr:.2f}x more in "
                      "another cell type than in its own (half the example's log ratio)"
-                     if ok else None),
-            "why": None if ok else ("the marked hypothesis's genes are expressed most in its "
-                                    "own cell type, so no expression rule separates it; only "
-                                    "it is rejected")}
+                     if ok else None), "why": why}
