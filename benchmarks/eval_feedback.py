@@ -14,8 +14,10 @@ sequencing depth across batches, with the gene panel chosen again on the correct
 table gives, before -> after: the share of attribution into the case logit through
 batch-explained features, donor AUROC on a batch-balanced subset of the test donors,
 within-batch cell AUROC, and the planted programs captured by a hypothesis (right cell type and
-direction, >= 3 program genes in its top 10): counted among unflagged hypotheses ("programs
-ranked"), and with their best rank at any status ("any status").
+direction, >= 3 program genes in its top 10): counted among unflagged hypotheses in the top 10
+("captured@10"), and with their best rank at any status ("any status"); "child leans on": the
+technical covariates whose attribution share at least doubled and rose by >= 0.1 in the child
+(the warning `refine` gives).
 
 With ``--second-round`` the expert looks at the retrained child and marks what it leans on next:
 the features annotated as explained by the mitochondrial fraction, or behind hypotheses flagged
@@ -218,8 +220,11 @@ def _confounded_verdict(df: pd.DataFrame) -> list[str]:
                f"{'yes' if (retrain['drop'] >= 0.9).all() else 'no'} "
                f"({', '.join(f'{v:.3f}' for v in retrain['drop'])})")
     bal = retrain[["balanced donor AUROC before", "after"]].astype(float)
-    ok = bool((bal["after"] >= bal["balanced donor AUROC before"]).all())
-    out.append(f"- batch-balanced held-out donor AUROC child >= parent: {'yes' if ok else 'no'} "
+    defined = bal.dropna()
+    ok = bool(len(defined)) and bool((defined["after"] >= defined["balanced donor AUROC before"]
+                                      ).all())
+    out.append(f"- batch-balanced held-out donor AUROC child >= parent (where the test donors "
+               f"hold a balanced set: {len(defined)} of {len(bal)} seeds): {'yes' if ok else 'no'} "
                "(" + ", ".join(f"{r['balanced donor AUROC before']:.2f} -> {r['after']:.2f}"
                                for _, r in bal.iterrows()) + ")")
     return out
