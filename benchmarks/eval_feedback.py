@@ -64,6 +64,7 @@ from pipelines.child_run import (  # noqa: E402
     program_ranks,
     refine_run,
     refine_warnings,
+    shares_before_after,
 )
 from pipelines.config import load_config  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
@@ -123,7 +124,7 @@ def captured_at(run: Path, k: int = 10) -> int:
 
 def next_shortcut(parent: Path, child: Path, term: str) -> str:
     """The technical terms the child leans on instead (:func:`refine_warnings`)."""
-    shares, _ = refine_warnings(parent, child, term, [], [])
+    shares, _ = refine_warnings(shares_before_after(parent, child, [term]), term, [], [])
     rose = [f"{t} {v['before']:.2f} -> {v['after']:.2f}" for t, v in shares.items()
             if v["after"] >= max(2 * v["before"], v["before"] + 0.1)]
     return "; ".join(rose) or "–"
@@ -263,9 +264,8 @@ def _random(args: argparse.Namespace, root: Path) -> list[dict]:
             h5 = root / f"{s.name}_{twin}.h5ad"
             if not h5.is_file():
                 simulate_scenario(s, clean=twin == "clean").write_h5ad(h5)
-            keys = {k: v for k, v in s.keys.items()}
             run_pipeline(out, data=h5, config=load_config(preset="quick", overrides={
-                "seed": 0, "keys": {**keys, "case": s.labels[0]},
+                "seed": 0, "keys": {**s.keys, "case": s.labels[0]},
                 "preprocess": {"split_seed": s.seed}}), quiet=True)
         parent, clean = runs["parent"], runs["clean"]
         marked = mark_features(parent, rnd)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ from pipelines.run import features_stage, graphs_stage, hypotheses_stage
 from pipelines.rundir import RunDir, config_hash
 
 __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
-           "covariate_share", "program_ranks", "refine_run", "refine_warnings"]
+           "covariate_share", "covariate_shares", "program_ranks", "refine_run",
+           "refine_warnings", "shares_before_after"]
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -94,23 +96,43 @@ def covariate_and_term(covariate: str | None, named: Counter,
     return covariate, term
 
 
-def covariate_share(run_dir: Path, covariate: str) -> float:
-    """Share of |attribution into the case logit| through features explained by ``covariate``
-    (annotation ``confounded_by``), over the run's cohort graphs weighted by cells."""
+def covariate_shares(run_dir: Path, terms: Iterable[str]) -> dict[str, float]:
+    """For each of ``terms``: the share of |attribution into the case logit| through features
+    explained by it (annotation ``confounded_by``), over the run's cohort graphs weighted by
+    cells. The graphs are read once for all terms."""
     from discovery.io.graph_files import load_graph
 
     index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
     ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
-    conf = set(ann.index[ann["confounded_by"] == covariate])
-    num = den = 0.0
+    conf = {t: set(ann.index[ann["confounded_by"] == t]) for t in terms}
+    num = dict.fromkeys(conf, 0.0)
+    den = 0.0
     for e in index["graphs"]:
         g = load_graph(run_dir / layout.graph_file(e["slug"]))
         inc = [(u, abs(d["weight"])) for u, _, d in g.in_edges("output", data=True)]
         tot = sum(w for _, w in inc)
         if tot > 0:
-            num += e["n_cells"] * sum(w for u, w in inc if u in conf) / tot
+            for t, feats in conf.items():
+                num[t] += e["n_cells"] * sum(w for u, w in inc if u in feats) / tot
             den += e["n_cells"]
-    return num / den if den else float("nan")
+    return {t: v / den if den else float("nan") for t, v in num.items()}
+
+
+def covariate_share(run_dir: Path, covariate: str) -> float:
+    """:func:`covariate_shares` of one term."""
+    return covariate_shares(run_dir, [covariate])[covariate]
+
+
+def shares_before_after(parent_dir: Path, child_dir: Path,
+                        extra: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+    """:func:`covariate_shares` in parent and child of every term a feature of either run is
+    annotated as explained by, and of ``extra``: ``{term: {"before", "after"}}``."""
+    terms = set(extra)
+    for run in (parent_dir, child_dir):
+        terms |= set(pd.read_json(run / layout.ANNOTATIONS)["confounded_by"].dropna().astype(str))
+    terms = sorted(terms)
+    before, after = covariate_shares(parent_dir, terms), covariate_shares(child_dir, terms)
+    return {t: {"before": before[t], "after": after[t]} for t in terms}
 
 
 def program_ranks(hyps: list[dict], truth: dict | None, *,
@@ -294,6 +316,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
 
         truth = sim_truth(adata)
     cov = term or "batch"  # the annotation term (confounded_by), not the column name
+    shares = shares_before_after(parent_dir, out, [cov])
     comparison = {
         "schema_version": 1, "parent": str(parent_dir), "parent_run": run_id,
         "child_run": rd.manifest["run_id"], "mode": mode, "feedback_ids": fb_ids,
@@ -304,7 +327,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
             "test_donor_auroc": parent_metrics["test"]["donor_auroc"],
             "test_cell_auroc": parent_metrics["test"]["cell_auroc"],
             **balanced_eval(adata, parent_probs),
-            "covariate_attribution_share": covariate_share(parent_dir, cov),
+            "covariate_attribution_share": shares[cov]["before"],
             "program_ranks": program_ranks(parent_hyps, truth),
             "n_flagged": sum(h["status"] == "flagged" for h in parent_hyps),
         },
@@ -312,7 +335,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
             "test_donor_auroc": metrics["test"]["donor_auroc"],
             "test_cell_auroc": metrics["test"]["cell_auroc"],
             **balanced_eval(adata, probs),
-            "covariate_attribution_share": covariate_share(out, cov),
+            "covariate_attribution_share": shares[cov]["after"],
             "program_ranks": program_ranks(hyp["hypotheses"], truth),
             "n_flagged": sum(h["status"] == "flagged" for h in hyp["hypotheses"]),
         },
@@ -325,7 +348,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         1 - a["covariate_attribution_share"] / b["covariate_attribution_share"]
         if b["covariate_attribution_share"] > 0 else float("nan"))
     comparison["other_covariates"], comparison["warnings"] = refine_warnings(
-        parent_dir, out, cov, parent_hyps, hyp["hypotheses"])
+        shares, cov, parent_hyps, hyp["hypotheses"])
     write_json(out / layout.REFINE, comparison)
     with rd.stage("report", {"refine": comparison["child_run"]}) as outputs:
         outputs += write_report(out)
@@ -336,25 +359,20 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     return comparison
 
 
-def refine_warnings(parent_dir: Path, child_dir: Path, term: str, parent_hyps: list[dict],
+def refine_warnings(shares: dict[str, dict[str, float]], term: str, parent_hyps: list[dict],
                     child_hyps: list[dict]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """What a refinement may have made worse, said out loud.
 
-    - **The next shortcut**: every other technical term some feature of the parent or the child
-      is annotated as explained by; its attribution share before and after. A share that at
-      least doubles and rises by >= 0.1 means the child leans on that covariate instead (a
+    - **The next shortcut**: every technical term other than ``term`` in ``shares``
+      (:func:`shares_before_after`), with its attribution share before and after. A share that
+      at least doubles and rises by >= 0.1 means the child leans on that covariate instead (a
       model denied one shortcut takes the next aligned one): the warning names the refinement
       that would act on it.
     - **Lost claims**: the parent's supported hypotheses that no child hypothesis matches
       (:func:`discovery.tl.expert.same_hypothesis`), or that the child no longer supports —
       unless an expert's feedback rejected or flagged the match (that change is the point).
     """
-    terms: set[str] = set()
-    for run in (parent_dir, child_dir):
-        ann = pd.read_json(run / layout.ANNOTATIONS)
-        terms |= set(ann["confounded_by"].dropna().astype(str))
-    shares = {t: {"before": covariate_share(parent_dir, t), "after": covariate_share(child_dir, t)}
-              for t in sorted(terms - {term})}
+    shares = {t: v for t, v in shares.items() if t != term}
     warnings = []
     for t, v in shares.items():
         if v["after"] >= max(2 * v["before"], v["before"] + 0.1):

@@ -169,9 +169,9 @@ def refine_effect_rows(refine: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per piece of feedback a child run acted on: what it said and what changed."""
     rows = []
     if refine.get("suppressed"):
+        expert_ids = {e["feedback"] for e in refine.get("expert_feedback", [])}
         rows.append({"feedback": ", ".join(f"#{i}" for i in refine.get("feedback_ids", [])
-                                           if i not in {e["feedback"] for e in
-                                                        refine.get("expert_feedback", [])}),
+                                           if i not in expert_ids),
                      "reason": f"artifact ({refine.get('covariate')})",
                      "target": ", ".join(refine["suppressed"]),
                      "what changed": f"model: {refine['mode']} without these features"})

@@ -211,18 +211,24 @@ def test_refine_warns_when_the_child_takes_the_next_shortcut_or_loses_claims(tmp
         (run / "features").mkdir(parents=True)
         pd.DataFrame({"feature": ["pooled:F0", "pooled:F1"], "confounded_by": by}).to_json(
             run / "features" / "annotations.json")
-    shares = {(parent, "pct_counts_mt"): 0.0, (child, "pct_counts_mt"): 0.86,
+    shares = {(parent, "batch"): 0.9, (child, "batch"): 0.0,
+              (parent, "pct_counts_mt"): 0.0, (child, "pct_counts_mt"): 0.86,
               (parent, "total_counts"): 0.05, (child, "total_counts"): 0.08}
-    monkeypatch.setattr(cr, "covariate_share", lambda run, term: shares[run, term])
+    monkeypatch.setattr(cr, "covariate_shares",
+                        lambda run, terms: {t: shares[run, t] for t in terms})
+    # the terms are those either run's features are annotated with
+    both = cr.shares_before_after(parent, child, ["batch"])
+    assert set(both) == {"batch", "pct_counts_mt", "total_counts"}
     hyps = [h.to_dict() for h in _hyps()]
     hyps[0]["status"] = hyps[1]["status"] = "supported"
     kept = copy.deepcopy(hyps[1])
-    other, warnings = cr.refine_warnings(parent, child, "batch", hyps, [kept])
+    other, warnings = cr.refine_warnings(both, "batch", hyps, [kept])
     assert set(other) == {"pct_counts_mt", "total_counts"}  # the acted-on term is not listed
     assert len(warnings) == 2
     assert "leans on pct_counts_mt" in warnings[0] and "--covariate pct_counts_mt" in warnings[0]
     assert "1 of the parent's 2 supported hypotheses" in warnings[1] and "H1" in warnings[1]
     # a small rise (0.05 -> 0.08) is not a new shortcut; nothing lost, nothing said
     shares[child, "pct_counts_mt"] = 0.0
-    _, quiet = cr.refine_warnings(parent, child, "batch", hyps, copy.deepcopy(hyps))
+    both = cr.shares_before_after(parent, child, ["batch"])
+    _, quiet = cr.refine_warnings(both, "batch", hyps, copy.deepcopy(hyps))
     assert quiet == []

@@ -163,7 +163,10 @@ def contamination_ratio(adata: ad.AnnData, genes: list[str],
 
 
 def _find(parent: dict[str, Any], hyps: list[Hypothesis]) -> list[Hypothesis]:
-    return [h for h in hyps if same_hypothesis(parent, h.to_dict())]
+    """The child hypotheses that are ``parent`` found again (matched on the fields
+    :func:`same_hypothesis` reads, without serialising each record)."""
+    return [h for h in hyps if same_hypothesis(
+        parent, {"cell_type": h.cell_type, "direction": h.direction, "genes": h.genes})]
 
 
 def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNote], *,
@@ -212,14 +215,17 @@ def apply_expert(adata: ad.AnnData, hyps: list[Hypothesis], notes: list[ExpertNo
                 if checks[-1]["threshold"] is None:
                     rec["effect"] = "rejected; no contamination check: " + checks[-1]["why"]
         effects.append(rec)
+    ratios: dict[int, tuple[float, str | None]] = {}  # per hypothesis, shared by the checks
     for chk in checks:
         if chk["threshold"] is None:
             continue
         for h in hyps:
             if h.status == "rejected":
                 continue
-            ratio, other = contamination_ratio(adata, [g["symbol"] for g in h.genes[:10]],
-                                               h.cell_type)
+            if id(h) not in ratios:
+                ratios[id(h)] = contamination_ratio(
+                    adata, [g["symbol"] for g in h.genes[:10]], h.cell_type)
+            ratio, other = ratios[id(h)]
             if np.isfinite(ratio) and ratio >= chk["threshold"]:
                 h.flags.append(Flag("contamination", other, float(1 - 1 / ratio),
                                     f"its genes are expressed {ratio:.1f}x more in {other} "
