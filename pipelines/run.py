@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from discovery.get.run import graph_index
 from discovery.io import layout
-from discovery.io.contract import InputError, get_keys, read, validate
+from discovery.io.contract import InputError, check_donor_coverage, get_keys, read, validate
 from discovery.io.datasets import DATASETS, load_dataset
 from discovery.io.files import atomic_write, write_json
 from discovery.io.graph_files import export_graph, load_graph
@@ -145,6 +145,7 @@ def run_pipeline(
                                     Path(metadata) if metadata else None, config, genes_in_rows)
     # before any work: errors surface here
     keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
+    check_donor_coverage(adata, keys)
     rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
     with rd.stage("input", {"input": input_desc}) as outputs:
         summary = {

@@ -201,3 +201,48 @@ def test_validate_emits_no_warning_on_clean_input(raw_small):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate(raw_small)
+
+
+def _relabel(raw_small, n_donors: int, value: str, *, of: str = "AD") -> None:
+    """Give the first ``n_donors`` donors labelled ``of`` the label ``value``."""
+    lab = raw_small.obs["diagnosis"].astype(str).to_numpy().copy()
+    donors = raw_small.obs["donor"].astype(str)
+    chosen = donors[(lab == of)].unique()[:n_donors]
+    lab[donors.isin(chosen).to_numpy()] = value
+    raw_small.obs["diagnosis"] = lab
+
+
+def test_a_label_spelled_two_ways_is_refused(raw_small):
+    """'AD' and 'ad' are one diagnosis: with --case AD the 'ad' donors would become controls."""
+    _relabel(raw_small, 2, "ad")
+    msg = _err(raw_small, Keys(case="AD"))
+    assert "spells one label in more than one way: 'AD' / 'ad'" in msg
+    assert ".str.strip()" in msg
+    _relabel(raw_small, 1, "Control ", of="Control")
+    assert "'Control' / 'Control '" in _err(raw_small, Keys(case="AD"))
+
+
+@pytest.mark.parametrize("missing", ["None", "nan", "NA", ""])
+def test_a_missing_label_written_as_text_is_refused(raw_small, missing):
+    """A donor whose diagnosis is the string 'None' must not silently become a control."""
+    _relabel(raw_small, 1, missing)
+    msg = _err(raw_small, Keys(case="AD"))
+    assert f"holds [{missing!r}]" in msg and "missing diagnosis" in msg
+
+
+def test_too_few_cells_per_donor_and_cell_type_is_refused_before_any_work(raw_small, tmp_path):
+    """~14 cells per donor spread over 7 cell types: every donor-level test would be empty. The
+    run stops at validation with the fix named, and writes no run directory."""
+    from discovery.io.contract import check_donor_coverage
+    from pipelines.run import run_pipeline
+
+    keep = raw_small.obs.groupby("donor", observed=True).sample(n=14, random_state=0).index
+    few = raw_small[keep].copy()
+    data = tmp_path / "few.h5ad"
+    few.write_h5ad(data)
+    with pytest.raises(InputError, match="too few cells per donor and cell type") as info:
+        run_pipeline(tmp_path / "run", data=data, quiet=True)
+    assert "coarser cell types" in str(info.value)
+    assert not (tmp_path / "run").exists()
+    cover = check_donor_coverage(raw_small, validate(raw_small))
+    assert any(min(v.values()) >= 2 for v in cover.values())

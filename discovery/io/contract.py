@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CELL_UNIT_KEY",
+    "MIN_CELLS_PER_DONOR",
     "MIN_DONORS_PER_CLASS",
     "POPULATION_KEY",
     "InputError",
     "Keys",
     "case_mask",
+    "check_donor_coverage",
     "cell_units",
     "counts_matrix",
     "get_keys",
@@ -307,6 +309,10 @@ def _implicit_keys(adata: ad.AnnData, keys: Keys) -> Keys:
     return replace(keys, **changes) if changes else keys
 
 
+#: label strings that mean "no value" (written by pandas, R or a spreadsheet)
+_MISSING_NAMES = frozenset({"none", "nan", "na", "n/a", "null", "<na>", ""})
+
+
 def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
     if pd.api.types.is_float_dtype(label) and label.nunique() > 2:
         msg = (
@@ -317,6 +323,29 @@ def _resolve_label(label: pd.Series, keys: Keys) -> tuple[str, list[str]]:
         )
         raise InputError(msg)
     values = sorted(label.astype(str).unique().tolist())
+    missing = [v for v in values if v.strip().lower() in _MISSING_NAMES]
+    if missing:
+        n = int(label.astype(str).isin(missing).sum())
+        msg = (
+            f"obs[{keys.label_key!r}] holds {missing} for {n} cells: a missing diagnosis written "
+            "as text, which would silently count those donors as controls. Fill in their "
+            "diagnosis or drop those cells before running."
+        )
+        raise InputError(msg)
+    spelled: dict[str, list[str]] = {}
+    for v in values:
+        spelled.setdefault(v.strip().casefold(), []).append(v)
+    clashes = [vs for vs in spelled.values() if len(vs) > 1]
+    if clashes:
+        msg = (
+            f"obs[{keys.label_key!r}] spells one label in more than one way: "
+            f"{'; '.join(' / '.join(repr(v) for v in vs) for vs in clashes)} (they differ only "
+            "in upper/lower case or spaces), so some donors of one group would be counted in "
+            "the other. Make the spelling consistent, e.g. "
+            f"adata.obs[{keys.label_key!r}] = adata.obs[{keys.label_key!r}].str.strip()"
+            f".replace({{{clashes[0][1]!r}: {clashes[0][0]!r}}})."
+        )
+        raise InputError(msg)
     if len(values) < 2:
         msg = (
             f"obs[{keys.label_key!r}] has one class only ({values[0]!r}); a case/control "
@@ -427,6 +456,39 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------- helpers
+#: fewest cells of a donor in a cell type for its pseudobulk to count in donor-level statistics
+MIN_CELLS_PER_DONOR = 10
+
+
+def check_donor_coverage(adata: ad.AnnData, keys: Keys, *,
+                         min_cells: int = MIN_CELLS_PER_DONOR) -> dict[str, dict[str, int]]:
+    """Donor-level statistics need cells: per cell type, the donors of each class with at
+    least ``min_cells`` cells there. Raises :class:`InputError` (before any work is written)
+    when no cell type has two such donors in each class — every donor-level test, baseline
+    and replication would be empty. Returns ``{cell type: {"case": n, "control": n}}``.
+    """
+    if keys.donor_key is None:
+        return {}
+    ct = (adata.obs[keys.cell_type_key].astype(str) if keys.cell_type_key
+          else pd.Series("all", index=adata.obs_names))
+    frame = pd.DataFrame({"donor": adata.obs[keys.donor_key].astype(str).to_numpy(),
+                          "ct": ct.to_numpy(), "case": case_mask(adata, keys)})
+    n = frame.groupby(["ct", "donor"], observed=True).agg(cells=("case", "size"),
+                                                         case=("case", "first"))
+    ok = n[n["cells"] >= min_cells].reset_index()
+    cover = {c: {"case": int(g["case"].sum()), "control": int((~g["case"]).sum())}
+             for c, g in ok.groupby("ct")}
+    if not any(min(v.values()) >= 2 for v in cover.values()):
+        most = int(n["cells"].max()) if len(n) else 0
+        msg = (f"too few cells per donor and cell type for donor-level statistics: no cell type "
+               f"has 2 case and 2 control donors with >= {min_cells} cells there (the largest "
+               f"donor x cell type group holds {most} cells). Add cells, or use coarser cell "
+               f"types (--cell-type-key with broader labels) so that each donor has >= "
+               f"{min_cells} cells in a cell type.")
+        raise InputError(msg)
+    return cover
+
+
 def get_keys(adata: ad.AnnData) -> Keys:
     """The validated keys stored by :func:`discovery.pp.preprocess`."""
     try:

@@ -26,7 +26,14 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from discovery.io.contract import InputError, Keys, case_mask, counts_matrix, get_keys
+from discovery.io.contract import (
+    MIN_CELLS_PER_DONOR,
+    InputError,
+    Keys,
+    case_mask,
+    counts_matrix,
+    get_keys,
+)
 from discovery.tl.stats import aggregate_by, bh_fdr, welch_t
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ __all__ = ["BASELINES", "RANKING_COLUMNS", "rank_genes", "ranking_from_scores"]
 RANKING_COLUMNS = ["method", "cell_type", "direction", "rank", "gene", "score", "pval", "qval"]
 
 #: minimum cells of a donor in a cell type for its pseudobulk to count
-MIN_CELLS_PSEUDOBULK = 10
+MIN_CELLS_PSEUDOBULK = MIN_CELLS_PER_DONOR
 
 
 def ranking_from_scores(
@@ -72,6 +79,16 @@ def ranking_from_scores(
     return pd.concat(frames, ignore_index=True)
 
 
+def _stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rankings of every cell type; an empty ranking (with its columns) when no cell type
+    had enough cells and donors of both classes to be ranked."""
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=float if c in ("score", "pval", "qval")
+                                          else int if c == "rank" else object)
+                             for c in RANKING_COLUMNS})
+    return pd.concat(frames, ignore_index=True)
+
+
 def _cell_types(adata: ad.AnnData, keys: Keys, min_cells: int = 20) -> list[str]:
     counts = adata.obs[keys.cell_type_key].astype(str).value_counts()
     return sorted(counts.index[counts >= min_cells])
@@ -99,7 +116,7 @@ def _wilcoxon(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
                                           method="wilcoxon", cell_type=ct,
                                           pval=res["pvals"].to_numpy(),
                                           qval=res["pvals_adj"].to_numpy()))
-    return pd.concat(frames, ignore_index=True)
+    return _stack(frames)
 
 
 def pseudobulk_matrix(
@@ -144,7 +161,7 @@ def _pseudobulk(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame
         signed = np.sign(t) * -np.log10(np.clip(p, 1e-300, 1.0))
         frames.append(ranking_from_scores(genes, signed, method="pseudobulk", cell_type=ct,
                                           pval=p, qval=q))
-    return pd.concat(frames, ignore_index=True)
+    return _stack(frames)
 
 
 def _logreg_l1(adata: ad.AnnData, keys: Keys, *, seed: int = 0, C: float = 0.05) -> pd.DataFrame:
@@ -170,7 +187,7 @@ def _logreg_l1(adata: ad.AnnData, keys: Keys, *, seed: int = 0, C: float = 0.05)
             model.fit(Xs, y)
         frames.append(ranking_from_scores(genes, model.coef_[0], method="logreg_l1",
                                           cell_type=ct))
-    return pd.concat(frames, ignore_index=True)
+    return _stack(frames)
 
 
 #: name -> function(adata, keys, *, seed) returning a ranking table
