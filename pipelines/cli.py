@@ -491,16 +491,16 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     from discovery.io.feedback import (
         FeedbackItem,
         FeedbackStore,
+        check_target,
         default_url,
         resolve_reason,
-        target_kind,
     )
 
     if not (args.run_dir / layout.MANIFEST).is_file():
         raise InputError(f"{args.run_dir} is not a run directory (no {layout.MANIFEST})")
     run_id = read_json(args.run_dir, layout.MANIFEST, what="the manifest", stage="input")["run_id"]
     target = args.target.strip()
-    kind = target_kind(target)
+    kind = check_target(args.run_dir, target)
     reason = resolve_reason(args.reason)
     note = args.note or (f"reason given as {args.reason!r}" if reason != args.reason else "")
     store = FeedbackStore(default_url(args.run_dir))

@@ -232,3 +232,25 @@ def test_refine_warns_when_the_child_takes_the_next_shortcut_or_loses_claims(tmp
     both = cr.shares_before_after(parent, child, ["batch"])
     _, quiet = cr.refine_warnings(both, "batch", hyps, copy.deepcopy(hyps))
     assert quiet == []
+
+
+def test_feedback_on_a_target_the_run_does_not_have_is_refused(tiny_run, tmp_path, capsys):
+    """H99999 would be stored and then break refine: it is refused, naming the run's ids; the
+    store is left as it was."""
+    from discovery.io.feedback import FeedbackStore, default_url
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    tiny_run = run
+
+    before = len(FeedbackStore(default_url(tiny_run)).items())
+    for target in ("H99999", "P99999", "pooled:F999999"):
+        assert main(["feedback", str(tiny_run), "--target", target, "--verdict", "disagree",
+                     "--reason", "other", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "the run has no" in err and repr(target) in err
+    assert "H1" in err or "pooled:F" in err  # the run's own ids are named
+    assert len(FeedbackStore(default_url(tiny_run)).items()) == before
+    hyp = json.loads((tiny_run / "hypotheses.json").read_text())["hypotheses"][0]["id"]
+    assert main(["feedback", str(tiny_run), "--target", hyp, "--verdict", "agree",
+                 "--reason", "other", "--quiet"]) == 0

@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from discovery.io.contract import InputError
 
 __all__ = ["MIGRATIONS", "REASONS", "REASON_ALIASES", "TARGET_KINDS", "VERDICTS", "FeedbackItem",
-           "FeedbackStore", "default_url", "resolve_reason", "target_kind"]
+           "FeedbackStore", "check_target", "default_url", "resolve_reason", "target_kind"]
 
 REASONS = ("technical_artifact", "confounder", "known_biology", "wrong_cell_type",
            "single_donor", "implausible_direction", "other")
@@ -59,6 +59,42 @@ def target_kind(target: str) -> str:
     msg = (f"target {target!r} is neither a feature (pooled:F12), a hypothesis (H3) nor a "
            "plan (P2)")
     raise InputError(msg)
+
+
+def check_target(run_dir: str | Path, target: str) -> str:
+    """The kind of ``target`` (:func:`target_kind`) once it is known to exist in the run:
+    a hypothesis or plan id of ``hypotheses.json`` / ``plans.json``, or a feature of
+    ``features/annotations.json``. Feedback on a target the run does not have would be stored
+    and then break ``refine``; it is refused here with the run's ids named."""
+    import json
+
+    from discovery.io import layout
+
+    kind = target_kind(target)
+    target = target.strip()
+    rel = {"hypothesis": layout.HYPOTHESES, "plan": layout.PLANS,
+           "feature": layout.ANNOTATIONS}[kind]
+    path = Path(run_dir) / rel
+    if not path.is_file():
+        msg = (f"{run_dir} has no {rel} yet, so {kind} {target!r} cannot be checked; finish "
+               "`discovery run` first")
+        raise InputError(msg)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = f"{path} is not valid JSON ({err}); rerun `discovery run` to rewrite it"
+        raise InputError(msg) from err
+    if kind == "feature":
+        ids = [str(r.get("feature")) for r in data]
+    else:
+        ids = [str(r.get("id")) for r in data.get("hypotheses" if kind == "hypothesis"
+                                                     else "plans", [])]
+    if target not in ids:
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        msg = (f"the run has no {kind} {target!r}; its {kind} ids are {shown or '(none)'}"
+               f" ({len(ids)} in all)")
+        raise InputError(msg)
+    return kind
 
 
 def resolve_reason(reason: str) -> str:
