@@ -45,12 +45,12 @@ _PACKAGES = ("discovery", "torch", "transformers", "scanpy", "anndata", "numpy",
 
 
 #: a run name: one path component of letters, digits, '-', '_' and '.' (not leading)
-RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 def valid_run_name(name: object) -> bool:
     """Whether ``name`` is a plain run name (:data:`RUN_NAME`, no ``..``)."""
-    return isinstance(name, str) and bool(RUN_NAME.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(RUN_NAME.fullmatch(name)) and ".." not in name
 
 
 def child_run_dir(root: str | Path, name: str) -> Path:

@@ -114,7 +114,8 @@ def test_pickle_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     assert rc == 2 and "refusing to load" in err and "pickle" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "", "x" * 101, "a\\b"])
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "", "x" * 101, "a\\b",
+                                  "run\n", "run\n../x"])
 def test_run_names_cannot_leave_the_run_root(tmp_path, name):
     root = tmp_path / "runs"
     root.mkdir()
