@@ -399,7 +399,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if unknown or not formats:
         raise InputError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
     slugs = [g.strip() for g in args.graph.split(",")] if args.graph else None
-    out = args.out or args.run_dir / "exports"
+    # the default folder is the run's own: a symlink there that leads out is refused
+    out = args.out or layout.inside_run(args.run_dir, "exports")
     written = []
     for name, src in graph_files(args.run_dir, slugs, cells=args.cells):
         g = load_graph(src)

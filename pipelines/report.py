@@ -225,7 +225,8 @@ def write_report(run_dir: str | Path) -> list[str]:
     plans = plans_doc["plans"] if plans_doc else []
     validations = {}
     for e in (index or {}).get("graphs", []):
-        v = _read(rd / layout.validation_file(e["slug"]))
+        v = _read(layout.inside_run(rd, layout.validation_file(
+            layout.safe_name(e["slug"], what="graph slug"))))
         if v:
             validations[e["cell_type"]] = v
     figs = _figures(hyps, validations)

@@ -298,7 +298,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                 "donor_tests": pd.read_csv(tpath)}
     with rd.stage("hypotheses", params) as outputs:
         index = graph_index(rd.path)
-        graphs = {e["slug"]: load_graph(rd.path / layout.graph_file(e["slug"]))
+        graphs = {e["slug"]: load_graph(layout.inside_run(rd.path, layout.graph_file(e["slug"])))
                   for e in index["graphs"]}
         keys = get_keys(adata)
         hook = config.sae_spec().hook

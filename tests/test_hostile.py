@@ -205,3 +205,45 @@ def test_fuzz_loader_bytes(tmp_path, blob, suffix):
         except InputError:
             return
     assert isinstance(adata, ad.AnnData)
+
+
+def test_export_writes_and_reads_nothing_outside_the_run(tiny_run, tmp_path, capsys):
+    """An edited graphs/index.json (a slug with '../', a cell-graph file outside the run) and a
+    symlinked exports/ folder are refused with exit 2; nothing is written outside the run."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    index_path = run / "graphs" / "index.json"
+    clean = index_path.read_text()
+
+    def export(*extra: str) -> tuple[int, str]:
+        rc = main(["export", str(run), "--format", "graphml", "--quiet", *extra])
+        return rc, " ".join(capsys.readouterr().err.split())
+
+    index = json.loads(clean)
+    index["graphs"][0]["slug"] = "../../outside/pwn"
+    index_path.write_text(json.dumps(index))
+    rc, err = export()
+    assert rc == 2 and "is not a plain file name" in err and "Traceback" not in err
+
+    index = json.loads(clean)
+    index["graphs"][0]["files"].append("graphs/cells/../../../outside/secret.json")
+    (outside / "secret.json").write_text("{}")
+    index_path.write_text(json.dumps(index))
+    rc, err = export("--cells")
+    assert rc == 2 and "outside the run directory" in err
+
+    index_path.write_text(clean)
+    shutil.rmtree(run / "exports", ignore_errors=True)
+    (run / "exports").symlink_to(outside, target_is_directory=True)
+    rc, err = export()
+    assert rc == 2 and "outside the run directory" in err
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.json"]
+
+    (run / "exports").unlink()
+    rc, err = export()
+    assert rc == 0, err
+    assert any(p.suffix == ".graphml" for p in (run / "exports").iterdir())

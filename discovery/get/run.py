@@ -89,8 +89,15 @@ def annotations(run_dir: str | Path) -> pd.DataFrame:
 
 
 def graph_index(run_dir: str | Path) -> dict[str, Any]:
-    """``graphs/index.json`` of a run (clear error when the graphs stage has not run)."""
-    return read_json(run_dir, layout.GRAPH_INDEX, what="the graph index", stage="graphs")
+    """``graphs/index.json`` of a run (clear error when the graphs stage has not run). Every
+    slug is checked to be a plain name and every file it lists to lie inside the run
+    (:func:`discovery.io.layout.inside_run`): the index decides what is read and written."""
+    index = read_json(run_dir, layout.GRAPH_INDEX, what="the graph index", stage="graphs")
+    for e in index.get("graphs", []):
+        layout.safe_name(e.get("slug"), what="graph slug")
+        for f in e.get("files", []):
+            layout.inside_run(run_dir, f)
+    return index
 
 
 def graph(run_dir: str | Path, slug: str) -> nx.DiGraph:
@@ -112,8 +119,9 @@ def graph_files(run_dir: str | Path, slugs: list[str] | None = None, *,
         raise InputError(msg)
     out = []
     for slug in wanted:
-        out.append((slug, run_dir / layout.graph_file(slug)))
+        out.append((slug, layout.inside_run(run_dir, layout.graph_file(slug))))
         if cells:
-            out += [(Path(f).stem, run_dir / f) for f in known[slug]["files"]
+            out += [(layout.safe_name(Path(f).stem, what="cell graph name"),
+                     layout.inside_run(run_dir, f)) for f in known[slug]["files"]
                     if f.startswith(f"{layout.GRAPHS_DIR}/cells/")]
     return out

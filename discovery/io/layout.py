@@ -8,13 +8,16 @@ directory and use ``/`` (``run_dir / METRICS`` works with :class:`pathlib.Path`)
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from models.errors import InputError
 
 __all__ = [
     "ACTIVATIONS", "ADATA", "GRAPH_SCHEMA_VERSION", "ANNOTATIONS", "FEATURES_DIR", "GRAPHS_DIR", "GRAPH_INDEX",
     "HYPOTHESES", "INPUT_SUMMARY", "MANIFEST", "METRICS", "MODEL_DIR", "PLANS", "RANKINGS",
     "REFINE", "REPORT_HTML", "REPORT_MD", "SAE_QUALITY", "TOP_GENES", "YARDSTICK",
-    "cell_graph_file", "feature_id", "feature_index", "graph_file", "parse_feature_id",
+    "cell_graph_file", "feature_id", "inside_run", "safe_name", "feature_index", "graph_file", "parse_feature_id",
     "sae_dir", "sae_key", "validation_file",
 ]
 
@@ -90,3 +93,31 @@ def feature_index(fid: str) -> int:
 def sae_key(hook: str) -> str:
     """``obsm`` key of the SAE activations at ``hook`` (``X_sae_pooled``, ``X_sae_layer0_resid``)."""
     return f"X_sae_{hook.replace('.', '_')}"
+
+
+#: a file-name stem the run writes (graph slugs, export names): one path component
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def safe_name(name: str, *, what: str = "name") -> str:
+    """``name`` if it is one plain path component (letters, digits, ``-``, ``_``, ``.`` and no
+    ``..``); a clear error otherwise — names read from a run's own index files decide where
+    files are written, and an edited index must not send a write elsewhere."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        msg = (f"{what} {name!r} is not a plain file name (letters, digits, '-', '_', '.'); "
+               "the run's index files may have been edited — rerun the stage that wrote them")
+        raise InputError(msg)
+    return name
+
+
+def inside_run(run_dir: str | Path, rel: str | Path) -> Path:
+    """``run_dir / rel`` resolved (symlinks followed), refused when it lies outside the run
+    directory: the one check every reader and writer of run files whose path comes from data
+    (index files, defaults such as ``exports/``) goes through."""
+    root = Path(run_dir).resolve()
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        msg = (f"{rel} resolves to {path}, outside the run directory {root} (an edited index "
+               "file or a symlink); refusing to read or write there")
+        raise InputError(msg)
+    return path
