@@ -82,6 +82,8 @@ if run is not None:
                        f"{', '.join(res['suppressed']) or 'no feature'} suppressed.")
             for w in res.get("warnings", []):
                 st.warning(w)
+            for line in res.get("also_acted_on", []):
+                st.info(f"Also corrected: {line}")
             st.dataframe(refine_effect_rows(res), hide_index=True)
             st.dataframe(comparison_rows(res), hide_index=True)
             st.dataframe(res["ranking"], hide_index=True)

@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from discovery.get.run import open_run
+from discovery.get.run import graph_index, open_run
 from discovery.io import layout
 from discovery.io.contract import InputError, case_mask, get_keys
 from discovery.io.feedback import FeedbackStore, default_url
@@ -35,7 +36,9 @@ from discovery.tl import classifier
 from discovery.tl.expert import EXPERT_REASONS, donors_to_exclude, expert_notes, same_hypothesis
 from discovery.tl.refine import (
     ACTIONABLE,
+    DEPTH_COVARIATE,
     QC_GENE_GROUPS,
+    aligned_technical,
     artifact_genes,
     balanced_eval,
     finetune_without,
@@ -55,6 +58,12 @@ from pipelines.rundir import RunDir, config_hash
 __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
            "covariate_share", "covariate_shares", "program_ranks", "refine_run",
            "refine_warnings", "shares_before_after"]
+
+#: most times the artifact's genes are tested again after the data were corrected for them
+MAX_RETEST_PASSES = 3
+
+#: the ``var`` column marking the genes a retraining leaves out of each cell's library size
+SIZE_WITHOUT = "refine_size_without"
 
 #: ablate: fold the mean-ablation into the head; finetune: fine-tune with the directions projected
 #: out and the covariate penalised; retrain: retrain from scratch without the artifact's genes
@@ -102,13 +111,13 @@ def covariate_shares(run_dir: Path, terms: Iterable[str]) -> dict[str, float]:
     cells. The graphs are read once for all terms."""
     from discovery.io.graph_files import load_graph
 
-    index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
+    index = graph_index(run_dir)
     ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
     conf = {t: set(ann.index[ann["confounded_by"] == t]) for t in terms}
     num = dict.fromkeys(conf, 0.0)
     den = 0.0
     for e in index["graphs"]:
-        g = load_graph(run_dir / layout.graph_file(e["slug"]))
+        g = load_graph(layout.inside_run(run_dir, layout.graph_file(e["slug"])))
         inc = [(u, abs(d["weight"])) for u, _, d in g.in_edges("output", data=True)]
         tot = sum(w for _, w in inc)
         if tot > 0:
@@ -156,12 +165,15 @@ def program_ranks(hyps: list[dict], truth: dict | None, *,
 
 
 def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
-               covariate: str | None = None, quiet: bool = False) -> dict[str, Any]:
+               covariate: str | None = None, also_aligned: bool = True,
+               quiet: bool = False) -> dict[str, Any]:
     """Build the child run of ``parent_dir`` in ``out`` from the parent's feedback.
 
     ``covariate``: the obs column that explains the artifact, as the expert names it (e.g.
     ``pct_counts_mt``); by default the covariate most of the marked features are annotated as
-    confounded by, else the batch key."""
+    confounded by, else the batch key. ``also_aligned`` (retrain): also act on every other
+    technical covariate that carries label information at donor level (see
+    :func:`_retrain_without_genes`); ``False`` acts on the named covariate only."""
     if mode not in REFINE_MODES:
         msg = f"mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}"
         raise InputError(msg)
@@ -270,7 +282,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                                              seed=config.seed)
         else:
             child, history = _retrain_without_genes(adata, parent.model, ann, feats, covariate,
-                                                    config)
+                                                    config, also_aligned=also_aligned)
             table = history["withheld"]["table"]
             store.log_action(run_id, "retrain:withheld", detail=json.dumps(
                 {"genes": history["withheld"]["genes"], "rule": history["withheld"]["rule"],
@@ -279,6 +291,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
                  "from_the_check": [r["gene"] for r in table if r["withheld"]
                                     and r["source"] == "check"],
                  "renormalised": history.get("renormalised"),
+                 "aligned_technical": history.get("aligned_technical"),
                  "depth_matched": history.get("depth_matched")}))
         probs = classifier.predict(adata, child)
         adata.obs["case_prob"] = probs
@@ -342,6 +355,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         "ranking": _ranking_diff(parent_hyps, hyp["hypotheses"]),
         "expert_feedback": hyp.get("expert_feedback", []),
         "excluded_donors": excluded,
+        "also_acted_on": _also_acted_on(history, covariate),
     }
     b, a = comparison["before"], comparison["after"]
     comparison["covariate_share_drop"] = (
@@ -357,6 +371,31 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
          "balanced_donor_auroc": [b.get("balanced_donor_auroc"), a.get("balanced_donor_auroc")]},
         default=float))
     return comparison
+
+
+def _also_acted_on(history: dict[str, Any], covariate: str | None) -> list[str]:
+    """Sentences for what a retraining corrected beyond the named covariate (refine.json)."""
+    out = []
+    for r in history.get("aligned_technical", {}).get("aligned", []):
+        if r["covariate"] == covariate:
+            continue
+        side = "higher" if r["donor_auroc"] > 0.5 else "lower"
+        what = ("its gene group was left out of the library size and the inputs"
+                if r["covariate"] in QC_GENE_GROUPS else
+                "after the corrections above the library size the model sees still differed, "
+                "so it was matched across the labels"
+                if history.get("depth_after_corrections") else
+                "after the corrections above the library size the model sees no longer "
+                "differs (p >= 0.05), so it was left as it is")
+        out.append(f"{r['covariate']} is {side} in cases at donor level (AUROC "
+                   f"{r['donor_auroc']:.2f}, p = {r['p']:.2g}, {r['n_case']} + {r['n_control']} "
+                   f"discovery donors): {what}")
+    depth = history.get("depth_matched")
+    for d in depth if isinstance(depth, list) else [depth] if depth else []:
+        if d.get("thinned"):
+            out.append(f"counts thinned to a common depth across the levels of {d['by']!r} "
+                       f"({len(d['thinned'])} cell type x level groups)")
+    return out
 
 
 def refine_warnings(shares: dict[str, dict[str, float]], term: str, parent_hyps: list[dict],
@@ -398,51 +437,137 @@ def refine_warnings(shares: dict[str, dict[str, float]], term: str, parent_hyps:
 
 
 def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: list[int],
-                           covariate: str | None,
-                           config: PipelineConfig) -> tuple[Any, dict[str, Any]]:
+                           covariate: str | None, config: PipelineConfig, *,
+                           also_aligned: bool = True) -> tuple[Any, dict[str, Any]]:
     """Retrain from scratch (the parent's model settings) without the artifact's input genes.
 
     A QC covariate computed from a gene group (:data:`QC_GENE_GROUPS`) renormalises ``X``
-    without the group first (in place: the child run's data), and withholds the group."""
+    without the group first (in place: the child run's data), and withholds the group.
+
+    ``also_aligned`` (default): every other technical covariate that carries label information
+    at donor level (:func:`aligned_technical`) is acted on in the same retraining — a gene-group
+    QC metric (mitochondrial fraction) as if it had been named, and sequencing depth by thinning
+    the deeper label's cells to the shallower's — so that the retrained model does not take the
+    next shortcut the data offers. Every withheld gene is also left out of each cell's library
+    size: a technical program that raises some genes takes its share of the library from all
+    others, and normalising by a size that includes it leaves every other gene lower in the
+    affected cells (a global shift the model would read instead)."""
     if not covariate:
         msg = ("retrain needs the covariate that explains the artifact (a batch column, or "
                "features annotated as confounded); use --mode ablate")
         raise InputError(msg)
     history: dict[str, Any] = {}
     panel = set(model.config.gene_names)
-    if covariate in QC_GENE_GROUPS:
-        renorm = renormalise_without(adata, QC_GENE_GROUPS[covariate])
-        genes = [g for g in renorm["genes"] if g in panel]
-        art = {"covariate": covariate, "genes": genes, "candidates": len(renorm["genes"]),
-               "table": [{"gene": g, "withheld": True, "source": "gene group"} for g in genes],
-               "rule": f"{covariate} is computed from the {QC_GENE_GROUPS[covariate]!r} genes: "
-                       "they are left out of each cell's library size and of the inputs"}
-        history["renormalised"] = {k: v for k, v in renorm.items() if k != "genes"}
-    else:
+    has_counts = "counts" in adata.layers
+    groups = [covariate] if covariate in QC_GENE_GROUPS else []
+    aligned = aligned_technical(adata) if also_aligned and has_counts else []
+    if also_aligned:
+        history["aligned_technical"] = {
+            "tested": [c for c in (*QC_GENE_GROUPS, DEPTH_COVARIATE) if c in adata.obs],
+            "aligned": aligned, "rule": "donor-level Mann-Whitney U, discovery donors, p < 0.05",
+            **({} if has_counts else {"skipped": "no raw counts in the run"})}
+        groups += [r["covariate"] for r in aligned
+                   if r["covariate"] in QC_GENE_GROUPS and r["covariate"] not in groups]
+    table: list[dict[str, Any]] = []
+    rules: list[str] = []
+    withheld: list[str] = []
+    size_genes: set[str] = set()
+    for cov in groups:
+        group = QC_GENE_GROUPS[cov]
+        if group not in adata.var:
+            continue
+        members = list(adata.var_names[adata.var[group].to_numpy(bool)])
+        size_genes.update(members)  # the whole group leaves the size, not only its panel genes
+        # the whole group is withheld: after renormalising, members outside the parent's
+        # panel could otherwise enter the new one
+        withheld += [g for g in members if g not in withheld]
+        table += [{"gene": g, "withheld": True, "source": "gene group",
+                   "covariate": cov} for g in members]
+        rules.append(f"{cov} is computed from the {group!r} genes: they are left out of each "
+                     "cell's library size and of the inputs"
+                     + ("" if cov == covariate else " (aligned with the label at donor level)"))
+    art: dict[str, Any] = {"covariate": covariate, "candidates": 0, "genes": [], "table": []}
+    if covariate not in QC_GENE_GROUPS:
         art = artifact_genes(adata, ann, feats, covariate=covariate,
                              genes=list(model.config.gene_names))
-        if not art["genes"]:
-            msg = (f"none of the {art['candidates']} genes that drive the marked features is "
-                   f"explained by {covariate!r} better than by the label, so there is nothing "
-                   "to withhold; use --mode finetune or --mode ablate")
-            raise InputError(msg)
-        if not pd.api.types.is_numeric_dtype(adata.obs[covariate]):
-            # a batch reaches every gene through sequencing depth as well: thin it away (needs
-            # raw counts; a run from log-normalised input says so in its history)
-            depth = (match_depth(adata, covariate, seed=config.seed)
-                     if "counts" in adata.layers else
-                     {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
-            if depth["thinned"] or "skipped" in depth:
-                history["depth_matched"] = depth
+        rules.insert(0, art["rule"])
+        withheld = [*art["genes"], *[g for g in withheld if g not in art["genes"]]]
+        table = [*art["table"], *table]
     # genes an earlier refinement withheld stay out: the parent's panel is the starting point
     hvg = adata.var_names[adata.var["highly_variable"].to_numpy(bool)]
     before = [g for g in hvg if g not in panel]
     if before:
         history["withheld_before"] = before
+    if has_counts:
+        out_of_size = {*withheld, *before, *size_genes}
+        adata.var[SIZE_WITHOUT] = adata.var_names.isin(sorted(out_of_size))
+        renorm = renormalise_without(adata, SIZE_WITHOUT)
+        history["renormalised"] = {"group": SIZE_WITHOUT, "genes_left_out": len(out_of_size),
+                                   "median_size_ratio": renorm["median_size_ratio"]}
+    elif groups:
+        renormalise_without(adata, QC_GENE_GROUPS[groups[0]])  # raises the clear error
+    depth: list[dict[str, Any]] = []
+    if not pd.api.types.is_numeric_dtype(adata.obs[covariate]):
+        # a batch reaches every gene through sequencing depth as well: thin it away (needs
+        # raw counts; a run from log-normalised input says so in its history)
+        depth.append(match_depth(adata, covariate, seed=config.seed) if has_counts else
+                     {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
+    if also_aligned and has_counts:
+        # depth itself carrying the label (after the corrections above): thin across labels
+        # the library size the model sees: the counts outside the withheld genes
+        size_col = "library_size_model"
+        counts = adata.layers["counts"]
+        keep = ~adata.var[SIZE_WITHOUT].to_numpy(bool)
+        adata.obs[size_col] = np.asarray(counts[:, np.flatnonzero(keep)].sum(axis=1)).ravel()
+        still = aligned_technical(adata, covariates=(size_col,))
+        del adata.obs[size_col]
+        history["depth_after_corrections"] = still
+        if still:
+            keys = get_keys(adata)
+            depth.append({**match_depth(adata, keys.label_key, seed=config.seed + 1),
+                          "why": still[0]})
+    depth = [d for d in depth if d["thinned"] or "skipped" in d]
+    if depth:
+        history["depth_matched"] = depth[0] if len(depth) == 1 else depth
+    if not withheld and not any(d["thinned"] for d in depth):
+        msg = (f"none of the {art['candidates']} genes that drive the marked features is "
+               f"explained by {covariate!r} better than by the label, and no depth or QC "
+               "difference is left to correct, so there is nothing to retrain without; use "
+               "--mode finetune or --mode ablate")
+        raise InputError(msg)
     # the panel is chosen again on the corrected data, the withheld genes left out
-    history["panel"] = reselect_panel(adata, {*before, *art["genes"]},
-                                      n_top_genes=config.preprocess.n_top_genes,
-                                      pin_genes=config.preprocess.pin_genes)
+    n_top, pins = config.preprocess.n_top_genes, config.preprocess.pin_genes
+    reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top, pin_genes=pins)
+    if has_counts and covariate not in QC_GENE_GROUPS and art["genes"]:
+        # test again on the corrected data and the new panel: the withheld genes took their
+        # share of the library from every other gene, which hid part of the artifact's weaker
+        # genes, and genes outside the parent's panel can enter the new one; repeat until no
+        # gene is added
+        passes = []
+        for _ in range(MAX_RETEST_PASSES):
+            hv = adata.var["highly_variable"].to_numpy(bool)
+            out_now = {*before, *withheld}
+            more = artifact_genes(adata, ann, feats, covariate=covariate,
+                                  genes=[g for g in adata.var_names[hv] if g not in out_now])
+            if not more["genes"]:
+                break
+            passes.append(more["genes"])
+            withheld += more["genes"]
+            table += [{**r, "source": "retest"} for r in more["table"] if r["withheld"]]
+            adata.var[SIZE_WITHOUT] = (adata.var[SIZE_WITHOUT].to_numpy(bool)
+                                       | adata.var_names.isin(more["genes"]))
+            renormalise_without(adata, SIZE_WITHOUT)
+            reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top, pin_genes=pins)
+        if passes:
+            history["retested"] = passes
+            history["renormalised"]["genes_left_out"] = int(adata.var[SIZE_WITHOUT].sum())
+    # the panel change against the parent's (the parent's panel less what is now withheld)
+    final = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - {*before,
+                                                                                *withheld}
+    old = panel - set(withheld)
+    history["panel"] = {"n_top_genes": int(n_top), "n_panel": len(final),
+                        "entered": sorted(final - old), "left": sorted(old - final)}
+    art = {**art, "genes": withheld, "table": table, "rule": "; ".join(rules)}
     mc = config.model
     tc = mc.train_config()
     tc.seed = config.seed

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--covariate", default=None,
                    help="obs column that explains the artifact (default: what the marked "
                         "features are annotated as confounded by, else the batch key)")
+    p.add_argument("--only-named", action="store_true",
+                   help="retrain: act on the named covariate only (default: also on every other "
+                        "technical covariate — mitochondrial or ribosomal fraction, sequencing "
+                        "depth — that differs between cases and controls at donor level)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
@@ -516,7 +520,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from pipelines.child_run import comparison_rows, refine_run
 
     res = refine_run(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
-                     quiet=args.quiet)
+                     also_aligned=not args.only_named, quiet=args.quiet)
     table = Table(title=f"refine ({res['mode']}): {', '.join(res['suppressed'])} suppressed")
     for col in ("", "before", "after"):
         table.add_column(col)
@@ -527,6 +531,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if res["proposed_similar"]:
         console.print("similar features to review: " + ", ".join(
             p["feature"] for p in res["proposed_similar"][:10]))
+    for line in res.get("also_acted_on", []):
+        console.print(f"also corrected: {line}")
     for e in res.get("expert_feedback", []):
         console.print(f"feedback #{e['feedback']} ({e['reason']}): {e['effect']}")
     for w in res.get("warnings", []):

@@ -204,6 +204,8 @@ def _refine_section(doc: Any, refine: dict[str, Any]) -> None:
              "piece of expert feedback and what it changed in this run.")
     doc.table(refine_effect_rows(refine))
     doc.table([{k: _fmt(v) for k, v in r.items()} for r in comparison_rows(refine)])
+    for line in refine.get("also_acted_on", []):
+        doc.para("Also corrected in the retraining (not named by the feedback): " + line)
     for w in refine.get("warnings", []):
         doc.para("⚠ " + w)
 

@@ -210,17 +210,22 @@ def test_retrain_withholds_the_genes_that_carry_the_batch(parent, tmp_path):
     hist = json.loads((grand / "model" / "metrics.json").read_text())["refine"]["history"]
     grand_genes = json.loads((grand / "model" / "config.json").read_text())["gene_names"]
     mt_in_panel = {g for g in child_genes if g.startswith("MT-")}
-    assert mt_in_panel and set(hist["withheld"]["genes"]) == mt_in_panel
+    mt_all = {g for g in open_run(child).adata.var_names if g.startswith("MT-")}
+    assert mt_in_panel and set(hist["withheld"]["genes"]) == mt_all
     assert set(hist["withheld_before"]) == set(withheld)
     assert not set(grand_genes) & (set(withheld) | mt_in_panel)
     assert len(grand_genes) == len(parent_genes)
-    assert hist["renormalised"]["group"] == "mt"
-    assert open_run(grand).adata.uns["normalize"]["params"]["size_without"] == "mt"
+    # every MT gene and every gene withheld so far is left out of the library size
+    assert hist["renormalised"]["group"] == "refine_size_without"
+    gad = open_run(grand).adata
+    assert gad.uns["normalize"]["params"]["size_without"] == "refine_size_without"
+    out_of_size = set(gad.var_names[gad.var["refine_size_without"].to_numpy(bool)])
+    assert out_of_size == set(gad.var_names[gad.var["mt"].to_numpy(bool)]) | set(withheld)
     res2 = json.loads((grand / "refine.json").read_text())
     assert res2["covariate"] == "pct_counts_mt"
     log = FeedbackStore(default_url(child)).actions(res2["parent_run"])
     detail = json.loads(log.loc[log["action"] == "retrain:withheld", "detail"].iloc[-1])
-    assert detail["renormalised"]["group"] == "mt"
+    assert detail["renormalised"]["group"] == "refine_size_without"
 
 
 def test_artifact_genes_withholds_nothing_for_a_covariate_unrelated_to_expression(tiny_run):
@@ -323,3 +328,31 @@ def test_refine_reads_the_users_batch_column_name():
     _, term = covariate_and_term("seq_run", Counter(), "seq_run")
     check = fit_check(ann, [0], covariate=term)
     assert check["rule"] is not None and check["flags"] == ["F1"]
+
+
+def test_aligned_technical_finds_a_qc_metric_that_carries_the_label(tiny_run):
+    """A mitochondrial fraction higher in case donors is reported (AUROC > 0.5, p < 0.05) from
+    the discovery donors alone; the same values shuffled across donors are not, and a shift
+    planted only in the test donors is never seen (their labels are not read)."""
+    from discovery.io.contract import case_mask, get_keys
+    from discovery.tl.refine import aligned_technical
+
+    adata = open_run(tiny_run).adata.copy()
+    keys = get_keys(adata)
+    rng = np.random.default_rng(0)
+    donors = adata.obs[keys.donor_key].astype(str).to_numpy()
+    case = case_mask(adata, keys)
+    base = {d: rng.normal(3.0, 0.3) for d in sorted(set(donors))}
+    noise = rng.normal(0, 0.5, adata.n_obs)
+    adata.obs["pct_counts_mt"] = [base[d] for d in donors] + 1.5 * case + noise
+    found = aligned_technical(adata, covariates=("pct_counts_mt",))
+    assert [r["covariate"] for r in found] == ["pct_counts_mt"]
+    assert found[0]["donor_auroc"] > 0.9 and found[0]["p"] < 0.05
+    n_disc = len(set(donors[adata.obs["split"].isin(["train", "val"]).to_numpy()]))
+    assert found[0]["n_case"] + found[0]["n_control"] == n_disc
+
+    adata.obs["pct_counts_mt"] = [base[d] for d in donors] + noise
+    assert aligned_technical(adata, covariates=("pct_counts_mt",)) == []
+    test = (adata.obs["split"] == "test").to_numpy()
+    adata.obs["pct_counts_mt"] = [base[d] for d in donors] + 5.0 * (case & test) + noise
+    assert aligned_technical(adata, covariates=("pct_counts_mt",)) == []

@@ -25,7 +25,12 @@ at the SAE hook — and the model is changed at that place:
   the normalisation: a cell's mitochondrial reads shrink every other gene's share of its
   library. :func:`renormalise_without` then recomputes ``X`` with the group out of the library
   size, and the group is withheld from the inputs — the standard treatment of mitochondrial
-  reads in single-nucleus data.
+  reads in single-nucleus data. Every withheld gene leaves the library size too (a technical
+  program that raises some genes takes its share from all others, and a size that includes it
+  leaves every other gene lower in the affected cells); the test is repeated on the corrected
+  data and the new panel until no gene is added. By default the retraining also acts on every
+  other technical covariate that carries label information at donor level
+  (:func:`aligned_technical`): a model denied one shortcut takes the next one the data offer.
 
 :func:`propose_similar` propagates a verdict to features similar by decoder cosine or by the same
 artifact enrichment (proposals, which the scientist confirms); :func:`fit_check` turns the marked
@@ -52,8 +57,8 @@ from discovery.tl.stats import aggregate_by, bh_fdr, partial_f_tests
 from models.sae import SparseAutoencoder
 from models.training import TrainConfig, class_balance_weights, train_classifier
 
-__all__ = ["QC_GENE_GROUPS", "artifact_genes", "balanced_eval", "fit_check", "fold_projection",
-           "match_depth", "propose_similar", "reselect_panel", "renormalise_without",
+__all__ = ["QC_GENE_GROUPS", "aligned_technical", "artifact_genes", "balanced_eval", "fit_check",
+           "fold_projection", "match_depth", "propose_similar", "reselect_panel", "renormalise_without",
            "covariate_penalty", "finetune_without",
            "suppression_basis"]
 
@@ -355,6 +360,61 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     return out
 
 
+#: technical per-cell covariates :func:`aligned_technical` tests beside the gene-group QC metrics
+DEPTH_COVARIATE = "total_counts"
+
+
+def aligned_technical(adata: Any, *, alpha: float = 0.05,
+                      covariates: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Per-cell technical covariates whose donor-level values differ between the labels.
+
+    A model retrained without one shortcut takes the next one the data offers: on a cohort
+    whose cases also have more mitochondrial reads, a model withheld the batch genes reads the
+    mitochondrial fraction instead (benchmarks/results/feedback.md). A refinement should act on
+    every technical covariate that carries label information, not only the one an expert named.
+    Each covariate (default: the QC metrics of :data:`QC_GENE_GROUPS` and
+    :data:`DEPTH_COVARIATE` present in ``obs``) is reduced to one value per discovery donor
+    (train + val: test donors' labels are never read) — its per-cell-type median, centred per
+    cell type, averaged over the donor's cell types — and the cases' values are compared with
+    the controls' (two-sided Mann-Whitney U). Returns, for each covariate with p < ``alpha``,
+    its donor AUROC (> 0.5: higher in cases), p and the donor counts, strongest first.
+    """
+    from scipy.stats import mannwhitneyu
+
+    keys = get_keys(adata)
+    obs = adata.obs
+    if covariates is None:
+        covariates = (*QC_GENE_GROUPS, DEPTH_COVARIATE)
+    disc = obs["split"].isin(["train", "val"]).to_numpy() if "split" in obs else np.ones(
+        adata.n_obs, bool)
+    if keys.donor_key is None or disc.sum() == 0:
+        return []
+    ct = (obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
+          else np.full(adata.n_obs, "all"))
+    frame = pd.DataFrame({"donor": obs[keys.donor_key].astype(str).to_numpy(), "ct": ct,
+                          "case": case_mask(adata, keys)})[disc]
+    case = frame.groupby("donor")["case"].first()
+    if case.nunique() < 2:
+        return []
+    out = []
+    for cov in covariates:
+        if cov not in obs or not pd.api.types.is_numeric_dtype(obs[cov]):
+            continue
+        v = frame.assign(v=obs[cov].to_numpy(float)[disc])
+        med = v.groupby(["donor", "ct"])["v"].median().rename("m").reset_index()
+        med["m"] -= med.groupby("ct")["m"].transform("mean")
+        per_donor = med.groupby("donor")["m"].mean().loc[case.index]
+        a, b = per_donor[case.to_numpy()], per_donor[~case.to_numpy()]
+        if not np.isfinite(per_donor).all() or per_donor.nunique() < 2:
+            continue
+        u = mannwhitneyu(a, b, alternative="two-sided")
+        if u.pvalue < alpha:
+            out.append({"covariate": cov, "donor_auroc": round(float(u.statistic) /
+                                                             (len(a) * len(b)), 4),
+                        "p": float(u.pvalue), "n_case": len(a), "n_control": len(b)})
+    return sorted(out, key=lambda r: r["p"])
+
+
 def _normalize_params(adata: Any) -> dict[str, Any]:
     """How ``X`` was normalised (``uns['normalize']['params']``; empty when unrecorded)."""
     return adata.uns.get("normalize", {}).get("params", {})
@@ -367,8 +427,8 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
     A batch is not only the genes it shifts: libraries of one batch are often sequenced deeper,
     and depth reaches every gene of a log-normalised profile (how many genes are detected, how
     far a single count is from zero), so a model withheld the batch's genes can still read the
-    batch from depth. Within each cell type, when the median total count of the deepest level
-    exceeds the shallowest by ``min_ratio`` or more, every cell of a level is binomially thinned
+    batch from depth. Within each cell type, when the median total count (outside the genes the
+    normalisation leaves out of the size, if any) of the deepest level exceeds the shallowest by ``min_ratio`` or more, every cell of a level is binomially thinned
     with probability (shallowest median / its level's median) — downsampling to a common depth,
     as Cell Ranger ``aggr`` does across libraries. ``layers['counts']`` is replaced by the
     thinned counts, the QC metrics are recomputed and ``X`` is renormalised the way it was
@@ -386,7 +446,12 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
         raise InputError(msg)
     keys = get_keys(adata)
     counts = sp.csr_matrix(adata.layers["counts"])
-    total = np.asarray(counts.sum(axis=1)).ravel()
+    # depth as the model sees it: outside the genes left out of the library size (withheld
+    # technical genes raise a batch's totals without raising what the other genes are read from)
+    without = _normalize_params(adata).get("size_without")
+    inside = (~adata.var[without].to_numpy(bool) if without and without in adata.var
+              else np.ones(adata.n_vars, bool))
+    total = np.asarray(counts[:, np.flatnonzero(inside)].sum(axis=1)).ravel()
     ct = (adata.obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
           else np.full(adata.n_obs, "all"))
     level = adata.obs[by].astype(str).to_numpy()
