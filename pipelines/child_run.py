@@ -513,8 +513,8 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
         depth.append(match_depth(adata, covariate, seed=config.seed) if has_counts else
                      {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
     if also_aligned and has_counts:
-        # depth itself carrying the label (after the corrections above): thin across labels
-        # the library size the model sees: the counts outside the withheld genes
+        # depth itself carrying the label after the corrections above: thin across labels.
+        # Depth as the model sees it: the counts outside the genes left out of the size
         size_col = "library_size_model"
         counts = adata.layers["counts"]
         keep = ~adata.var[SIZE_WITHOUT].to_numpy(bool)

@@ -467,8 +467,8 @@ def check_donor_coverage(adata: ad.AnnData, keys: Keys, *,
     when no cell type has two such donors in each class — every donor-level test, baseline
     and replication would be empty. Returns ``{cell type: {"case": n, "control": n}}``.
     """
-    if keys.donor_key is None:
-        return {}
+    if keys.donor_key in (None, CELL_UNIT_KEY):
+        return {}  # no donors: statistics are cell-level (see :func:`validate`)
     ct = (adata.obs[keys.cell_type_key].astype(str) if keys.cell_type_key
           else pd.Series("all", index=adata.obs_names))
     frame = pd.DataFrame({"donor": adata.obs[keys.donor_key].astype(str).to_numpy(),
