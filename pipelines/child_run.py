@@ -62,6 +62,9 @@ __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_
 #: most times the artifact's genes are tested again after the data were corrected for them
 MAX_RETEST_PASSES = 3
 
+#: depth aligned with the label is matched across donors to this quantile of their medians
+DONOR_DEPTH_QUANTILE = 0.25
+
 #: the ``var`` column marking the genes a retraining leaves out of each cell's library size
 SIZE_WITHOUT = "refine_size_without"
 
@@ -376,25 +379,35 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
 def _also_acted_on(history: dict[str, Any], covariate: str | None) -> list[str]:
     """Sentences for what a retraining corrected beyond the named covariate (refine.json)."""
     out = []
+    depth = history.get("depth_matched")
+    depth = depth if isinstance(depth, list) else [depth] if depth else []
+    by_donor = [d for d in depth if d.get("by") != covariate and d.get("thinned")]
+    skipped = history.get("skipped_groups", [])
     for r in history.get("aligned_technical", {}).get("aligned", []):
         if r["covariate"] == covariate:
             continue
         side = "higher" if r["donor_auroc"] > 0.5 else "lower"
-        what = ("its gene group was left out of the library size and the inputs"
-                if r["covariate"] in QC_GENE_GROUPS else
-                "after the corrections above the library size the model sees still differed, "
-                "so it was matched across the labels"
-                if history.get("depth_after_corrections") else
-                "after the corrections above the library size the model sees no longer "
-                "differs (p >= 0.05), so it was left as it is")
+        if r["covariate"] in QC_GENE_GROUPS:
+            what = ("its gene group could not be found, so nothing was done"
+                    if any(x.startswith(f"{r['covariate']}:") for x in skipped) else
+                    "its gene group was left out of the library size and the inputs")
+        elif history.get("depth_after_corrections"):
+            what = ("after the corrections above the library size the model sees still "
+                    "differed, so donors were thinned to a common depth"
+                    if by_donor else "after the corrections above the library size the model "
+                    "sees still differed, but no cell type's donors differed enough "
+                    "(>= 10%) to thin")
+        else:
+            what = ("after the corrections above the library size the model sees no longer "
+                    "differs, so it was left as it is")
         out.append(f"{r['covariate']} is {side} in cases at donor level (AUROC "
-                   f"{r['donor_auroc']:.2f}, p = {r['p']:.2g}, {r['n_case']} + {r['n_control']} "
-                   f"discovery donors): {what}")
-    depth = history.get("depth_matched")
-    for d in depth if isinstance(depth, list) else [depth] if depth else []:
-        if d.get("thinned"):
-            out.append(f"counts thinned to a common depth across the levels of {d['by']!r} "
-                       f"({len(d['thinned'])} cell type x level groups)")
+                   f"{r['donor_auroc']:.2f}, q = {r.get('q', r['p']):.2g}, {r['n_case']} + "
+                   f"{r['n_control']} discovery donors): {what}")
+    for d in by_donor:
+        out.append(f"counts thinned to a common depth across the levels of {d['by']!r} "
+                   f"({len(d['thinned'])} cell type x level groups)")
+    if history.get("named_withheld_nothing"):
+        out.append(history["named_withheld_nothing"])
     return out
 
 
@@ -464,7 +477,9 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     if also_aligned:
         history["aligned_technical"] = {
             "tested": [c for c in (*QC_GENE_GROUPS, DEPTH_COVARIATE) if c in adata.obs],
-            "aligned": aligned, "rule": "donor-level Mann-Whitney U, discovery donors, p < 0.05",
+            "aligned": aligned, "rule": "donor-level Mann-Whitney U on the discovery donors, "
+                                        "BH q < 0.05 over the covariates tested and donor "
+                                        "AUROC >= 0.2 from 0.5",
             **({} if has_counts else {"skipped": "no raw counts in the run"})}
         groups += [r["covariate"] for r in aligned
                    if r["covariate"] in QC_GENE_GROUPS and r["covariate"] not in groups]
@@ -475,6 +490,8 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     for cov in groups:
         group = QC_GENE_GROUPS[cov]
         if group not in adata.var:
+            history.setdefault("skipped_groups", []).append(
+                f"{cov}: var has no {group!r} column marking its genes")
             continue
         members = list(adata.var_names[adata.var[group].to_numpy(bool)])
         size_genes.update(members)  # the whole group leaves the size, not only its panel genes
@@ -491,6 +508,10 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
         art = artifact_genes(adata, ann, feats, covariate=covariate,
                              genes=list(model.config.gene_names))
         rules.insert(0, art["rule"])
+        if not art["genes"]:
+            history["named_withheld_nothing"] = (
+                f"none of the {art['candidates']} candidate genes is explained by {covariate!r} "
+                "better than by the label: only the depth and QC corrections were applied")
         withheld = [*art["genes"], *[g for g in withheld if g not in art["genes"]]]
         table = [*art["table"], *table]
     # genes an earlier refinement withheld stay out: the parent's panel is the starting point
@@ -513,18 +534,19 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
         depth.append(match_depth(adata, covariate, seed=config.seed) if has_counts else
                      {"by": covariate, "thinned": [], "skipped": "no raw counts in the run"})
     if also_aligned and has_counts:
-        # depth itself carrying the label after the corrections above: thin across labels.
-        # Depth as the model sees it: the counts outside the genes left out of the size
-        size_col = "library_size_model"
-        counts = adata.layers["counts"]
+        # depth itself carrying the label after the corrections above (depth as the model sees
+        # it: the counts outside the genes left out of the size): every donor deeper than the
+        # lower quartile of its cell type's donors is thinned to it. Labels are not used, so
+        # held-out donors are treated exactly as new data would be
         keep = ~adata.var[SIZE_WITHOUT].to_numpy(bool)
-        adata.obs[size_col] = np.asarray(counts[:, np.flatnonzero(keep)].sum(axis=1)).ravel()
-        still = aligned_technical(adata, covariates=(size_col,))
-        del adata.obs[size_col]
+        size = np.asarray(adata.layers["counts"][:, np.flatnonzero(keep)].sum(axis=1)).ravel()
+        still = aligned_technical(adata, covariates=("library size",),
+                                  values={"library size": size})
         history["depth_after_corrections"] = still
         if still:
             keys = get_keys(adata)
-            depth.append({**match_depth(adata, keys.label_key, seed=config.seed + 1),
+            depth.append({**match_depth(adata, keys.donor_key, seed=config.seed + 1,
+                                        target_quantile=DONOR_DEPTH_QUANTILE),
                           "why": still[0]})
     depth = [d for d in depth if d["thinned"] or "skipped" in d]
     if depth:

@@ -247,3 +247,21 @@ def test_export_writes_and_reads_nothing_outside_the_run(tiny_run, tmp_path, cap
     rc, err = export()
     assert rc == 0, err
     assert any(p.suffix == ".graphml" for p in (run / "exports").iterdir())
+
+
+def test_safe_name_and_inside_run(tmp_path):
+    from discovery.io.layout import inside_run, safe_name
+
+    for bad in ("../x", "a/b", "..", "", ".hidden", "x\n", None):
+        with pytest.raises(InputError, match="not a plain file name"):
+            safe_name(bad)
+    assert safe_name("microglia_case") == "microglia_case"
+    run = tmp_path / "run"
+    (run / "graphs").mkdir(parents=True)
+    assert inside_run(run, "graphs/a.json") == (run / "graphs" / "a.json").resolve()
+    for bad in ("../x.json", "/etc/passwd", "graphs/../../x"):
+        with pytest.raises(InputError, match="outside the run directory"):
+            inside_run(run, bad)
+    (run / "graphs" / "link").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(InputError, match="outside the run directory"):
+        inside_run(run, "graphs/link/x.json")

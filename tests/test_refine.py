@@ -353,6 +353,41 @@ def test_aligned_technical_finds_a_qc_metric_that_carries_the_label(tiny_run):
 
     adata.obs["pct_counts_mt"] = [base[d] for d in donors] + noise
     assert aligned_technical(adata, covariates=("pct_counts_mt",)) == []
+    # a shift too small to be a shortcut is not reported, however it tests
+    small = [base[d] for d in donors] + 1.5 * case + noise
+    assert aligned_technical(adata, covariates=("x",), values={"x": small},
+                             min_auroc_shift=0.51) == []
+    # cells are not donors: data without donors report nothing
+    cells = adata.copy()
+    cells.uns["discovery"] = {**cells.uns["discovery"],
+                              "keys": json.dumps({**keys.to_dict(), "donor_key": "cell_unit"})}
+    cells.obs["cell_unit"] = cells.obs_names
+    assert aligned_technical(cells, covariates=("x",), values={"x": small}) == []
     test = (adata.obs["split"] == "test").to_numpy()
     adata.obs["pct_counts_mt"] = [base[d] for d in donors] + 5.0 * (case & test) + noise
     assert aligned_technical(adata, covariates=("pct_counts_mt",)) == []
+
+
+def test_match_depth_to_a_quantile_thins_only_the_deeper_donors(tiny_run):
+    """Donors deeper than the lower quartile of their cell type are thinned to it (their median
+    depth falls to within 10% of the target); shallower donors keep every count."""
+    from discovery.io.contract import get_keys
+    from discovery.tl.refine import match_depth
+
+    adata = open_run(tiny_run).adata.copy()
+    keys = get_keys(adata)
+    before = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    res = match_depth(adata, keys.donor_key, seed=0, min_cells=10, target_quantile=0.25)
+    assert res["thinned"] and res["target_quantile"] == 0.25
+    after = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    donor = adata.obs[keys.donor_key].astype(str).to_numpy()
+    ct = adata.obs[keys.cell_type_key].astype(str).to_numpy()
+    for c in {r["cell_type"] for r in res["thinned"]}:
+        rows = [r for r in res["thinned"] if r["cell_type"] == c]
+        target = np.quantile([r["median_depth"] for r in rows], 0.25)
+        for r in rows:
+            m = (ct == c) & (donor == r["level"])
+            if r["keep_probability"] == 1.0:
+                assert np.array_equal(after[m], before[m])
+            else:
+                assert abs(np.median(after[m]) / target - 1) < 0.1

@@ -28,7 +28,7 @@ at the SAE hook — and the model is changed at that place:
   reads in single-nucleus data. Every withheld gene leaves the library size too (a technical
   program that raises some genes takes its share from all others, and a size that includes it
   leaves every other gene lower in the affected cells); the test is repeated on the corrected
-  data and the new panel until no gene is added. By default the retraining also acts on every
+  data and the new panel until no gene is added (at most three passes). By default the retraining also acts on every
   other technical covariate that carries label information at donor level
   (:func:`aligned_technical`): a model denied one shortcut takes the next one the data offer.
 
@@ -364,8 +364,9 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
 DEPTH_COVARIATE = "total_counts"
 
 
-def aligned_technical(adata: Any, *, alpha: float = 0.05,
-                      covariates: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+def aligned_technical(adata: Any, *, alpha: float = 0.05, min_auroc_shift: float = 0.2,
+                      covariates: tuple[str, ...] | None = None,
+                      values: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Per-cell technical covariates whose donor-level values differ between the labels.
 
     A model retrained without one shortcut takes the next one the data offers: on a cohort
@@ -376,8 +377,12 @@ def aligned_technical(adata: Any, *, alpha: float = 0.05,
     :data:`DEPTH_COVARIATE` present in ``obs``) is reduced to one value per discovery donor
     (train + val: test donors' labels are never read) — its per-cell-type median, centred per
     cell type, averaged over the donor's cell types — and the cases' values are compared with
-    the controls' (two-sided Mann-Whitney U). Returns, for each covariate with p < ``alpha``,
-    its donor AUROC (> 0.5: higher in cases), p and the donor counts, strongest first.
+    the controls' (two-sided Mann-Whitney U, BH over the covariates tested). A covariate
+    counts when q < ``alpha`` and its donor AUROC is at least ``min_auroc_shift`` from 0.5 (a
+    difference large enough to be a shortcut, not only detectable in a large cohort). Returns,
+    for each, its donor AUROC (> 0.5: higher in cases), p, q and the donor counts, strongest
+    first. ``values``: per-cell values of covariates not in ``obs`` (name -> array). Data
+    without donors (every cell its own unit) return nothing: cells are not donors.
     """
     from scipy.stats import mannwhitneyu
 
@@ -387,8 +392,11 @@ def aligned_technical(adata: Any, *, alpha: float = 0.05,
         covariates = (*QC_GENE_GROUPS, DEPTH_COVARIATE)
     disc = obs["split"].isin(["train", "val"]).to_numpy() if "split" in obs else np.ones(
         adata.n_obs, bool)
-    if keys.donor_key is None or disc.sum() == 0:
+    from discovery.io.contract import CELL_UNIT_KEY
+
+    if keys.donor_key in (None, CELL_UNIT_KEY) or disc.sum() == 0:
         return []
+    values = values or {}
     ct = (obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
           else np.full(adata.n_obs, "all"))
     frame = pd.DataFrame({"donor": obs[keys.donor_key].astype(str).to_numpy(), "ct": ct,
@@ -396,11 +404,15 @@ def aligned_technical(adata: Any, *, alpha: float = 0.05,
     case = frame.groupby("donor")["case"].first()
     if case.nunique() < 2:
         return []
-    out = []
+    tested = []
     for cov in covariates:
-        if cov not in obs or not pd.api.types.is_numeric_dtype(obs[cov]):
+        if cov in values:
+            x = np.asarray(values[cov], float)
+        elif cov in obs and pd.api.types.is_numeric_dtype(obs[cov]):
+            x = obs[cov].to_numpy(float)
+        else:
             continue
-        v = frame.assign(v=obs[cov].to_numpy(float)[disc])
+        v = frame.assign(v=x[disc])
         med = v.groupby(["donor", "ct"])["v"].median().rename("m").reset_index()
         med["m"] -= med.groupby("ct")["m"].transform("mean")
         per_donor = med.groupby("donor")["m"].mean().loc[case.index]
@@ -408,10 +420,14 @@ def aligned_technical(adata: Any, *, alpha: float = 0.05,
         if not np.isfinite(per_donor).all() or per_donor.nunique() < 2:
             continue
         u = mannwhitneyu(a, b, alternative="two-sided")
-        if u.pvalue < alpha:
-            out.append({"covariate": cov, "donor_auroc": round(float(u.statistic) /
-                                                             (len(a) * len(b)), 4),
-                        "p": float(u.pvalue), "n_case": len(a), "n_control": len(b)})
+        tested.append({"covariate": cov, "donor_auroc": round(float(u.statistic) /
+                                                            (len(a) * len(b)), 4),
+                       "p": float(u.pvalue), "n_case": len(a), "n_control": len(b)})
+    if not tested:
+        return []
+    q = bh_fdr(np.array([r["p"] for r in tested]))
+    out = [{**r, "q": float(qq)} for r, qq in zip(tested, q)
+           if qq < alpha and abs(r["donor_auroc"] - 0.5) >= min_auroc_shift]
     return sorted(out, key=lambda r: r["p"])
 
 
@@ -421,7 +437,7 @@ def _normalize_params(adata: Any) -> dict[str, Any]:
 
 
 def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
-                min_cells: int = 20) -> dict[str, Any]:
+                min_cells: int = 20, target_quantile: float = 0.0) -> dict[str, Any]:
     """Equalise sequencing depth across the levels of ``by`` by thinning counts; in place.
 
     A batch is not only the genes it shifts: libraries of one batch are often sequenced deeper,
@@ -433,6 +449,9 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
     as Cell Ranger ``aggr`` does across libraries. ``layers['counts']`` is replaced by the
     thinned counts, the QC metrics are recomputed and ``X`` is renormalised the way it was
     (keeping a gene group left out of the size). Deterministic for a ``seed``.
+    ``target_quantile`` > 0 thins every level deeper than that quantile of the levels' medians
+    to it and leaves shallower levels as they are (for many levels, e.g. donors, where the
+    shallowest one would cost every other level most of its counts).
 
     Returns, for the audit trail, the per cell type and level median depth before and the
     thinning probability applied (empty ``thinned`` when no cell type differs enough).
@@ -462,14 +481,17 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
         med = {lv: float(np.median(total[m])) for lv, m in cells.items() if m.sum() >= min_cells}
         if len(med) < 2 or min(med.values()) <= 0:
             continue
-        low = min(med.values())
+        low = (min(med.values()) if target_quantile <= 0 else
+               float(np.quantile(list(med.values()), target_quantile)))
         if max(med.values()) / low < min_ratio:
             continue
         for lv, m in med.items():
-            prob[cells[lv]] = low / m
+            prob[cells[lv]] = min(1.0, low / m)
             table.append({"cell_type": c, "level": lv, "median_depth": m,
-                          "keep_probability": round(low / m, 4)})
+                          "keep_probability": round(min(1.0, low / m), 4)})
     out = {"by": by, "min_ratio": min_ratio, "thinned": table}
+    if target_quantile > 0:
+        out["target_quantile"] = target_quantile
     if not table:
         return out
     rng = np.random.default_rng(seed)
