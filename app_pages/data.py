@@ -123,7 +123,13 @@ def _graph(path: str, mtime: float) -> nx.DiGraph:
 
 
 def graph(run: Path, slug: str) -> nx.DiGraph | None:
-    p = run / layout.graph_file(slug)
+    """A cohort graph by its index slug; None (with the reason shown) when the slug or its file
+    is not a plain name inside the run (an edited index) or the file is missing."""
+    try:
+        p = layout.inside_run(run, layout.graph_file(layout.safe_name(slug, what="graph slug")))
+    except InputError as err:
+        st.error(str(err))
+        return None
     return _graph(str(p), _mtime(p)) if p.is_file() else None
 
 

@@ -20,6 +20,10 @@ if run is not None:
         entries = {e["slug"]: e for e in index["graphs"]}
         slug = st.selectbox("Population", list(entries), format_func=lambda s: entries[s]["name"])
         g = graph(run, slug)
+        if g is None:
+            st.info("This graph's file is missing or not inside the run; rerun the 'graphs' "
+                    "stage (`discovery run` on the same folder).")
+            st.stop()
         e = entries[slug]
         c = st.columns(4)
         c[0].metric("cells / donors", f"{e['n_cells']} / {e['n_donors']}")
@@ -52,7 +56,7 @@ if run is not None:
         d = st.columns(4)
         d[0].download_button("node-link JSON", json.dumps(to_node_link(g)), f"{slug}.json")
         d[1].download_button("Cytoscape.js", json.dumps(to_cytoscape(g)), f"{slug}.cyjs")
-        gml = run / layout.graph_file(slug, ".graphml")
+        gml = layout.inside_run(run, layout.graph_file(slug, ".graphml"))
         if gml.is_file():
             d[2].download_button("GraphML", gml.read_bytes(), f"{slug}.graphml")
         d[3].download_button("GEXF", "\n".join(nx.generate_gexf(nx.DiGraph(

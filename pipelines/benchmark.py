@@ -8,7 +8,6 @@ method ranks it; the yardstick (:mod:`discovery.tl.yardstick`) scores the rankin
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -60,12 +59,13 @@ def discovery_method(adata, *, seed: int, preset: str = "standard",  # noqa: ANN
 def label_mismatches(run_dir: Path) -> int:
     """Features whose annotation describes another cell type than the one whose cohort graph
     they carry the most attribution in (0 in an honest run)."""
+    from discovery.get.run import graph_index
     from discovery.io import layout
     from discovery.io.graph_files import load_graph
     from discovery.tl.annotate import acting_cell_type, feature_roles
 
-    index = json.loads((run_dir / layout.GRAPH_INDEX).read_text())
-    roles = feature_roles(load_graph(run_dir / layout.graph_file(e["slug"]))
+    index = graph_index(run_dir)
+    roles = feature_roles(load_graph(layout.inside_run(run_dir, layout.graph_file(e["slug"])))
                           for e in index["graphs"])
     ann = pd.read_json(run_dir / layout.ANNOTATIONS).set_index("feature")
     return sum(ann.loc[f, "cell_type"] != acting_cell_type(by)
