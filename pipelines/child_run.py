@@ -486,7 +486,6 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     table: list[dict[str, Any]] = []
     rules: list[str] = []
     withheld: list[str] = []
-    size_genes: set[str] = set()
     for cov in groups:
         group = QC_GENE_GROUPS[cov]
         if group not in adata.var:
@@ -494,9 +493,8 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
                 f"{cov}: var has no {group!r} column marking its genes")
             continue
         members = list(adata.var_names[adata.var[group].to_numpy(bool)])
-        size_genes.update(members)  # the whole group leaves the size, not only its panel genes
-        # the whole group is withheld: after renormalising, members outside the parent's
-        # panel could otherwise enter the new one
+        # the whole group is withheld (and so left out of the size): after renormalising,
+        # members outside the parent's panel could otherwise enter the new one
         withheld += [g for g in members if g not in withheld]
         table += [{"gene": g, "withheld": True, "source": "gene group",
                    "covariate": cov} for g in members]
@@ -520,7 +518,7 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
     if before:
         history["withheld_before"] = before
     if has_counts:
-        out_of_size = {*withheld, *before, *size_genes}
+        out_of_size = {*withheld, *before}
         adata.var[SIZE_WITHOUT] = adata.var_names.isin(sorted(out_of_size))
         renorm = renormalise_without(adata, SIZE_WITHOUT)
         history["renormalised"] = {"group": SIZE_WITHOUT, "genes_left_out": len(out_of_size),
@@ -559,7 +557,8 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
         raise InputError(msg)
     # the panel is chosen again on the corrected data, the withheld genes left out
     n_top, pins = config.preprocess.n_top_genes, config.preprocess.pin_genes
-    reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top, pin_genes=pins)
+    history["panel"] = reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top,
+                                      pin_genes=pins, previous=panel)
     if has_counts and covariate not in QC_GENE_GROUPS and art["genes"]:
         # test again on the corrected data and the new panel: the withheld genes took their
         # share of the library from every other gene, which hid part of the artifact's weaker
@@ -579,16 +578,11 @@ def _retrain_without_genes(adata: Any, model: Any, ann: pd.DataFrame, feats: lis
             adata.var[SIZE_WITHOUT] = (adata.var[SIZE_WITHOUT].to_numpy(bool)
                                        | adata.var_names.isin(more["genes"]))
             renormalise_without(adata, SIZE_WITHOUT)
-            reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top, pin_genes=pins)
+            history["panel"] = reselect_panel(adata, {*before, *withheld}, n_top_genes=n_top,
+                                              pin_genes=pins, previous=panel)
         if passes:
             history["retested"] = passes
             history["renormalised"]["genes_left_out"] = int(adata.var[SIZE_WITHOUT].sum())
-    # the panel change against the parent's (the parent's panel less what is now withheld)
-    final = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - {*before,
-                                                                                *withheld}
-    old = panel - set(withheld)
-    history["panel"] = {"n_top_genes": int(n_top), "n_panel": len(final),
-                        "entered": sorted(final - old), "left": sorted(old - final)}
     art = {**art, "genes": withheld, "table": table, "rule": "; ".join(rules)}
     mc = config.model
     tc = mc.train_config()

@@ -509,7 +509,8 @@ def match_depth(adata: Any, by: str, *, seed: int = 0, min_ratio: float = 1.1,
 
 
 def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: int,
-                   pin_genes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                   pin_genes: tuple[str, ...] | list[str] = (),
+                   previous: set[str] | None = None) -> dict[str, Any]:
     """Choose the gene panel again on the corrected data, without the ``withheld`` genes.
 
     The parent's panel was chosen by variance on data whose variance the artifact inflated:
@@ -519,10 +520,12 @@ def reselect_panel(adata: Any, withheld: set[str] | list[str], *, n_top_genes: i
     :func:`discovery.pp.select_genes` does (pins kept). ``var['highly_variable']`` then
     marks the new selection together with the withheld genes — the panel before withholding,
     so that a later refinement still finds what was withheld (panel = highly variable −
-    withheld). Returns the genes that entered and left the panel.
+    withheld). Returns the genes that entered and left the panel, against ``previous`` (e.g.
+    the parent model's panel when the selection is repeated; default: the current selection).
     """
     withheld = set(withheld)
-    old = set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)]) - withheld
+    old = (set(previous) if previous is not None else
+           set(adata.var_names[adata.var["highly_variable"].to_numpy(bool)])) - withheld
     keep = [g for g in adata.var_names if g not in withheld]
     sub = ad.AnnData(X=adata[:, keep].X, var=pd.DataFrame(index=keep))
     sub.uns["log1p"] = {"base": None}
