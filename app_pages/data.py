@@ -7,7 +7,6 @@ the AnnData is a ``st.cache_resource``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import streamlit as st
 from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.feedback import FeedbackStore, default_url
+from discovery.io.files import read_json
 from discovery.io.graph_files import load_graph
 from pipelines.config import UPLOAD_ENV, max_upload_mb
 
@@ -86,7 +86,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_data(show_spinner=False)
 def _json(path: str, mtime: float) -> Any:
-    return json.loads(Path(path).read_text())
+    return read_json(path)
 
 
 def json_file(run: Path, *parts: str) -> Any:

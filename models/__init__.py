@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from models.budget import check_memory, parameter_count
 from models.errors import InputError
 from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
 from models.pretrained import (
@@ -61,12 +62,39 @@ def load_classifier(path: str | Path):  # noqa: ANN201 - returns one of the regi
     cfg_file = path / "config.json"
     require_safetensors(path, "model.safetensors", "a classifier checkpoint",
                         "train one with `discovery train` or `discovery run`")
-    model_type = json.loads(cfg_file.read_text()).get("model_type")
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = f"{cfg_file} is not valid JSON ({err}): the checkpoint is truncated or was edited"
+        raise InputError(msg) from err
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type not in _BY_MODEL_TYPE:
         msg = f"{cfg_file}: unknown model_type {model_type!r}; known: {sorted(_BY_MODEL_TYPE)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     _, cls = _BY_MODEL_TYPE[model_type]
-    model = cls.from_pretrained(path, use_safetensors=True)
+    try:
+        config = cls.config_class.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        msg = f"{cfg_file}: not a valid {model_type} config ({err})"
+        raise InputError(msg) from err
+    check_memory(parameter_count(cls, config), f"the checkpoint {path}", purpose="load",
+                 fix="Check its config.json: was it edited, or written for another model?")
+    try:
+        model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True)
+    except Exception as err:  # safetensors raises its own error types for a corrupt file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (f"{path}: the weights could not be loaded into the model its config.json "
+               f"describes ({first}); model.safetensors is truncated, or the files come from "
+               "different checkpoints. Retrain with `discovery run` (a run directory "
+               "recomputes a changed model by itself)")
+        raise InputError(msg) from err
+    wrong = {k: sorted(map(str, v))[:5] for k, v in info.items()
+             if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if wrong:
+        msg = (f"{path}: model.safetensors does not match config.json ({wrong}); a model with "
+               "randomly initialised weights would be silently wrong. The file was edited or "
+               "comes from another checkpoint; retrain with `discovery run`")
+        raise InputError(msg)
     # tensors read from the safetensors file may sit at unaligned addresses, which sends BLAS
     # down a different kernel (logits differing in the 9th digit); fresh copies are aligned
     for p in model.parameters():

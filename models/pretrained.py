@@ -46,6 +46,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from models.base import CellClassifierBase, CellClassifierOutput
+from models.budget import check_memory, parameter_count
 from models.errors import InputError
 from models.layers import HookedLayerNorm, PostLNBlock
 from models.transformer import TOKEN_SELECTIONS, GeneTokenMixin
@@ -290,6 +291,9 @@ def read_bert_checkpoint(ref: str | Path) -> BertCheckpoint:
         raise _input_error(msg)
     vocab, vocab_file = read_vocabulary(path)
     weights: dict[str, torch.Tensor] = {}
+    size = (path / "model.safetensors").stat().st_size
+    check_memory(size // 4, f"the checkpoint {path}", purpose="load",
+                 fix="Use a smaller checkpoint, or a machine with more memory.")
     try:
         with safe_open(path / "model.safetensors", framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
@@ -420,6 +424,10 @@ def from_bert_checkpoint(
                 "cls_token": cls_token, "architectures": c.get("architectures"),
                 "coverage": coverage},
     )
+    check_memory(parameter_count(PretrainedGeneEncoderForCellClassification, config),
+                 f"the encoder of {ckpt.path}", purpose="train",
+                 fix="Check the checkpoint's config.json (hidden_size, num_hidden_layers, "
+                     "intermediate_size), or freeze the encoder (model.arch.freeze).")
     model = PretrainedGeneEncoderForCellClassification(config)
     _load_encoder(model, ckpt, token_ids, ckpt.vocab.get(cls_token) if cls_token else None)
     return model

@@ -32,7 +32,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from models.budget import check_memory, parameter_count
 from models.configs import check_known
+from models.errors import InputError
 
 __all__ = [
     "SAE_REGISTRY",
@@ -324,7 +326,10 @@ def build_sae(architecture: str, **config: Any) -> SparseAutoencoder:
         msg = f"unknown SAE architecture {architecture!r}; choose one of {', '.join(SAE_REGISTRY)}"
         raise ValueError(msg)
     cls, cfg_cls = SAE_REGISTRY[architecture]
-    return cls(cfg_cls(**config))
+    cfg = cfg_cls(**config)
+    check_memory(parameter_count(cls, cfg), f"a {architecture} SAE (d_in {cfg.d_in}, d_sae "
+                 f"{cfg.d_sae})", purpose="train", fix="Lower features.d_sae.")
+    return cls(cfg)
 
 
 def load_sae(path: str | Path) -> SparseAutoencoder:
@@ -334,13 +339,31 @@ def load_sae(path: str | Path) -> SparseAutoencoder:
     path = Path(path)
     require_safetensors(path, "sae.safetensors", "a sparse autoencoder",
                         "fit one with `discovery run`")
-    cfg = json.loads((path / "config.json").read_text())
-    arch = cfg.get("architecture")
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        msg = f"{path / 'config.json'} is not valid JSON ({err}): truncated or edited"
+        raise InputError(msg) from err
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
     if arch not in SAE_REGISTRY:
         msg = f"{path}/config.json: unknown SAE architecture {arch!r}"
-        raise ValueError(msg)
+        raise InputError(msg)
     cls, cfg_cls = SAE_REGISTRY[arch]
-    sae = cls(cfg_cls.from_dict(cfg))
-    sae.load_state_dict(load_file(str(path / "sae.safetensors")))
+    try:
+        config = cfg_cls.from_dict(cfg)
+    except (TypeError, ValueError) as err:
+        msg = f"{path}/config.json: not a valid {arch} SAE config ({err})"
+        raise InputError(msg) from err
+    check_memory(parameter_count(cls, config), f"the SAE {path}", purpose="load",
+                 fix="Check its config.json (d_in, d_sae): was it edited?")
+    sae = cls(config)
+    try:
+        sae.load_state_dict(load_file(str(path / "sae.safetensors")))
+    except Exception as err:  # safetensors raises its own error types for a corrupt file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (f"{path / 'sae.safetensors'} could not be loaded into the SAE its config.json "
+               f"describes ({first}); the file is truncated or from another SAE. Rerun "
+               "`discovery run` on the run directory to refit it")
+        raise InputError(msg) from err
     sae.eval()
     return sae

@@ -30,7 +30,7 @@ from discovery.get.run import graph_index, open_run
 from discovery.io import layout
 from discovery.io.contract import InputError, case_mask, get_keys
 from discovery.io.feedback import FeedbackStore, default_url
-from discovery.io.files import atomic_write, write_json
+from discovery.io.files import atomic_write, read_json, write_json
 from discovery.io.layout import feature_id, parse_feature_id
 from discovery.tl import classifier
 from discovery.tl.expert import EXPERT_REASONS, donors_to_exclude, expert_notes, same_hypothesis
@@ -185,19 +185,19 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         msg = "the child run needs its own directory (--out must differ from the parent)"
         raise InputError(msg)
     parent = open_run(parent_dir)
-    manifest = json.loads((parent_dir / layout.MANIFEST).read_text())
+    manifest = read_json(parent_dir / layout.MANIFEST)
     run_id = manifest["run_id"]
     hyps_path = parent_dir / layout.HYPOTHESES
     if not hyps_path.is_file():
         msg = f"{parent_dir} has no hypotheses.json; finish `discovery run` first"
         raise InputError(msg)
-    parent_hyps = json.loads(hyps_path.read_text())["hypotheses"]
+    parent_hyps = read_json(hyps_path)["hypotheses"]
     store = FeedbackStore(default_url(parent_dir))
     items = store.items(run_id)
     sae_hook = parent.saes[0]
     feats, fb_ids = _feature_targets(items, parent_hyps, sae_hook.hook)
     plans_path = parent_dir / layout.PLANS
-    notes = expert_notes(items, parent_hyps, json.loads(plans_path.read_text())["plans"]
+    notes = expert_notes(items, parent_hyps, read_json(plans_path)["plans"]
                          if plans_path.is_file() else [])
     if not feats and not notes:
         msg = (f"no actionable feedback for run {run_id}: refine needs 'disagree' with reason "
@@ -300,7 +300,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         adata.obs["case_prob"] = probs
         metrics = {s: classifier.evaluate(adata, probs, split=s, keys=keys)
                    for s in ("val", "test")}
-        metrics["kind"] = json.loads((parent_dir / layout.METRICS).read_text()).get(
+        metrics["kind"] = read_json(parent_dir / layout.METRICS).get(
             "kind")
         metrics["refine"] = {"mode": mode, "history": history}
         tmp = out / ".model.tmp"
@@ -325,7 +325,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
     hyp = hypotheses_stage(rd, adata, child, feats_res, rankings, metrics, config,
                            expert=(notes, excluded))
 
-    parent_metrics = json.loads((parent_dir / layout.METRICS).read_text())
+    parent_metrics = read_json(parent_dir / layout.METRICS)
     truth = None
     if "simulation" in adata.uns:
         from discovery.io.simulate import truth as sim_truth

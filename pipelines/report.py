@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 
 from discovery.io import layout
 from discovery.io.contract import InputError
-from discovery.io.files import write_text
+from discovery.io.files import read_json, write_text
 from discovery.pl.figures import donor_activation, faithfulness
 from discovery.tl.classifier import shortcut_findings
 
@@ -81,7 +80,7 @@ def graph_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _read(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

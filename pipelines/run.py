@@ -25,7 +25,6 @@ outputs are unchanged is skipped on a rerun):
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from discovery.get.run import graph_index
 from discovery.io import layout
 from discovery.io.contract import InputError, check_donor_coverage, get_keys, read, validate
 from discovery.io.datasets import DATASETS, load_dataset
-from discovery.io.files import atomic_write, write_json
+from discovery.io.files import atomic_write, read_json, write_json
 from discovery.io.graph_files import export_graph, load_graph
 from discovery.io.layout import sae_key
 from discovery.io.simulate import simulate, truth
@@ -81,6 +80,31 @@ class RunResult:
     features: dict[str, Any] | None = None
     graphs: dict[str, Any] | None = None
     hypotheses: dict[str, Any] | None = None
+
+
+def _preflight_model(config: PipelineConfig, n_genes: int) -> None:
+    """Before any work: the checkpoint is readable (no pickle, safetensors present) and the
+    classifier and its SAE fit in memory (counted on the meta device, nothing allocated)."""
+    from models import CLASSIFIERS
+    from models.budget import check_memory, parameter_count
+    from models.sae import SAE_REGISTRY
+
+    mc = config.model
+    if mc.kind == "pretrained":
+        from models.pretrained import checkpoint_sha256
+
+        checkpoint_sha256(mc.arch["checkpoint"])  # refuses pickles, missing weights
+        return
+    cfg_cls, model_cls = CLASSIFIERS[mc.kind]
+    n_panel = min(n_genes, config.preprocess.n_top_genes or n_genes)
+    cfg = cfg_cls(gene_names=[f"g{i}" for i in range(n_panel)], **mc.resolved_arch())
+    check_memory(parameter_count(model_cls, cfg), f"the {mc.kind} classifier", purpose="train",
+                 fix="Lower model.arch (d_model, d_ff, n_layers).")
+    spec = config.sae_spec()
+    width = max(int(getattr(cfg, "d_model", 1)), int(getattr(cfg, "d_ff", 1)))  # widest hook
+    sae_cls, _ = SAE_REGISTRY[spec.architecture]
+    check_memory(parameter_count(sae_cls, spec.sae_config(width, spec.seeds[0])),
+                 f"the SAE (d_sae {spec.d_sae})", purpose="train", fix="Lower features.d_sae.")
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -146,6 +170,7 @@ def run_pipeline(
     # before any work: errors surface here
     keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
     check_donor_coverage(adata, keys)
+    _preflight_model(config, adata.n_vars)
     rd.init(config=config.to_dict(), seed=config.seed, input_desc=input_desc)
     with rd.stage("input", {"input": input_desc}) as outputs:
         summary = {
@@ -292,9 +317,9 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
     tpath = rd.path / layout.DONOR_TESTS
     if (rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file()
             and tpath.is_file()):
-        doc = json.loads(hpath.read_text())
+        doc = read_json(hpath)
         return {"hypotheses": doc["hypotheses"], "expert_feedback": doc.get("expert_feedback", []),
-                "plans": json.loads(ppath.read_text())["plans"],
+                "plans": read_json(ppath)["plans"],
                 "donor_tests": pd.read_csv(tpath)}
     with rd.stage("hypotheses", params) as outputs:
         index = graph_index(rd.path)
@@ -342,7 +367,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
     index_path = rd.path / layout.GRAPH_INDEX
     if (rd.is_done("graphs", params) and index_path.is_file()
             and "acts_in" in feats["annotations"]):
-        return json.loads(index_path.read_text())
+        return read_json(index_path)
     with rd.stage("graphs", params) as outputs:
         saes = [SAEHook(hook, feats["sae"].eval())]
         try:
@@ -376,9 +401,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
             adata, model, feats["sae"], table=feats["annotations"],
             roles=annotate.feature_roles(g for _, g, _, _ in built),
             acts=np.asarray(adata.obsm[sae_key(hook)]), hook=hook)
-        feats["annotations"] = ann
-        atomic_write(rd.path / layout.ANNOTATIONS,
-                     lambda p: ann.to_json(p, orient="records", indent=1))
+        ann = feats["annotations"] = _write_annotations(rd, ann)
         outputs.append(layout.ANNOTATIONS)
         labels = dict(zip(ann["feature"], ann["label"]))
         entries = []
@@ -429,7 +452,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
             umap(adata, seed=config.seed)
             atomic_write(rd.path / layout.ADATA,
                          lambda p: adata.write_h5ad(p, compression="gzip"))
-        return {"quality": json.loads((rd.path / layout.SAE_QUALITY).read_text()),
+            rd.record(layout.ADATA)
+        return {"quality": read_json(rd.path / layout.SAE_QUALITY),
                 "sae": load_sae(rd.path / layout.sae_dir(spec.seeds[0])),
                 "annotations": pd.read_json(rd.path / layout.ANNOTATIONS)}
     with rd.stage("features", params) as outputs:
@@ -457,11 +481,18 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
             "n_confounded": int(table["confounded_by"].notna().sum()),
         }
         write_json(rd.path / layout.SAE_QUALITY, summary)
-        atomic_write(rd.path / layout.ANNOTATIONS,
-                     lambda p: table.to_json(p, orient="records", indent=1))
+        table = _write_annotations(rd, table)
         atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
         outputs += [layout.SAE_QUALITY, layout.ANNOTATIONS, layout.ADATA]
     return {"quality": summary, "sae": primary, "annotations": table}
+
+
+def _write_annotations(rd: RunDir, table: pd.DataFrame) -> pd.DataFrame:
+    """Write ``annotations.json`` and return the table as read back from it: a resumed run reads
+    the same file, so both paths continue with the same (JSON-rounded) numbers."""
+    path = rd.path / layout.ANNOTATIONS
+    atomic_write(path, lambda p: table.to_json(p, orient="records", indent=1))
+    return pd.read_json(path)
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData,
@@ -477,7 +508,7 @@ def train_stage(rd: RunDir, adata: ad.AnnData,
     model_dir = rd.path / layout.MODEL_DIR
     if rd.is_done("model", params) and "case_prob" in adata.obs:
         log.info("model: reusing %s", model_dir)
-        return classifier.load(model_dir), json.loads((rd.path / layout.METRICS).read_text())
+        return classifier.load(model_dir), read_json(rd.path / layout.METRICS)
     with rd.stage("model", params) as outputs:
         tc = mc.train_config()
         tc.seed = config.seed

@@ -1,9 +1,12 @@
 """The run directory (DESIGN.md contract) and its manifest.
 
 ``RUN_DIR/manifest.json`` holds: ``schema_version``, ``run_id``, ``parent_run``, the resolved
-config and its hash, the input checksum, package versions, the seed, and per stage its status,
-params, outputs and seconds. Every file is written to a temporary file in the same folder and
-renamed into place, so a failed run never leaves a half-written file where a good one was.
+config and its hash, the input checksum, package versions, the seed, per stage its status,
+params, outputs and seconds, and ``files``: the sha256 of every output as its last writer left
+it. Every file is written to a temporary file in the same folder and renamed into place, so a
+failed run never leaves a half-written file where a good one was; a cached output is reused only
+when its sha256 still matches (a truncated or edited file makes its stage run again, with a
+warning), and temporary files left by a killed run are removed when the run starts again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from discovery.io.files import atomic_write, json_default, write_json
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FAULT_ENV",
     "MANIFEST_SCHEMA_VERSION",
     "RUN_NAME",
     "RunDir",
@@ -36,10 +40,12 @@ __all__ = [
     "child_run_dir",
     "config_hash",
     "file_checksum",
+    "remove_temp_files",
     "valid_run_name",
 ]
 
-MANIFEST_SCHEMA_VERSION = 1
+#: 2: ``files`` (sha256 of every output) added; runs written before are recomputed
+MANIFEST_SCHEMA_VERSION = 2
 _PACKAGES = ("discovery", "torch", "transformers", "scanpy", "anndata", "numpy", "scipy",
              "pandas", "scikit-learn", "networkx", "safetensors")
 
@@ -139,10 +145,17 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.manifest_path = self.path / layout.MANIFEST
-        if self.manifest_path.exists():
-            self.manifest = json.loads(self.manifest_path.read_text())
-        else:
-            self.manifest = {}
+        self.manifest: dict[str, Any] = {}
+        #: stage -> why its cached outputs were not reused (recorded when it runs again)
+        self.invalid: dict[str, str] = {}
+        if self.manifest_path.is_file():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                log.warning("%s is not valid JSON (%s): it was truncated or edited; every stage "
+                            "of this run is recomputed", self.manifest_path, err)
+            if not isinstance(self.manifest, dict):
+                self.manifest = {}
 
     # ------------------------------------------------------------------ creation / manifest
     def init(
@@ -154,7 +167,19 @@ class RunDir:
         parent_run: str | None = None,
     ) -> None:
         """Start (or resume) a run; a changed config or input invalidates recorded stages."""
+        if self.path.is_dir():
+            links = layout.links_out(self.path)
+            if links:
+                rel, target = links[0]
+                msg = (f"{self.path / rel} is a symbolic link to {target}, outside the run "
+                       f"directory ({len(links)} such link(s)); a run writes only inside its own "
+                       "directory and would overwrite or delete what the link points to. Remove "
+                       "the link (or copy the files in) and run again")
+                raise InputError(msg)
         self.path.mkdir(parents=True, exist_ok=True)
+        removed = remove_temp_files(self.path)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted run", removed)
         chash = config_hash(config)
         previous = self.manifest
         keep_stages = (
@@ -177,6 +202,7 @@ class RunDir:
             "packages": package_versions(),
             "code": code_revision(),
             "stages": previous.get("stages", {}) if keep_stages else {},
+            "files": previous.get("files", {}) if keep_stages else {},
         }
         self.save()
 
@@ -190,10 +216,34 @@ class RunDir:
 
     # ------------------------------------------------------------------------------ stages
     def is_done(self, name: str, params: dict[str, Any]) -> bool:
+        """Whether stage ``name`` finished with these params and every output it wrote is still
+        there, byte for byte (sha256 as recorded by the output's last writer). A changed output
+        is logged as a warning and makes the stage run again."""
         rec = self.manifest.get("stages", {}).get(name)
         if not rec or rec.get("status") != "done" or rec.get("params_hash") != config_hash(params):
             return False
-        return all((self.path / o).exists() for o in rec.get("outputs", []))
+        files = self.manifest.get("files", {})
+        for o in rec.get("outputs", []):
+            path = self.path / o
+            if not path.is_file() or path.is_symlink():
+                why = f"{o} is missing" if not path.exists() else f"{o} is not a plain file"
+            elif o not in files:
+                why = f"{o} has no recorded checksum"
+            elif file_checksum(path) != files[o]:
+                why = f"{o} changed since it was written (truncated or edited: sha256 differs)"
+            else:
+                continue
+            log.warning("stage %s: %s; recomputing the stage", name, why)
+            self.invalid[name] = why
+            return False
+        return True
+
+    def record(self, *outputs: str) -> None:
+        """Record the current sha256 of outputs rewritten outside a stage (then save)."""
+        files = self.manifest.setdefault("files", {})
+        for o in outputs:
+            files[o] = file_checksum(self.path / o)
+        self.save()
 
     @contextlib.contextmanager
     def stage(self, name: str, params: dict[str, Any]) -> Iterator[list[str]]:
@@ -201,6 +251,8 @@ class RunDir:
         outputs: list[str] = []
         rec = {"status": "running", "params": params, "params_hash": config_hash(params),
                "outputs": outputs, "started": _now()}
+        if name in self.invalid:
+            rec["recomputed_because"] = self.invalid.pop(name)
         self.manifest.setdefault("stages", {})[name] = rec
         self.save()
         t0 = time.perf_counter()
@@ -211,6 +263,10 @@ class RunDir:
                        seconds=round(time.perf_counter() - t0, 3))
             self.save()
             raise
+        _fault_point(name)
+        files = self.manifest.setdefault("files", {})
+        for o in outputs:
+            files[o] = file_checksum(self.path / o)
         rec.update(status="done", seconds=round(time.perf_counter() - t0, 3))
         self.save()
         log.info("stage %s done in %.1fs", name, rec["seconds"])
@@ -219,6 +275,41 @@ class RunDir:
         p = self.path.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def remove_temp_files(root: str | Path) -> int:
+    """Remove the temporary files (``.NAME.XXXX.tmp``) and folders (``.model.tmp``) a killed run
+    left under ``root``; symlinks are not followed. Returns how many were removed."""
+    import os
+    import shutil
+
+    n = 0
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for d in list(dirs):
+            p = Path(folder) / d
+            if d.startswith(".") and d.endswith(".tmp") and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                dirs.remove(d)
+                n += 1
+        for f in names:
+            if f.startswith(".") and f.endswith(".tmp"):
+                (Path(folder) / f).unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+#: environment variable for fault-injection tests: ``STAGE`` kills the process (SIGKILL) once the
+#: stage has written its outputs, just before it is recorded as done
+FAULT_ENV = "DISCOVERY_KILL_AFTER_OUTPUTS"
+
+
+def _fault_point(stage: str) -> None:
+    import os
+
+    if os.environ.get(FAULT_ENV) == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> str:

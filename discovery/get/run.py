@@ -6,7 +6,6 @@ notebook, the CLI and the app get the same clear error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import networkx as nx
 import pandas as pd
 import torch
 
-from discovery.io import layout
+from discovery.io import files, layout
 from discovery.io.contract import InputError
 from discovery.io.graph_files import load_graph
 from discovery.tl import classifier
@@ -53,11 +52,7 @@ def require(run_dir: str | Path, name: str, *, what: str, stage: str) -> Path:
 def read_json(run_dir: str | Path, name: str, *, what: str, stage: str) -> Any:
     """A JSON file of the run (``name`` from :mod:`discovery.io.layout`), with clear errors."""
     path = require(run_dir, name, what=what, stage=stage)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        msg = f"{path} is not valid JSON ({err}); rerun the '{stage}' stage to rewrite it"
-        raise InputError(msg) from err
+    return files.read_json(path)
 
 
 def open_run(run_dir: str | Path, *, need_features: bool = True) -> OpenRun:

@@ -168,11 +168,44 @@ def _check_file(path: Path, what: str) -> None:
         raise InputError(msg)
 
 
+#: delimiters a table may use (a European Excel export writes ';')
+_DELIMITERS = ",;\t|"
+
+
+def _sniff_delimiter(path: Path, default: str) -> str:
+    """The delimiter of a text table, from its first lines (gzip read transparently; a UTF-8
+    byte-order mark is skipped): the one that splits the header and the next lines into the same
+    number (> 1) of fields; ``default`` (from the suffix) when that is ambiguous."""
+    import gzip
+    import io
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(1 << 16)
+    except (OSError, EOFError):
+        return default
+    lines = io.TextIOWrapper(io.BytesIO(head), encoding="utf-8-sig",
+                             errors="replace").read().splitlines()[:6]
+    if len(lines) > 2 and len(head) == 1 << 16:
+        lines = lines[:-1]  # the last line may be cut
+    counts = {d: [line.count(d) for line in lines] for d in _DELIMITERS}
+    fits = [d for d, c in counts.items()
+            if c and min(c) >= 1 and max(c) - min(c) <= 1]  # header may lack the index name
+    if default in fits or not fits:
+        return default
+    return max(fits, key=lambda d: min(counts[d]))
+
+
 def _read_table(path: Path, what: str) -> pd.DataFrame:
     _check_file(path, what)
-    sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
+    default = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
+    sep = _sniff_delimiter(path, default)
+    if sep != default:
+        log.info("%s: fields are separated by %r, not %r; reading it that way", path.name, sep,
+                 default)
     try:
-        table = pd.read_csv(path, sep=sep, index_col=0)
+        table = pd.read_csv(path, sep=sep, index_col=0, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as err:
         msg = f"{what} file {path} has no rows; re-export it."
         raise InputError(msg) from err
@@ -384,6 +417,7 @@ def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
     (with a warning). Used alone for unlabelled data (QC, normalisation, gene selection, scoring
     with a trained model); :func:`validate` calls it too."""
     _check_not_empty(adata)
+    _check_gene_names(adata)
     _check_matrix(adata, require_counts=require_counts)
     if not adata.obs_names.is_unique:
         dups = adata.obs_names[adata.obs_names.duplicated()].unique().tolist()
@@ -403,6 +437,59 @@ def validate_matrix(adata: ad.AnnData, *, require_counts: bool = True) -> None:
             stacklevel=3,
         )
         adata.var_names_make_unique()
+
+
+#: a gene name on more columns than this is a placeholder (``NA``, ``---``), not a gene
+MAX_NAME_COPIES = 10
+#: the largest plausible raw count of one gene in one cell (UMI counts rarely pass 1e5)
+MAX_PLAUSIBLE_COUNT = 1e6
+#: the largest plausible log-normalised value (log1p of 1e4-scaled counts stays below ~10)
+MAX_PLAUSIBLE_LOG = 30.0
+
+
+def _check_gene_names(adata: ad.AnnData) -> None:
+    """Gene names a table export can break: all numbers (no header row) or all empty are
+    refused; empty names are renamed ``unnamed_gene_<column>`` and a name on more than
+    :data:`MAX_NAME_COPIES` columns (a placeholder) is dropped, each with a warning."""
+    names = pd.Index(adata.var_names.astype(str))
+    stripped = names.str.strip()
+    empty = np.asarray(stripped.isin(["", "nan", "NaN", "<NA>"]))
+    numeric = np.asarray(stripped.str.fullmatch(r"[-+]?\d+(\.\d+)?")) & ~empty
+    if empty.all() or numeric.all():
+        kind = "empty" if empty.all() else "plain numbers"
+        msg = (f"the gene names are all {kind} (e.g. {list(names[:3])}): the header row with "
+               "the gene names is missing, or genes are in rows and cells in columns (pass "
+               "--genes-in-rows). Give var_names the gene symbols or ids.")
+        raise InputError(msg)
+    if empty.any():
+        where = np.flatnonzero(empty)
+        adata.var_names = [f"unnamed_gene_{i}" if e else n
+                           for i, (e, n) in enumerate(zip(empty, names))]
+        warnings.warn(
+            f"{empty.sum()} genes have no name (columns {where[:5].tolist()}...); they are kept as "
+            "'unnamed_gene_<column>'. Fill in var_names to interpret them.",
+            UserWarning, stacklevel=4)
+    if numeric.any():
+        warnings.warn(
+            f"{numeric.sum()} gene names are plain numbers (e.g. {list(names[numeric][:3])}); "
+            "they are kept as they are. Check the export: a shifted header or a spreadsheet "
+            "that turned names into numbers gives such names.", UserWarning, stacklevel=4)
+    copies = pd.Index(adata.var_names).value_counts()
+    placeholder = copies[copies > MAX_NAME_COPIES]
+    if len(placeholder):
+        drop = np.asarray(pd.Index(adata.var_names).isin(placeholder.index))
+        if drop.all():
+            msg = (f"every gene name is one of {list(placeholder.index[:3])}, repeated "
+                   f"{int(placeholder.iloc[0])} times: the gene names are missing")
+            raise InputError(msg)
+        shown = ", ".join(f"{n!r} x {int(c)}" for n, c in placeholder.head(3).items())
+        warnings.warn(
+            f"{drop.sum()} of {adata.n_vars} columns share a name used more than "
+            f"{MAX_NAME_COPIES} times ({shown}): a placeholder, not a gene, so they were "
+            "dropped (kept, their copies would fill the gene panel). Give those columns their "
+            "real names (e.g. from a var column of gene ids) to keep them.",
+            UserWarning, stacklevel=4)
+        adata._inplace_subset_var(~drop)
 
 
 def _check_not_empty(adata: ad.AnnData) -> None:
@@ -439,6 +526,15 @@ def _check_matrix(adata: ad.AnnData, *, require_counts: bool) -> None:
             "matrix instead (e.g. `adata.raw.to_adata()` when X was scaled), or raw counts."
         )
         raise InputError(msg)
+    top = float(values.max())
+    limit = MAX_PLAUSIBLE_COUNT if require_counts else MAX_PLAUSIBLE_LOG
+    if top > limit:
+        warnings.warn(
+            f"{where} holds values up to {top:.3g} ({int((values > limit).sum())} above "
+            f"{limit:g}), implausible for "
+            f"{'raw counts of one gene in one cell' if require_counts else 'log-normalised data'}."
+            " The analysis treats them as given; check that the right matrix was exported "
+            "(not values scaled by 1e6, not an overflow).", UserWarning, stacklevel=4)
     if require_counts:
         if (values < 0).any():
             msg = (
@@ -475,6 +571,15 @@ def check_donor_coverage(adata: ad.AnnData, keys: Keys, *,
                           "ct": ct.to_numpy(), "case": case_mask(adata, keys)})
     n = frame.groupby(["ct", "donor"], observed=True).agg(cells=("case", "size"),
                                                          case=("case", "first"))
+    per_donor = frame["donor"].value_counts()
+    few = per_donor[per_donor < min_cells].sort_values()
+    if len(few):
+        shown = ", ".join(f"{d} ({c} cell{'s' if c != 1 else ''})" for d, c in few.head(5).items())
+        warnings.warn(
+            f"{len(few)} of {len(per_donor)} donors have fewer than {min_cells} cells in all "
+            f"({shown}); their pseudobulk profiles are too noisy to count in donor-level "
+            "statistics (groups under that size are skipped), so they add almost nothing. Check "
+            "the donor column, or drop those donors.", UserWarning, stacklevel=2)
     ok = n[n["cells"] >= min_cells].reset_index()
     cover = {c: {"case": int(g["case"].sum()), "control": int((~g["case"]).sum())}
              for c, g in ok.groupby("ct")}

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from discovery.io.contract import InputError
 
@@ -193,7 +193,16 @@ class FeedbackStore:
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
-        self._migrate()
+        try:
+            self._migrate()
+        except DatabaseError as err:
+            if isinstance(err, OperationalError) and "locked" in str(err).lower():
+                raise
+            where = url.split("///", 1)[-1] if sqlite else url
+            msg = (f"{where} is not a feedback database ({getattr(err, 'orig', err)}): it was "
+                   "overwritten or belongs to something else. Nothing was changed; move it aside "
+                   f"(e.g. `mv {where} {where}.bad`) and feedback starts a new store")
+            raise InputError(msg) from err
 
     def _retry(self, fn: Any) -> Any:
         delay = 0.01

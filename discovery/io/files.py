@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "json_default", "write_json", "write_text"]
+__all__ = ["atomic_write", "json_default", "read_json", "write_json", "write_text"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -20,6 +20,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from colleagues
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
@@ -27,6 +28,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON document at ``path``; a missing, empty, truncated or non-UTF-8 file raises
+    :class:`~models.errors.InputError` naming the file (never a bare ``JSONDecodeError``)."""
+    from models.errors import InputError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        msg = f"{path} does not exist"
+        raise InputError(msg) from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" at line {err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        msg = (f"{path} is not valid JSON ({getattr(err, 'msg', err)}{where}): the file is "
+               "truncated or was edited. In a run directory, rerun `discovery run` with the same "
+               "--out: changed files are detected and their stage recomputed")
+        raise InputError(msg) from err
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

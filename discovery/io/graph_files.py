@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 
 from discovery.io.contract import InputError
-from discovery.io.files import atomic_write
+from discovery.io.files import atomic_write, read_json
 from discovery.io.layout import GRAPH_SCHEMA_VERSION
 
 __all__ = ["AttributionGraph", "CYJS_SCHEMA", "FORMATS", "export_graph", "load_graph", "to_cytoscape",
@@ -173,11 +173,7 @@ def load_graph(path: str | Path) -> AttributionGraph:
         return AttributionGraph(nx.read_graphml(path))
     if path.suffix == ".gexf":
         return AttributionGraph(nx.read_gexf(path))
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        msg = f"{path} is not valid JSON: {err}"
-        raise InputError(msg) from err
+    data = read_json(path)
     if "elements" in data:
         g = AttributionGraph()
         g.graph.update(data.get("data", {}))

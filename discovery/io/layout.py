@@ -17,7 +17,7 @@ __all__ = [
     "ACTIVATIONS", "ADATA", "GRAPH_SCHEMA_VERSION", "ANNOTATIONS", "FEATURES_DIR", "GRAPHS_DIR", "GRAPH_INDEX",
     "HYPOTHESES", "INPUT_SUMMARY", "MANIFEST", "METRICS", "MODEL_DIR", "PLANS", "RANKINGS",
     "REFINE", "REPORT_HTML", "REPORT_MD", "SAE_QUALITY", "TOP_GENES", "YARDSTICK",
-    "cell_graph_file", "feature_id", "inside_run", "safe_name", "feature_index", "graph_file", "parse_feature_id",
+    "cell_graph_file", "feature_id", "inside_run", "links_out", "safe_name", "feature_index", "graph_file", "parse_feature_id",
     "sae_dir", "sae_key", "validation_file",
 ]
 
@@ -121,3 +121,21 @@ def inside_run(run_dir: str | Path, rel: str | Path) -> Path:
                "file or a symlink); refusing to read or write there")
         raise InputError(msg)
     return path
+
+
+def links_out(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """Symbolic links under ``run_dir`` (not followed) whose targets lie outside it, as
+    ``(relative path, resolved target)``: a run writes only inside its own directory, and a
+    link there (``model/`` -> elsewhere) would make a rerun overwrite or delete files outside."""
+    import os
+
+    root = Path(run_dir).resolve()
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in [*dirs, *names]:
+            p = Path(folder) / name
+            if p.is_symlink():
+                target = p.resolve()
+                if target != root and root not in target.parents:
+                    found.append((str(p.relative_to(root)), target))
+    return sorted(found)

@@ -31,6 +31,7 @@ from sklearn.model_selection import GroupKFold
 
 from discovery.io.contract import InputError, Keys, case_mask, get_keys
 from models import CLASSIFIERS, load_classifier
+from models.budget import check_memory, parameter_count
 from models.configs import check_known
 from models.pretrained import from_bert_checkpoint, trainable_share
 from models.training import (
@@ -202,7 +203,10 @@ def train(
         genes = list(model.config.gene_names)
     else:
         cfg_cls, model_cls = CLASSIFIERS[kind]
-        model = model_cls(cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})}))
+        cfg = cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})})
+        check_memory(parameter_count(model_cls, cfg), f"the {kind} classifier",
+                     purpose="train", fix="Lower model.arch (d_model, d_ff, n_layers).")
+        model = model_cls(cfg)
     x = encode(adata, genes)
     y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
     split = adata.obs["split"].to_numpy()

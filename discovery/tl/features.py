@@ -34,6 +34,7 @@ from discovery.io.contract import InputError, case_mask, get_keys
 from discovery.io.layout import sae_key
 from discovery.tl.classifier import encode
 from models.activation_store import ActivationStore
+from models.budget import check_memory, parameter_count
 from models.configs import check_known
 from models.sae import SAE_REGISTRY, SparseAutoencoder
 from models.sae_training import SAETrainConfig, train_sae
@@ -207,7 +208,10 @@ def train_saes(
     sae_cls, _ = SAE_REGISTRY[spec.architecture]
     out = []
     for seed in spec.seeds:
-        sae = sae_cls(spec.sae_config(store.d, seed))
+        sae_cfg = spec.sae_config(store.d, seed)
+        check_memory(parameter_count(sae_cls, sae_cfg), f"the SAE (d_in {store.d}, d_sae "
+                     f"{spec.d_sae})", purpose="train", fix="Lower features.d_sae.")
+        sae = sae_cls(sae_cfg)
         sae.fit_normalisation(acts)
         cfg = dataclasses.replace(spec.train, seed=seed)
         gen = torch.Generator().manual_seed(seed)
