@@ -1,12 +1,12 @@
-"""Overview: the cohort, the model's held-out metrics, shortcut probe, SAEs, baselines, graphs."""
+"""Overview: the findings first (the report's summary), then the cohort, the model's held-out
+metrics, shortcut probe, SAEs, baselines, graphs."""
 
 import pandas as pd
 import streamlit as st
 
 from app_pages.data import current_run, json_file, table
 from discovery.io import layout
-from discovery.tl.classifier import shortcut_findings
-from pipelines.report import graph_rows, model_rows, probe_rows, sae_rows
+from pipelines.report import findings_summary, graph_rows, model_rows, probe_rows, sae_rows
 
 run = current_run()
 if run is not None:
@@ -15,6 +15,21 @@ if run is not None:
     summary = json_file(run, layout.INPUT_SUMMARY) or {}
     st.caption(f"run {manifest.get('run_id')} · config {manifest.get('config_hash')} · "
                f"seed {manifest.get('seed')}")
+    found = findings_summary(run)
+    ch, cp = found["counts"]["hypotheses"], found["counts"]["plans"]
+    with st.container(border=True):
+        st.subheader("Summary")
+        st.markdown(f"{ch['supported']} supported, {ch['candidate']} candidate and "
+                    f"{ch['flagged']} flagged hypotheses; plans: {cp['recommended']} "
+                    f"recommended, {cp['exploratory']} exploratory, {cp['needs more data']} "
+                    "need more data.")
+        st.markdown("**Findings**\n\n" + ("\n".join(f"- {x}" for x in found["hypotheses"])
+                                          or "- no supported or candidate hypothesis"))
+        st.markdown("**Plans to run first**\n\n" + ("\n".join(
+            f"- {p['id']} [{p['tier']}] {p['title']} (for {p['hypothesis']})"
+            for p in found["plans"]) or "- no recommended or exploratory plan"))
+        for w in found["warnings"]:
+            st.warning(w)
     keys = summary.get("keys", {})
     c = st.columns(4)
     c[0].metric("cells", f"{summary.get('n_cells', 0):,}")
@@ -27,8 +42,6 @@ if run is not None:
         st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
         st.caption("Donor AUROC 95% interval: from resampling the test donors of each class; "
                    "an interval that includes 0.5 cannot tell the model from chance.")
-        for line in shortcut_findings(metrics):
-            st.warning(line)
         rows = probe_rows(metrics)
         if rows:
             st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "

@@ -20,7 +20,9 @@ if run is not None:
         ids = [p["id"] for p in plans]
         wanted = st.query_params.get("plan")
         pid = st.selectbox("Plan", ids, index=ids.index(wanted) if wanted in ids else 0,
-                           format_func=lambda i: f"{i} · {next(p['title'] for p in plans if p['id'] == i)}")
+                           format_func=lambda i: next(
+                               f"{i} · [{p.get('tier', '')}] {p['title']}" for p in plans
+                               if p["id"] == i))
         st.query_params["plan"] = pid
         p = next(p for p in plans if p["id"] == pid)
         h = next(h for h in hyps_doc["hypotheses"] if h["id"] == p["hypothesis"])
@@ -28,6 +30,18 @@ if run is not None:
         st.markdown(f"for **{h['id']}** {badge(h['status'])} · {h['kind']} · priority "
                     f"{p['priority']:.3f} · {p['modality']}")
         st.markdown(f"> {h['statement']}")
+        basis = p.get("tier_basis") or {}
+        tier = p.get("tier", "")
+        if tier:
+            need = (basis.get("donors_needed") or {})
+            text = (f"**Tier: {tier}.** Evidence beyond the model: "
+                    f"{'; '.join(basis.get('evidence', [])) or 'none'}. Missing: "
+                    f"{'; '.join(basis.get('missing', [])) or 'nothing'}.")
+            if need.get("per_group"):
+                text += (f" About {need['per_group']} donors per group would detect the observed "
+                         f"donor-level effect (d = {need['cohens_d']}, 80% power).")
+            (st.success if tier == "recommended" else st.info if tier == "exploratory"
+             else st.warning)(text)
         c = st.columns(2)
         c[0].markdown(f"**Design.** {p['design']}")
         c[0].markdown(f"**Expected outcome.** {p['expected_outcome']}")

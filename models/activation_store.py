@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.errors import InputError
+
 __all__ = ["ActivationStore"]
 
 
@@ -40,7 +42,7 @@ class ActivationStore:
             arr = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1, self.d)
             if not np.isfinite(arr).all():
                 msg = "activations hold NaN/Inf; the model or its input is broken"
-                raise ValueError(msg)
+                raise InputError(msg)
             self._fh.write(arr.tobytes())
             self.n += arr.shape[0]
 

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from models.errors import InputError
 from models.hooks import HookedMixin, HookPoint
 from models.layers import HookedLayerNorm
 
@@ -49,7 +50,7 @@ class CellClassifierBase(HookedMixin, PreTrainedModel):
         n = len(self.config.gene_names)
         if n == 0:
             msg = f"{type(self.config).__name__}.gene_names is empty; the model needs a gene vocabulary"
-            raise ValueError(msg)
+            raise InputError(msg)
         return n
 
     def _add_head(self, d: int, eps: float) -> None:

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from models.errors import InputError
 from models.hooks import HookPoint
 
 __all__ = ["Attention", "Block", "GatedMLP", "HookedLayerNorm", "PostLNBlock"]
@@ -44,7 +45,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         if act not in ("gelu", "relu"):
             msg = f"activation must be 'gelu' or 'relu', got {act!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         self.act = act
         self.fc_in = nn.Linear(d, d_ff)
         self.fc_out = nn.Linear(d_ff, d)
@@ -67,7 +68,7 @@ class Attention(nn.Module):
         super().__init__()
         if d % n_heads:
             msg = f"d_model ({d}) must be divisible by n_heads ({n_heads})"
-            raise ValueError(msg)
+            raise InputError(msg)
         self.n_heads = n_heads
         self.d_head = d // n_heads
         self.qkv = nn.Linear(d, 3 * d)

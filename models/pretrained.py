@@ -112,7 +112,7 @@ class PretrainedGeneEncoderConfig(PretrainedConfig):
                                      ("pooling", pooling, POOLINGS)):
             if value not in allowed:
                 msg = f"{name} must be one of {allowed}, got {value!r}"
-                raise ValueError(msg)
+                raise InputError(msg)
         super().__init__(**kwargs)
 
 

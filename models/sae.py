@@ -61,7 +61,7 @@ class _BaseConfig:
     def __post_init__(self) -> None:
         if self.d_in < 1 or self.d_sae < 1:
             msg = f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}"
-            raise ValueError(msg)
+            raise InputError(msg)
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.architecture, **asdict(self)}
@@ -87,7 +87,7 @@ class TopKSAEConfig(_BaseConfig):
         super().__post_init__()
         if not 1 <= self.k <= self.d_sae:
             msg = f"k must be in [1, d_sae={self.d_sae}], got {self.k}"
-            raise ValueError(msg)
+            raise InputError(msg)
 
 
 @dataclass
@@ -324,7 +324,7 @@ SAE_REGISTRY: dict[str, tuple[type[SparseAutoencoder], type[_BaseConfig]]] = {
 def build_sae(architecture: str, **config: Any) -> SparseAutoencoder:
     if architecture not in SAE_REGISTRY:
         msg = f"unknown SAE architecture {architecture!r}; choose one of {', '.join(SAE_REGISTRY)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     cls, cfg_cls = SAE_REGISTRY[architecture]
     cfg = cfg_cls(**config)
     check_memory(parameter_count(cls, cfg), f"a {architecture} SAE (d_in {cfg.d_in}, d_sae "

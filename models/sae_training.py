@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.configs import check_known
+from models.errors import InputError
 from models.sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class SAETrainConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1:
             msg = f"invalid SAE training settings: {asdict(self)}"
-            raise ValueError(msg)
+            raise InputError(msg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.configs import check_known
+from models.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +70,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("warmup_cosine", "constant"):
             msg = f"lr_schedule must be 'warmup_cosine' or 'constant', got {self.lr_schedule!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             msg = f"device must be 'cpu' or 'cuda', got {self.device!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             msg = "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.early_stopping not in ("auroc", "loss"):
             msg = f"early_stopping must be 'auroc' or 'loss', got {self.early_stopping!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 msg = f"{name} must be at least 1, got {getattr(self, name)}"
-                raise ValueError(msg)
+                raise InputError(msg)
         if self.balance not in BALANCES:
             msg = f"balance must be one of {BALANCES}, got {self.balance!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if not 0.0 <= self.ema < 1.0:
             msg = f"ema must be in [0, 1), got {self.ema}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.lr <= 0:
             msg = f"lr must be positive, got {self.lr}"
-            raise ValueError(msg)
+            raise InputError(msg)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,7 +136,7 @@ def class_balance_weights(y: np.ndarray) -> np.ndarray:
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
         msg = "training labels hold one class only; both cases and controls are needed"
-        raise ValueError(msg)
+        raise InputError(msg)
     w = np.where(y, len(y) / (2 * n1), len(y) / (2 * n0))
     return w.astype(np.float32)
 

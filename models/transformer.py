@@ -33,6 +33,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from models.base import CellClassifierBase, CellClassifierOutput
+from models.errors import InputError
 from models.layers import Block
 
 __all__ = ["GeneTokenMixin", "GeneTransformerConfig", "GeneTransformerForCellClassification",
@@ -109,12 +110,12 @@ class GeneTransformerConfig(PretrainedConfig):
         self.token_dropout = token_dropout
         if token_selection not in TOKEN_SELECTIONS:
             msg = f"token_selection must be one of {TOKEN_SELECTIONS}, got {token_selection!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         self.token_selection = token_selection
         self.layer_norm_eps = layer_norm_eps
         if d_model % n_heads:
             msg = f"d_model ({d_model}) must be divisible by n_heads ({n_heads})"
-            raise ValueError(msg)
+            raise InputError(msg)
         super().__init__(**kwargs)
 
 

@@ -24,6 +24,7 @@ from discovery.io.simulate import simulate, truth
 from discovery.pp.preprocess import PreprocessConfig, preprocess
 from discovery.tl.baselines import BASELINES, rank_genes
 from discovery.tl.yardstick import score_programs, score_ranking
+from models.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def run_benchmark(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         msg = f"unknown methods {unknown}; registered: {', '.join(METHODS)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     prog_rows, run_rows = [], []
     combos = [(s, seed) for s in scenarios for seed in seeds]
     for scenario, seed in tqdm(combos, desc="benchmark", disable=quiet):
@@ -272,7 +273,7 @@ def run_suite(n: int, seed: int, methods: Sequence[str], *, preset: str = "quick
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         msg = f"unknown methods {unknown}; registered: {', '.join(METHODS)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     prog_rows, run_rows = [], []
     for sc_ in tqdm(random_suite(n, seed, **(draw or {})), desc="suite", disable=quiet):
         adata = simulate_scenario(sc_)

@@ -593,13 +593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         distributed = _init_distributed(args)
         return COMMANDS[args.command](args)
-    except InputError as err:
+    except InputError as err:  # the input breaks the contract: one line that names the fix
         console.print(f"[bold red]error:[/] {err}")
         return 2
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # raised by our own argument checks (unknown scenario, method, ...): no traceback
-        console.print(f"[bold red]error:[/] {err}")
+    except FileNotFoundError as err:
+        console.print(f"[bold red]error:[/] {err.filename or err}: no such file or folder")
         return 2
+    except Exception:  # noqa: BLE001 - a bug: the traceback and where to report it
+        console.print_exception(max_frames=20)
+        console.print(
+            f"[bold red]internal error[/] in `discovery {args.command}`: this is a bug in "
+            "discovery, not a problem with your input. Please report it with the command line "
+            "and the traceback above (README, 'Reporting problems'); the run directory keeps "
+            "every finished stage, so rerunning after a fix resumes where it stopped.")
+        return 1
     finally:
         if distributed:
             import torch.distributed as dist

@@ -1,10 +1,14 @@
 """Run reports: ``report.html`` (self-contained: inline CSS and PNG figures, no external URL)
 and ``report.md``, written from a run directory's files only.
 
-Sections: cohort and model (held-out donors, shortcut probe), features (SAE quality), baselines
-against planted truth (simulated cohorts), attribution graphs (scores and ablation checks, with
-faithfulness curves), hypotheses (status, evidence, flags, distilled biomarkers, with the score
-formula and status rules), and experimental plans with their full rationale chains.
+Findings first: a one-screen summary (:func:`findings_summary`, also at the top of the app's
+overview) with the supported and strongest candidate hypotheses in a sentence each, the
+recommended plans and the warnings that matter; then a table of contents; then the detail:
+cohort and model (held-out donors, shortcut probe), features (SAE quality), baselines against
+planted truth (simulated cohorts), attribution graphs, hypotheses (status, evidence, flags, with
+the score formula and status rules), and experimental plans by tier: recommended and exploratory
+plans in full with their rationale chains, plans that need more data in one line each (what is
+missing, how many donors would settle it).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from discovery.io.files import read_json, write_text
 from discovery.pl.figures import donor_activation, faithfulness
 from discovery.tl.classifier import shortcut_findings
 
-__all__ = ["graph_rows", "model_rows", "probe_rows", "refine_effect_rows", "sae_rows",
-           "write_report"]
+__all__ = ["findings_summary", "graph_rows", "model_rows", "probe_rows", "refine_effect_rows",
+           "sae_rows", "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -37,6 +41,9 @@ font-size:.8rem;color:#fff} .supported{background:#2a9d8f} .candidate{background
 .flagged{background:#e76f51} .rejected{background:#343a40} .small{font-size:.85rem;color:#555}
 .plan{border:1px solid #d6dae3;border-radius:.4rem;padding:.6rem 1rem;margin:1rem 0}
 ol.chain li{margin:.3rem 0} code{background:#f3f4f7;padding:0 .2rem}
+.summary{border:2px solid #14213d;border-radius:.5rem;padding:.4rem 1.2rem;margin:1rem 0;
+background:#f8f9fc} .summary h2{margin:.4rem 0} .summary ul{margin:.2rem 0 .5rem}
+.warn{color:#9b2c1a} .toc{columns:2;font-size:.9rem} .tier{font-size:.8rem;font-weight:600}
 """
 
 
@@ -77,6 +84,104 @@ def graph_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
              "ablation Spearman (model)": e["validation"]["spearman_model"],
              "features for faithfulness 0.8": e["validation"]["features_for_faithfulness_0.8"]}
             for e in index.get("graphs", [])]
+
+
+# ------------------------------------------------------------------ the findings summary
+#: candidate hypotheses named in the summary beside every supported one
+SUMMARY_CANDIDATES = 3
+#: test donors per class below which held-out claims are called underpowered
+MIN_TEST_DONORS_PER_CLASS = 3
+
+
+def _hyp_sentence(h: dict[str, Any], case: str) -> str:
+    ev = h["evidence"]
+    dl, rep = ev["donor_level"], ev["replication"]
+    genes = ", ".join(g["symbol"] for g in h["genes"][:5])
+    parts = [f"donor-level effect {_fmt(dl.get('effect'), 2)} (q {_fmt(dl.get('q'), 3)}, "
+             f"{dl.get('n_donors', '?')} discovery donors)"]
+    if rep.get("replicated"):
+        parts.append(f"replicated on {rep.get('n_donors')} test donors "
+                     f"(p {_fmt(rep.get('p_one_sided'), 3)})")
+    else:
+        parts.append(f"not replicated on the {rep.get('n_donors', 0)} test donors")
+    auroc = rep.get("biomarker_auroc_test")
+    if auroc is not None and not (isinstance(auroc, float) and math.isnan(auroc)):
+        parts.append(f"biomarker AUROC {_fmt(auroc, 2)} on test donors")
+    what = "a program the model does not use" if h["kind"] == "de_only" else f"a {h['kind']}"
+    return (f"{h['id']} ({h['status']}, {what}): {genes} {h['direction']} in {h['cell_type']} "
+            f"of {case} donors; " + "; ".join(parts) + ".")
+
+
+def findings_summary(run_dir: str | Path) -> dict[str, Any]:
+    """What a reader needs first, from the run's files: ``hypotheses`` (a sentence each for
+    every supported one and the :data:`SUMMARY_CANDIDATES` strongest unflagged candidates),
+    ``plans`` (the recommended ones, else the exploratory), ``warnings`` (the model reads a
+    shortcut, too few test donors, artifacts found) and ``counts`` (hypotheses by status, plans
+    by tier)."""
+    rd = Path(run_dir)
+    metrics = _read(rd / layout.METRICS) or {}
+    quality = _read(rd / layout.SAE_QUALITY) or {}
+    summary = _read(rd / layout.INPUT_SUMMARY) or {}
+    hyps = (_read(rd / layout.HYPOTHESES) or {}).get("hypotheses", [])
+    plans = (_read(rd / layout.PLANS) or {}).get("plans", [])
+    case = str(summary.get("keys", {}).get("case", "case"))
+    supported = [h for h in hyps if h["status"] == "supported"]
+    cands = sorted((h for h in hyps if h["status"] == "candidate"),
+                   key=lambda h: -float(h.get("score") or 0))[:SUMMARY_CANDIDATES]
+    counts_h = {s: sum(h["status"] == s for h in hyps)
+                for s in ("supported", "candidate", "flagged")}
+    tiers = ("recommended", "exploratory", "needs more data")
+    counts_p = {t: sum(p.get("tier") == t for p in plans) for t in tiers}
+    shown = [p for p in plans if p.get("tier") == "recommended"] or \
+        [p for p in plans if p.get("tier") == "exploratory"][:3]
+    warnings = list(shortcut_findings(metrics)) if metrics else []
+    test = metrics.get("test", {})
+    n_test = test.get("n_donors")
+    ci = test.get("donor_auroc_ci") or [None, None]
+    if n_test is not None and n_test < 2 * MIN_TEST_DONORS_PER_CLASS:
+        warnings.append(f"only {n_test} test donors: held-out replication and the model's "
+                        "donor AUROC rest on very few donors; add donors before trusting them")
+    elif ci[0] is not None and ci[0] <= 0.5:
+        warnings.append(f"the model's test-donor AUROC interval ({ci[0]:.2f}-{ci[1]:.2f}) "
+                        "includes chance: its attributions explain a model that may not "
+                        "separate the groups on new donors")
+    if counts_h["flagged"]:
+        warnings.append(f"{counts_h['flagged']} hypotheses are flagged as technical artifacts "
+                        "(batch / QC explains them) and are not promoted")
+    if quality.get("n_confounded"):
+        warnings.append(f"{quality['n_confounded']} of {quality.get('n_features')} SAE features "
+                        "are explained by batch or QC")
+    if not supported:
+        warnings.append("no hypothesis is supported: every plan below is exploratory or needs "
+                        "more data")
+    return {"hypotheses": [_hyp_sentence(h, case) for h in [*supported, *cands]],
+            "plans": [{"id": p["id"], "tier": p.get("tier"), "title": p["title"],
+                       "hypothesis": p["hypothesis"]} for p in shown],
+            "warnings": warnings, "counts": {"hypotheses": counts_h, "plans": counts_p}}
+
+
+def _summary_section(doc: Any, s: dict[str, Any]) -> None:
+    ch, cp = s["counts"]["hypotheses"], s["counts"]["plans"]
+    items_h = "".join(f"<li>{html.escape(x)}</li>" for x in s["hypotheses"]) or \
+        "<li>No supported or candidate hypothesis.</li>"
+    items_p = "".join(f"<li><a href='#{html.escape(p['id'])}'>{html.escape(p['id'])}</a> "
+                      f"<span class='tier'>[{html.escape(str(p['tier']))}]</span> "
+                      f"{html.escape(p['title'])} (for {html.escape(p['hypothesis'])})</li>"
+                      for p in s["plans"]) or "<li>No recommended or exploratory plan.</li>"
+    items_w = "".join(f"<li class='warn'>{html.escape(w)}</li>" for w in s["warnings"]) or \
+        "<li>None.</li>"
+    counts = (f"{ch['supported']} supported, {ch['candidate']} candidate and {ch['flagged']} "
+              f"flagged hypotheses; plans: {cp['recommended']} recommended, "
+              f"{cp['exploratory']} exploratory, {cp['needs more data']} need more data.")
+    doc.raw(f"<div class='summary' id='summary'><h2>Summary</h2><p>{html.escape(counts)}</p>"
+            f"<b>Findings</b><ul>{items_h}</ul><b>Plans to run first</b><ul>{items_p}</ul>"
+            f"<b>Warnings</b><ul>{items_w}</ul></div>",
+            "## Summary\n\n" + counts + "\n\n**Findings**\n\n"
+            + ("\n".join(f"- {x}" for x in s["hypotheses"]) or "- none") + "\n\n"
+            + "**Plans to run first**\n\n"
+            + ("\n".join(f"- {p['id']} [{p['tier']}] {p['title']} (for {p['hypothesis']})"
+                         for p in s["plans"]) or "- none") + "\n\n**Warnings**\n\n"
+            + ("\n".join(f"- {w}" for w in s["warnings"]) or "- none"))
 
 
 def _read(path: Path) -> Any:
@@ -120,10 +225,20 @@ class _Doc:
     def __init__(self) -> None:
         self.h: list[str] = []
         self.m: list[str] = []
+        self.toc: list[tuple[str, str]] = []
 
-    def heading(self, text: str, level: int = 2) -> None:
-        self.h.append(f"<h{level}>{html.escape(text)}</h{level}>")
+    def heading(self, text: str, level: int = 2, anchor: str | None = None) -> None:
+        anchor = anchor or "s-" + "".join(c if c.isalnum() else "-" for c in text.lower())
+        self.h.append(f"<h{level} id='{html.escape(anchor)}'>{html.escape(text)}</h{level}>")
         self.m += ["", "#" * level + " " + text, ""]
+        if level == 2:
+            self.toc.append((anchor, text))
+
+    def contents(self) -> tuple[str, str]:
+        """The table of contents of the level-2 headings, as HTML and Markdown."""
+        return ("<nav><b>Contents</b><ul class='toc'>" + "".join(
+            f"<li><a href='#{html.escape(a)}'>{html.escape(t)}</a></li>" for a, t in self.toc)
+            + "</ul></nav>", "**Contents**: " + " · ".join(t for _, t in self.toc))
 
     def para(self, text: str, cls: str = "") -> None:
         c = f' class="{cls}"' if cls else ""
@@ -162,6 +277,17 @@ class _Doc:
     def raw(self, html_text: str, md_text: str) -> None:
         self.h.append(html_text)
         self.m += [md_text, ""]
+
+
+def _needs_more_row(p: dict[str, Any]) -> dict[str, Any]:
+    basis = p.get("tier_basis", {})
+    need = basis.get("donors_needed", {}) or {}
+    n = need.get("per_group")
+    donors = (f"{n} (observed d = {need.get('cohens_d')})" if n is not None
+              else need.get("why", "–"))
+    return {"plan": p["id"], "for": p["hypothesis"], "assay": p["assay"],
+            "what is missing": "; ".join(basis.get("missing", [])) or "–",
+            "donors per group": donors}
 
 
 def refine_effect_rows(refine: dict[str, Any]) -> list[dict[str, Any]]:
@@ -232,11 +358,13 @@ def write_report(run_dir: str | Path) -> list[str]:
             validations[e["cell_type"]] = v
     figs = _figures(hyps, validations)
 
+    head = _Doc()
+    head.heading(f"discovery report · run {manifest['run_id']}", 1)
+    head.para(f"Created {manifest.get('created')}; config hash {manifest.get('config_hash')}; "
+              f"seed {manifest.get('seed')}. Everything below is read from this run directory.",
+              "small")
+    _summary_section(head, findings_summary(rd))
     doc = _Doc()
-    doc.heading(f"discovery report · run {manifest['run_id']}", 1)
-    doc.para(f"Created {manifest.get('created')}; config hash {manifest.get('config_hash')}; "
-             f"seed {manifest.get('seed')}. Everything below is read from this run directory.",
-             "small")
     refine = _read(rd / layout.REFINE)
     if refine:
         _refine_section(doc, refine)
@@ -318,7 +446,14 @@ def write_report(run_dir: str | Path) -> list[str]:
     doc.heading("Experimental plans")
     if plans_doc:
         doc.para(f"Priority: {plans_doc['priority_formula']}.", "small")
-    for p in plans:
+        for tier, rule in plans_doc.get("tier_rules", {}).items():
+            doc.para(f"{tier}: {rule}.", "small")
+    full = [p for p in plans if p.get("tier", "recommended") != "needs more data"]
+    more = [p for p in plans if p.get("tier") == "needs more data"]
+    if not full:
+        doc.para("No plan is recommended or exploratory: no hypothesis has evidence beyond the "
+                 "model's attribution. The plans below say what each one lacks.")
+    for p in full:
         chain_h = "".join(
             f"<li><b>{html.escape(st['step'])}</b>: {html.escape(st['claim'])}"
             f"<br/><span class='small'>refs: {html.escape(', '.join(st['refs']['nodes']) or '–')}"
@@ -331,8 +466,9 @@ def write_report(run_dir: str | Path) -> list[str]:
         also = p.get("also_tests", [])
         for_h = p["hypothesis"] + (f" (also tests {', '.join(also)})" if also else "")
         doc.raw(
-            f"<div class='plan'><h3>{html.escape(p['id'])} · {html.escape(p['title'])}</h3>"
-            f"<p class='small'>for {html.escape(for_h)} · priority "
+            f"<div class='plan' id='{html.escape(p['id'])}'><h3>{html.escape(p['id'])} · "
+            f"{html.escape(p['title'])}</h3><p class='small'><span class='tier'>"
+            f"{html.escape(p.get('tier', ''))}</span> · for {html.escape(for_h)} · priority "
             f"{p['priority']:.3f} · {html.escape(p['modality'])}</p>"
             f"<p><b>Design.</b> {html.escape(p['design'])}</p>"
             f"<p><b>Readout.</b> {html.escape(p.get('readout', ''))}</p>"
@@ -342,15 +478,24 @@ def write_report(run_dir: str | Path) -> list[str]:
             f"<p><b>Controls.</b> {html.escape(ctrl)}</p>"
             f"<p><b>Why it was proposed.</b></p><ol class='chain'>{chain_h}</ol>"
             f"<p class='small'>Method source: {html.escape(p['source'])}</p></div>",
-            f"### {p['id']} · {p['title']}\n\nfor {for_h} · priority "
+            f"### {p['id']} · {p['title']}\n\n{p.get('tier', '')} · for {for_h} · priority "
             f"{p['priority']:.3f} · {p['modality']}\n\n**Design.** {p['design']}\n\n"
             f"**Readout.** {p.get('readout', '')}\n\n**Prerequisites.** {prereq}\n\n"
             f"**Expected.** {p['expected_outcome']}\n\n**Falsified if.** {p['falsified_if']}\n\n"
             f"**Controls.** {ctrl}\n\n**Why it was proposed.**\n\n{chain_m}\n\n"
             f"Method source: {p['source']}")
+    if more:
+        doc.heading("Plans that need more data", 3, anchor="needs-more-data")
+        doc.para("Not lab protocols: each line says what evidence the hypothesis lacks and how "
+                 "many donors per group would detect its observed donor-level effect.", "small")
+        doc.table([_needs_more_row(p) for p in more],
+                  ["plan", "for", "assay", "what is missing", "donors per group"])
+    toc_h, toc_m = doc.contents()
     html_text = ("<!doctype html><html lang='en'><head><meta charset='utf-8'/>"
                  f"<title>discovery report {html.escape(manifest['run_id'])}</title>"
-                 f"<style>{_CSS}</style></head><body>" + "\n".join(doc.h) + "</body></html>")
+                 f"<style>{_CSS}</style></head><body>" + "\n".join(head.h) + toc_h
+                 + "\n".join(doc.h) + "</body></html>")
     write_text(rd / layout.REPORT_HTML, html_text)
-    write_text(rd / layout.REPORT_MD, "\n".join(doc.m).strip() + "\n")
+    write_text(rd / layout.REPORT_MD,
+               "\n".join([*head.m, "", toc_m, "", *doc.m]).strip() + "\n")
     return [layout.REPORT_HTML, layout.REPORT_MD]

@@ -56,7 +56,7 @@ from discovery.tl.expert import ExpertNote, apply_expert
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
 from discovery.tl.hypotheses import SCORE_FORMULA, propose_hypotheses, status_rules
 from discovery.tl.interventions import validate_graph, validation_summary
-from discovery.tl.plans import PRIORITY_FORMULA, make_plans
+from discovery.tl.plans import PRIORITY_FORMULA, TIER_RULES, make_plans
 from discovery.tl.records import Flag
 from discovery.tl.yardstick import score_ranking
 from models.sae import load_sae
@@ -340,7 +340,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                 h.caveats += [Flag("model_shortcut", None, 0.0, f) for f in findings]
         effects = apply_expert(adata, hyps, expert[0], excluded=expert[1]) if expert and expert[0] else []
         covariates = [c for c in ("sex", "age", *keys.covariate_keys) if c in adata.obs]
-        plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates)
+        plans = make_plans(hyps, graphs, case=str(keys.case), covariates=covariates,
+                           min_gene_auroc=spec.min_gene_auroc)
         run_id = rd.manifest["run_id"]
         hyps = [h.to_dict() for h in hyps]
         plans = [p.to_dict() for p in plans]
@@ -349,7 +350,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                            "model_findings": findings, "hypotheses": hyps,
                            **({"expert_feedback": effects} if effects else {})})
         write_json(ppath, {"schema_version": 1, "run_id": run_id,
-                           "priority_formula": PRIORITY_FORMULA, "plans": plans})
+                           "priority_formula": PRIORITY_FORMULA,
+                           "tier_rules": TIER_RULES, "plans": plans})
         outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]
     return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests,
             "expert_feedback": effects}
@@ -455,7 +457,7 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
             rd.record(layout.ADATA)
         return {"quality": read_json(rd.path / layout.SAE_QUALITY),
                 "sae": load_sae(rd.path / layout.sae_dir(spec.seeds[0])),
-                "annotations": pd.read_json(rd.path / layout.ANNOTATIONS)}
+                "annotations": _read_annotations(rd)}
     with rd.stage("features", params) as outputs:
         store_dir = rd.path / layout.ACTIVATIONS
         fitted = features.fit_saes(adata, model, spec=spec, workdir=store_dir)
@@ -492,7 +494,13 @@ def _write_annotations(rd: RunDir, table: pd.DataFrame) -> pd.DataFrame:
     the same file, so both paths continue with the same (JSON-rounded) numbers."""
     path = rd.path / layout.ANNOTATIONS
     atomic_write(path, lambda p: table.to_json(p, orient="records", indent=1))
-    return pd.read_json(path)
+    return _read_annotations(rd)
+
+
+def _read_annotations(rd: RunDir) -> pd.DataFrame:
+    """``annotations.json`` as a table: JSON null stays None in text columns (NaN in numeric
+    ones), and nothing is parsed as a date (``pd.read_json`` would do both differently)."""
+    return pd.DataFrame.from_records(read_json(rd.path / layout.ANNOTATIONS))
 
 
 def train_stage(rd: RunDir, adata: ad.AnnData,

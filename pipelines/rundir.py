@@ -265,8 +265,9 @@ class RunDir:
             raise
         _fault_point(name)
         files = self.manifest.setdefault("files", {})
-        for o in outputs:
-            files[o] = file_checksum(self.path / o)
+        for o in outputs:  # (a distributed run's other ranks write no model files)
+            if (self.path / o).is_file():
+                files[o] = file_checksum(self.path / o)
         rec.update(status="done", seconds=round(time.perf_counter() - t0, 3))
         self.save()
         log.info("stage %s done in %.1fs", name, rec["seconds"])

@@ -10,6 +10,7 @@ import pytest
 from discovery.io.contract import get_keys
 from discovery.io.simulate import simulate
 from pipelines.cli import main
+from pipelines.rundir import MANIFEST_SCHEMA_VERSION
 
 from .conftest import SMALL, TINY
 
@@ -36,7 +37,8 @@ def test_run_writes_run_directory_and_resumes(small_h5ad, tmp_path, tiny_config)
     assert main(["run", str(small_h5ad), "--out", str(out), "--quiet",
                  "--config", str(tiny_config)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == MANIFEST_SCHEMA_VERSION
+    assert set(manifest["files"]) >= {"adata.h5ad", "model/model.safetensors"}
     assert manifest["input"]["checksum"].startswith("sha256:")
     assert manifest["config"]["keys"]["label_key"] == "diagnosis"
     assert {"input", "preprocess", "baselines", "yardstick"} <= set(manifest["stages"])

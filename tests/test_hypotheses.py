@@ -360,3 +360,53 @@ def test_one_plan_per_experiment_keeps_every_hypothesis_and_its_caveats():
     assert any(q.hypothesis == "H3" for q in plans)
     back = Plan.from_dict(json.loads(json.dumps(p.to_dict())))
     assert back.extra["also_tests"] == ["H2"]
+
+
+def test_donors_needed_matches_the_textbook_two_sample_sizes():
+    """Cohen's d = 1 needs 17 donors per group and d = 0.5 needs 64 for 80% power at a
+    two-sided alpha of 0.05 (Cohen 1988, table 2.4.1); d is recovered from the observed t."""
+    from discovery.tl.plans import donors_needed
+
+    for d, n in ((1.0, 17), (0.5, 64), (0.8, 26)):
+        n1 = n2 = 10
+        t = d / np.sqrt(1 / n1 + 1 / n2)
+        got = donors_needed(t, n1, n2)
+        assert abs(got["cohens_d"] - d) < 1e-3
+        assert abs(got["per_group"] - n) <= 1, (d, got)
+    assert donors_needed(0.05, 10, 10)["per_group"] is None  # beyond MAX_DONORS: said so
+    assert "more than" in donors_needed(0.05, 10, 10)["why"]
+    assert donors_needed(float("nan"), 3, 3)["per_group"] is None
+
+
+def test_plan_tiers_follow_the_evidence():
+    """Supported -> recommended; a candidate with independent evidence -> exploratory; a
+    candidate without any, or a flagged hypothesis -> needs more data, with what is missing and
+    the donors that would settle it; P1 is a recommended plan."""
+    from discovery.tl.plans import TIERS, make_plans
+
+    sup = _hyp(id="H1", status="supported", score=0.5)
+    weak = _hyp(id="H2", status="candidate", score=0.9, cell_type="Astrocytes")
+    weak.evidence.donor_level.update(q=0.4, t=1.2, n_case=4, n_control=4)
+    weak.evidence.replication.update(replicated=False, biomarker_auroc_test=0.55)
+    weak.evidence.cross_check["agreement"] = 0.1
+    half = _hyp(id="H3", status="candidate", score=0.8, cell_type="OPC")
+    half.evidence.replication.update(replicated=False)
+    flagged = _hyp(id="H4", status="flagged", score=0.95, cell_type="Endothelial",
+                   flags=[{"kind": "confounded", "by": "batch", "strength": 0.9,
+                           "detail": "batch explains it"}])
+    for h in (sup, weak, half, flagged):
+        h.biomarker = {"genes": ["A", "B"], "direction": h.direction, "definition": "",
+                       "auroc_test": 0.9}
+    plans = make_plans([weak, flagged, half, sup], {}, case="AD")
+    tier = {p.hypothesis: p.tier for p in plans}
+    assert tier == {"H1": "recommended", "H2": "needs more data", "H3": "exploratory",
+                    "H4": "needs more data"}
+    assert plans[0].hypothesis == "H1"  # despite the lowest score
+    assert [TIERS.index(p.tier) for p in plans] == sorted(TIERS.index(p.tier) for p in plans)
+    basis = next(p for p in plans if p.hypothesis == "H2").tier_basis
+    assert any("q = 0.4" in m for m in basis["missing"])
+    assert any("not replicated" in m for m in basis["missing"])
+    assert basis["evidence"] == []
+    assert basis["donors_needed"]["per_group"] > 4
+    fb = next(p for p in plans if p.hypothesis == "H4").tier_basis
+    assert any("confounded (by batch)" in m for m in fb["missing"])

@@ -84,7 +84,7 @@ class AttributionGraph(nx.DiGraph):
         """Node ids of one kind, in graph order."""
         if kind not in self.KINDS:
             msg = f"node kind must be one of {self.KINDS}, got {kind!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         return [n for n, k in self.nodes(data="kind") if k == kind]
 
 

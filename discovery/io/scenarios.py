@@ -48,6 +48,7 @@ import scipy.sparse as sp
 
 from discovery.io import bundled
 from discovery.io.simulate import CELL_TYPES, _Cohort, _counts, real_gene_origin
+from models.errors import InputError
 
 __all__ = ["ArtifactSpec", "ProgramSpec", "RandomScenario", "draw_scenario", "random_suite",
            "simulate_scenario"]
@@ -165,7 +166,7 @@ def draw_scenario(seed: int, *, max_programs: int = 5, donors: tuple[int, int] =
     """
     if donors[0] < 8 or donors[1] < donors[0]:
         msg = f"donors must be a range (lo, hi) with 8 <= lo <= hi; got {donors}"
-        raise ValueError(msg)
+        raise InputError(msg)
     rng = np.random.default_rng([seed, 7919])
     n_donors = int(round(_log_uniform(rng, *donors)))
     n_cases = int(np.clip(round(n_donors * rng.uniform(0.3, 0.7)), 4, n_donors - 4))

@@ -35,6 +35,7 @@ from anndata.io import sparse_dataset, write_elem
 from tqdm.auto import tqdm
 
 from discovery.io import bundled
+from models.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _gene_universe(n_genes: int) -> tuple[list[str], dict[str, str]]:
     genes = list(origin)
     if n_genes < len(genes) + 100:
         msg = f"n_genes must be at least {len(genes) + 100} (the real genes plus 100 others)"
-        raise ValueError(msg)
+        raise InputError(msg)
     width = len(str(n_genes))
     genes += [f"SIMG{i:0{width}d}" for i in range(1, n_genes - len(genes) + 1)]
     return genes, origin
@@ -215,13 +216,13 @@ class _Cohort:
 def _check_args(scenario: str, n_donors: int, cells_per_donor: int) -> None:
     if scenario not in SCENARIOS:
         msg = f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     if n_donors < 6 or n_donors % 2:
         msg = f"n_donors must be even and at least 6 (3 per class for a split); got {n_donors}"
-        raise ValueError(msg)
+        raise InputError(msg)
     if cells_per_donor < 20:
         msg = f"cells_per_donor must be at least 20; got {cells_per_donor}"
-        raise ValueError(msg)
+        raise InputError(msg)
 
 
 def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
@@ -463,7 +464,7 @@ def write_simulated(
     """
     if chunk_cells < 1:
         msg = f"chunk_cells must be positive, got {chunk_cells}"
-        raise ValueError(msg)
+        raise InputError(msg)
     rng = np.random.default_rng(seed)
     c = _plan(scenario, rng, seed=seed, n_donors=n_donors, cells_per_donor=cells_per_donor,
               n_genes=n_genes, label_key=label_key)

@@ -71,21 +71,21 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.max_cells is not None and self.max_cells < 100:
             msg = f"max_cells must be at least 100 (or null for every cell), got {self.max_cells}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.input not in ("counts", "lognorm"):
             msg = f"preprocess input must be 'counts' or 'lognorm', got {self.input!r}"
-            raise ValueError(msg)
+            raise InputError(msg)
         self.pin_genes = tuple(self.pin_genes)
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             msg = f"split_fractions must be three numbers summing to 1, got {self.split_fractions}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if min(self.split_fractions) <= 0:
             msg = f"every split fraction must be positive, got {self.split_fractions}"
-            raise ValueError(msg)
+            raise InputError(msg)
         if self.n_top_genes < 10:
             msg = f"n_top_genes must be at least 10, got {self.n_top_genes}"
-            raise ValueError(msg)
+            raise InputError(msg)
 
     def to_dict(self) -> dict:
         d = asdict(self)

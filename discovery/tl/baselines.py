@@ -207,7 +207,7 @@ def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame
     """
     if method not in BASELINES:
         msg = f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}"
-        raise ValueError(msg)
+        raise InputError(msg)
     keys = get_keys(adata)
     if method == "pseudobulk" and "counts" not in adata.layers:
         msg = ("the pseudobulk baseline sums raw counts per donor, and this data has none "

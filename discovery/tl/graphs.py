@@ -79,7 +79,7 @@ class GraphSpec:
             v = getattr(self, name)
             if not 0 < v <= 1:
                 msg = f"{name} must be in (0, 1], got {v}"
-                raise ValueError(msg)
+                raise InputError(msg)
 
 
 def population_mask(adata: ad.AnnData, *, cell_type: str | None = None,

@@ -9,6 +9,12 @@ priority:
 ``priority = expected information x feasibility``, with expected information = hypothesis score
 x assay informativeness and feasibility = 1 / sqrt(cost tier x time tier).
 
+Every plan has a tier (:data:`TIER_RULES`, written to plans.json): ``recommended`` (the
+hypothesis is supported), ``exploratory`` (a candidate with evidence independent of the model's
+attribution) or ``needs more data`` (what is missing, and how many donors per group would detect
+the observed donor-level effect). Plans are numbered by tier, then by priority, so P1 is never a
+plan for noise when a recommended one exists.
+
 Every text field is a catalog template filled with the hypothesis's measured numbers; controls
 come from its flags and the cohort (batch balance, sex and age matching, a positive-control
 gene set, the cell type's marker). The rationale chain walks plan -> hypothesis -> graph path ->
@@ -22,14 +28,126 @@ import math
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from discovery.io.bundled import gene_sets, read_yaml
 from discovery.tl.records import Hypothesis, Plan
 
-__all__ = ["PRIORITY_FORMULA", "load_assays", "make_plans"]
+__all__ = ["PRIORITY_FORMULA", "TIERS", "TIER_RULES", "donors_needed", "load_assays",
+           "make_plans", "plan_tier"]
 
 PRIORITY_FORMULA = ("priority = (hypothesis score × assay informativeness) × "
                     "1/sqrt(cost tier × time tier)")
+
+
+#: plan tiers, best first
+TIERS = ("recommended", "exploratory", "needs more data")
+#: cross-check agreement (share of the hypothesis's genes the baselines also rank high) that
+#: counts as independent support
+MIN_AGREEMENT = 0.5
+#: significance and power of the donor-count estimate
+POWER_ALPHA, POWER = 0.05, 0.8
+#: beyond this many donors per group an effect is called too small to settle
+MAX_DONORS = 500
+
+TIER_RULES = {
+    "recommended": "the hypothesis is supported (see status_rules in hypotheses.json: "
+                   "donor-level q < 0.05, replicated on held-out test donors, biomarker AUROC "
+                   ">= min_gene_auroc on test donors, stable, no flag)",
+    "exploratory": "a candidate hypothesis with at least one line of evidence independent of the "
+                   "model's attribution: donor-level q < 0.05 on the discovery donors, "
+                   "replication on test donors (same direction, one-sided p < 0.05), a "
+                   "biomarker AUROC >= min_gene_auroc on test donors, or baselines that agree "
+                   f"(cross-check agreement >= {MIN_AGREEMENT})",
+    "needs more data": "every other plan, flagged hypotheses included: it names the missing "
+                       "evidence and the donors per group that would detect the observed "
+                       f"donor-level effect (two-sided alpha {POWER_ALPHA}, power {POWER}, "
+                       "normal approximation + 1); reports list it in one line, not as a lab "
+                       "protocol",
+}
+
+
+def donors_needed(effect_t: float, n_case: int, n_control: int, *,
+                  alpha: float = POWER_ALPHA, power: float = POWER) -> dict[str, Any]:
+    """Donors per group for a two-sided two-sample test to detect the observed donor-level
+    effect: Cohen's d from the observed t (``d = |t| sqrt(1/n1 + 1/n2)``), then
+    ``n = 2 (z_{1-alpha/2} + z_{power})^2 / d^2 + 1`` (normal approximation, +1 for the t test).
+    The observed effect of a small cohort is itself uncertain: the number is a planning
+    guide, not a guarantee."""
+    from scipy.stats import norm
+
+    n1, n2 = int(n_case or 0), int(n_control or 0)
+    if n1 < 2 or n2 < 2 or not np.isfinite(effect_t) or effect_t == 0:
+        return {"per_group": None, "cohens_d": None,
+                "why": "no donor-level effect to plan from (too few donors, or no effect)"}
+    d = abs(float(effect_t)) * math.sqrt(1 / n1 + 1 / n2)
+    n = 2 * ((norm.ppf(1 - alpha / 2) + norm.ppf(power)) / d) ** 2 + 1
+    per_group = int(math.ceil(n))
+    out = {"per_group": per_group if per_group <= MAX_DONORS else None,
+           "cohens_d": round(d, 3), "alpha": alpha, "power": power,
+           "observed": {"n_case": n1, "n_control": n2}}
+    if per_group > MAX_DONORS:
+        out["why"] = (f"the observed effect (d = {d:.2f}) would need more than {MAX_DONORS} "
+                      "donors per group")
+    return out
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def plan_tier(h: dict[str, Any], *, min_gene_auroc: float = 0.7) -> tuple[str, dict[str, Any]]:
+    """The tier of a plan for hypothesis ``h`` (a hypotheses.json record) and its basis: the
+    independent evidence present, what is missing (each with its number), and the donors per
+    group that would settle the donor-level question (:func:`donors_needed`)."""
+    ev = h.get("evidence", {})
+    dl = ev.get("donor_level", {}) or {}
+    rep = ev.get("replication", {}) or {}
+    q = _num(dl.get("q"))
+    auroc = _num(rep.get("biomarker_auroc_test"))
+    agree = _num((ev.get("cross_check") or {}).get("agreement"))
+    present, missing = [], []
+    checks = [
+        (q < 0.05, f"donor-level q = {q:.3g} on discovery donors",
+         f"donor-level q = {q:.3g} (needs < 0.05)" if np.isfinite(q)
+         else "no donor-level test (too few donors in this cell type)"),
+        (bool(rep.get("replicated")),
+         f"replicated on {rep.get('n_donors')} test donors (p = "
+         f"{_num(rep.get('p_one_sided')):.3g})",
+         f"not replicated on the {rep.get('n_donors', 0)} test donors"
+         + (f" (one-sided p = {_num(rep.get('p_one_sided')):.3g})"
+            if np.isfinite(_num(rep.get("p_one_sided"))) else "")),
+        (auroc >= min_gene_auroc, f"biomarker AUROC {auroc:.2f} on test donors",
+         f"biomarker AUROC {auroc:.2f} on test donors (needs >= {min_gene_auroc:g})"
+         if np.isfinite(auroc) else "no biomarker AUROC on test donors"),
+        (agree >= MIN_AGREEMENT, f"baselines agree ({agree:.2f})",
+         f"baselines agree weakly ({agree:.2f}, needs >= {MIN_AGREEMENT})"
+         if np.isfinite(agree) else None),
+    ]
+    for ok, yes, no in checks:
+        if ok:
+            present.append(yes)
+        elif no:
+            missing.append(no)
+    flags = [f for f in h.get("flags", [])]
+    for f in flags:
+        missing.append(f"flag {f.get('kind')}" + (f" (by {f['by']})" if f.get("by") else "")
+                       + ": " + str(f.get("detail", "")).split(";")[0][:160])
+    status = h.get("status")
+    if status == "supported":
+        tier = "recommended"
+    elif status == "candidate" and present:
+        tier = "exploratory"
+    else:
+        tier = "needs more data"
+    basis = {"status": status, "evidence": present, "missing": missing,
+             "donors_needed": donors_needed(_num(dl.get("t")), dl.get("n_case", 0),
+                                            dl.get("n_control", 0))}
+    return tier, basis
 
 
 def load_assays() -> list[dict[str, Any]]:
@@ -230,12 +348,14 @@ def make_plans(
     covariates: list[str] | None = None,
     per_hypothesis: int = 2,
     assays: list[dict[str, Any]] | None = None,
+    min_gene_auroc: float = 0.7,
 ) -> list[Plan]:
     """Plans (:class:`discovery.tl.records.Plan`, by decreasing priority) for ``hypotheses``;
     sets each hypothesis's ``plans`` ids.
 
     ``graphs``: the cohort graphs by name (``hypothesis['population_graph']``), used to resolve
-    rationale refs. Plans are returned by decreasing priority, ids ``P1``, ``P2`` ...
+    rationale refs. Plans are returned by tier (:data:`TIERS`), then by decreasing priority,
+    ids ``P1``, ``P2`` ...; ``min_gene_auroc``: the hypotheses' biomarker bar (tier rules).
     """
     assays = assays if assays is not None else load_assays()
     covariates = covariates or []
@@ -247,6 +367,7 @@ def make_plans(
         eligible = [a for a in assays if h["kind"] in a["kinds"]
                     and h["direction"] in a["directions"] and h["status"] in a["statuses"]]
         facts = _facts(h, case)
+        tier, basis = plan_tier(h, min_gene_auroc=min_gene_auroc)
         scored = []
         for a in eligible:
             info = h["score"] * float(a["informativeness"])
@@ -269,10 +390,12 @@ def make_plans(
                 "priority": float(priority),
                 "source": " ".join(str(a["source"]).split()),
                 "rationale": _rationale(h, graph, a, case),
+                "tier": tier, "tier_basis": basis,
                 "_genes": [g["symbol"] for g in h["genes"][:5]], "_cell_type": h["cell_type"],
                 "_direction": h["direction"],
             })
-    plans.sort(key=lambda p: (-p["priority"], p["hypothesis"], p["assay_id"]))
+    plans.sort(key=lambda p: (TIERS.index(p["tier"]), -p["priority"], p["hypothesis"],
+                              p["assay_id"]))
     plans = _one_plan_per_experiment(plans)
     by_h = {h.id: h for h in hypotheses}
     for h in hypotheses:

@@ -160,6 +160,10 @@ class Plan(_Record):
     priority: float
     source: str
     rationale: list[RationaleStep]
+    #: recommended | exploratory | needs more data (:data:`discovery.tl.plans.TIER_RULES`)
+    tier: str = ""
+    #: why this tier: the evidence present, what is missing, donors per group that would settle it
+    tier_basis: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     _nested = {"rationale": RationaleStep.from_dict}

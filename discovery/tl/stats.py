@@ -13,6 +13,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from models.errors import InputError
+
 __all__ = ["DonorTest", "LeastSquares", "aggregate_by", "bh_fdr", "cauchy_combination",
            "donor_test", "label_test", "least_squares", "logit", "partial_f_tests", "partial_r2",
            "r_squared", "residualise", "squeeze_var", "welch_t"]
@@ -59,7 +61,7 @@ def aggregate_by(
         agg = agg / n[:, None]
     elif how != "sum":
         msg = f"how must be 'sum' or 'mean', got {how!r}"
-        raise ValueError(msg)
+        raise InputError(msg)
     return np.asarray(names), agg, n
 
 
