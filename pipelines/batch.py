@@ -17,6 +17,9 @@ The batch file (YAML or JSON)::
 A run that fails is recorded (its error message) and the others go on; its directory keeps
 whatever earlier stages finished, and no other run's files are touched. ``OUT/index.html``
 (self-contained) and ``OUT/index.json`` list every run with its status and a link to its report.
+With two or more finished runs, ``OUT/comparison.json`` and ``OUT/comparison.html`` match their
+hypotheses across cohorts (:func:`discovery.tl.cohorts.compare_cohorts`): which programs
+replicate in which cohorts, effects side by side, and which appear in one cohort only.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from typing import Any
 
 import yaml
 
+from discovery.io import layout
 from discovery.io.contract import InputError
-from discovery.io.files import write_json, write_text
+from discovery.io.files import read_json, write_json, write_text
+from discovery.tl.cohorts import compare_cohorts
 from pipelines.config import load_config, merge_overrides
 from pipelines.rundir import child_run_dir, valid_run_name
 
@@ -112,13 +117,59 @@ def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
                        traceback=traceback.format_exc(limit=5))
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         records.append(rec)
+        _write_comparison(root, records)
         _write_index(root, records, path)
     return records
 
 
+def _write_comparison(root: Path, records: list[dict[str, Any]]) -> None:
+    """comparison.json / .html across the finished runs (two or more)."""
+    done = [r for r in records if r["status"] == "done"]
+    if len(done) < 2:
+        return
+    cmp = compare_cohorts({r["name"]: read_json(root / r["dir"] / layout.HYPOTHESES)["hypotheses"]
+                           for r in done})
+    write_json(root / "comparison.json", cmp)
+    n_rep = sum(p["status"] == "replicated" for p in cmp["programs"])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cmp["cohorts"])
+    rows = []
+    for p in cmp["programs"]:
+        cells = []
+        for c in cmp["cohorts"]:
+            hs = p["cohorts"].get(c, [])
+            cells.append("<td>" + "<br/>".join(
+                f"<a href='{html.escape(c)}/report.html'>{html.escape(e['id'])}</a> "
+                f"{html.escape(e['status'])} · effect {_num(e['donor_effect'])} · q "
+                f"{_num(e['donor_q'])}" for e in hs) + "</td>" if hs else "<td>–</td>")
+        rows.append(f"<tr><td>{p['id']}</td><td><b>{html.escape(p['status'])}</b></td>"
+                    f"<td>{html.escape(str(p['cell_type']))}</td><td>{p['direction']}</td>"
+                    f"<td>{html.escape(', '.join(p['shared_genes'] or p['genes'][:5]))}</td>"
+                    + "".join(cells) + "</tr>")
+    rules = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                    for k, v in cmp["rules"].items())
+    write_text(root / "comparison.html",
+               "<!doctype html><html><head><meta charset='utf-8'/><title>discovery: programs "
+               f"across cohorts</title>{_STYLE}</head><body><h1>Programs across cohorts</h1>"
+               f"<p>{n_rep} of {len(cmp['programs'])} programs replicate in two or more of the "
+               f"{len(cmp['cohorts'])} cohorts.</p><ul>{rules}</ul><table><tr><th>program</th>"
+               "<th>status</th><th>cell type</th><th>direction</th><th>genes (shared)</th>"
+               f"{head}</tr>{''.join(rows)}</table><p><a href='index.html'>all runs</a></p>"
+               "</body></html>")
+
+
+def _num(v: Any) -> str:
+    return "–" if v is None or v != v else f"{float(v):.2g}"
+
+
+_STYLE = ("<style>body{font-family:system-ui,sans-serif;margin:2rem}td,th{border:1px "
+          "solid #ccc;padding:.3rem .6rem;vertical-align:top}table{border-collapse:collapse}"
+          "</style>")
+
+
 def _write_index(root: Path, records: list[dict[str, Any]], batch_file: Path) -> None:
-    write_json(root / "index.json", {"schema_version": 1, "batch_file": str(batch_file),
-                                     "runs": records})
+    write_json(root / "index.json", {
+        "schema_version": 1, "batch_file": str(batch_file), "runs": records,
+        "comparison": "comparison.json" if (root / "comparison.json").is_file() else None})
     rows = []
     for r in records:
         link = (f"<a href='{html.escape(r['report'])}'>report</a>" if r["status"] == "done"
@@ -127,10 +178,12 @@ def _write_index(root: Path, records: list[dict[str, Any]], batch_file: Path) ->
                   f"{r['n_flagged']} flagged" if r["status"] == "done" else "")
         rows.append(f"<tr><td>{html.escape(r['name'])}</td><td>{r['status']}</td>"
                     f"<td>{counts}</td><td>{r['seconds']}</td><td>{link}</td></tr>")
+    comparison = ("<p><a href='comparison.html'>Programs across cohorts</a>: which hypotheses "
+                  "replicate in which cohorts.</p>" if (root / "comparison.html").is_file()
+                  else "")
     write_text(root / "index.html",
                "<!doctype html><html><head><meta charset='utf-8'/><title>discovery batch</title>"
-               "<style>body{font-family:system-ui,sans-serif;margin:2rem}td,th{border:1px "
-               "solid #ccc;padding:.3rem .6rem}table{border-collapse:collapse}</style></head>"
-               f"<body><h1>discovery batch: {html.escape(batch_file.name)}</h1><table><tr>"
+               f"{_STYLE}</head>"
+               f"<body><h1>discovery batch: {html.escape(batch_file.name)}</h1>{comparison}<table><tr>"
                "<th>run</th><th>status</th><th>result</th><th>seconds</th><th>report / error"
                f"</th></tr>{''.join(rows)}</table></body></html>")

@@ -89,6 +89,8 @@ def graph_rows(index: dict[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ the findings summary
 #: candidate hypotheses named in the summary beside every supported one
 SUMMARY_CANDIDATES = 3
+#: plans named in the summary (the best one of each hypothesis, recommended ones first)
+SUMMARY_PLANS = 4
 #: test donors per class below which held-out claims are called underpowered
 MIN_TEST_DONORS_PER_CLASS = 3
 
@@ -132,9 +134,15 @@ def findings_summary(run_dir: str | Path) -> dict[str, Any]:
                 for s in ("supported", "candidate", "flagged")}
     tiers = ("recommended", "exploratory", "needs more data")
     counts_p = {t: sum(p.get("tier") == t for p in plans) for t in tiers}
-    shown = [p for p in plans if p.get("tier") == "recommended"] or \
-        [p for p in plans if p.get("tier") == "exploratory"][:3]
-    warnings = list(shortcut_findings(metrics)) if metrics else []
+    shown: list[dict[str, Any]] = []
+    for tier in ("recommended", "exploratory"):  # the best plan of each hypothesis
+        for p in plans:
+            if (p.get("tier") == tier and len(shown) < SUMMARY_PLANS
+                    and p["hypothesis"] not in {q["hypothesis"] for q in shown}):
+                shown.append(p)
+        if shown:
+            break
+    warnings = list(shortcut_findings(metrics, brief=True)) if metrics else []
     test = metrics.get("test", {})
     n_test = test.get("n_donors")
     ci = test.get("donor_auroc_ci") or [None, None]
@@ -146,8 +154,9 @@ def findings_summary(run_dir: str | Path) -> dict[str, Any]:
                         "includes chance: its attributions explain a model that may not "
                         "separate the groups on new donors")
     if counts_h["flagged"]:
-        warnings.append(f"{counts_h['flagged']} hypotheses are flagged as technical artifacts "
-                        "(batch / QC explains them) and are not promoted")
+        n = counts_h["flagged"]
+        warnings.append(f"{n} {'hypothesis is' if n == 1 else 'hypotheses are'} flagged as "
+                        "technical artifacts (batch / QC explains them) and not promoted")
     if quality.get("n_confounded"):
         warnings.append(f"{quality['n_confounded']} of {quality.get('n_features')} SAE features "
                         "are explained by batch or QC")

@@ -410,3 +410,139 @@ def test_plan_tiers_follow_the_evidence():
     assert basis["donors_needed"]["per_group"] > 4
     fb = next(p for p in plans if p.hypothesis == "H4").tier_basis
     assert any("confounded (by batch)" in m for m in fb["missing"])
+
+
+def _rec(hid, ct, direction, genes, status="candidate", score=0.5, effect=1.0):
+    return {"id": hid, "cell_type": ct, "direction": direction, "status": status,
+            "score": score, "kind": "mechanism",
+            "genes": [{"symbol": g, "weight": 1.0} for g in genes],
+            "evidence": {"donor_level": {"effect": effect, "q": 0.01},
+                         "replication": {"replicated": False}}}
+
+
+def test_compare_cohorts_matches_shared_programs_and_keeps_private_ones_apart():
+    """Three programs in both cohorts (gene order, extra genes and cell-type spelling differ),
+    one private program each, a program in the same cell type but the other direction, and an
+    artifact flagged in both: 3 replicated, 3 single-cohort, the artifact excluded."""
+    from discovery.tl.cohorts import compare_cohorts
+
+    a = [_rec("H1", "Microglia", "up", ["TREM2", "APOE", "CD9", "SPP1", "ITGAX"], score=0.9),
+         _rec("H2", "Astrocytes", "up", ["GFAP", "AQP4", "SERPINA3", "CHI3L1"]),
+         _rec("H3", "Excitatory neurons", "down", ["SYT1", "SNAP25", "NRGN", "VGF"]),
+         _rec("H4", "OPC", "up", ["PDGFRA", "CSPG4", "OLIG1"]),
+         _rec("H5", "Microglia", "down", ["P2RY12", "CX3CR1", "TMEM119"]),
+         _rec("H6", "Endothelial", "up", ["FOS", "JUN", "EGR1", "HSPA1A"], status="flagged")]
+    b = [_rec("H1", "microglia", "up", ["APOE", "TREM2", "SPP1", "LPL", "CD9"], score=0.7,
+              effect=0.8),
+         _rec("H2", "Astrocyte", "up", ["AQP4", "GFAP", "CHI3L1", "VIM"]),
+         _rec("H3", "Excitatory Neurons", "down", ["NRGN", "SYT1", "VGF", "CALM1"]),
+         _rec("H4", "Oligodendrocytes", "down", ["MBP", "PLP1", "MOBP"]),
+         _rec("H5", "Endothelial", "up", ["FOS", "JUN", "EGR1", "HSPA1B"], status="flagged")]
+    cmp = compare_cohorts({"discovery": a, "replication": b})
+    progs = cmp["programs"]
+    rep = [p for p in progs if p["status"] == "replicated"]
+    single = [p for p in progs if p["status"] == "single-cohort"]
+    assert len(rep) == 3 and len(single) == 3
+    assert {p["cell_type"] for p in rep} == {"Microglia", "Astrocytes", "Excitatory neurons"}
+    micro = next(p for p in rep if p["cell_type"] == "Microglia")
+    assert set(micro["shared_genes"]) == {"TREM2", "APOE", "CD9", "SPP1"}
+    assert micro["cohorts"]["replication"][0]["donor_effect"] == 0.8  # effects side by side
+    assert {(p["cell_type"], p["direction"]) for p in single} == {
+        ("OPC", "up"), ("Microglia", "down"), ("Oligodendrocytes", "down")}
+    assert all("Endothelial" not in str(p["cell_type"]) for p in progs)  # artifacts excluded
+    assert [p["id"] for p in progs] == [f"R{i}" for i in range(1, 7)]
+
+
+def test_report_opens_with_the_findings_and_shows_only_plans_worth_a_lab(tiny_run):
+    """The summary comes first and names every supported hypothesis; only recommended and
+    exploratory plans are written out in full; each plan that needs more data says in one line
+    what is missing. The same summary heads report.md."""
+    text = (tiny_run / "report.html").read_text()
+    hyps = json.loads((tiny_run / "hypotheses.json").read_text())["hypotheses"]
+    plans = json.loads((tiny_run / "plans.json").read_text())
+    assert set(plans["tier_rules"]) == {"recommended", "exploratory", "needs more data"}
+    summary = text[text.index("<div class='summary'"):text.index("</div>",
+                                                                 text.index("class='summary'"))]
+    assert text.index("class='summary'") < text.index("Cohort and model")
+    for h in hyps:
+        if h["status"] == "supported":
+            assert f"{h['id']} (supported" in summary
+    tiers = [p["tier"] for p in plans["plans"]]
+    assert text.count("<div class='plan'") == tiers.count("recommended") + tiers.count(
+        "exploratory")
+    for p in plans["plans"]:
+        if p["tier"] == "needs more data":
+            assert p["tier_basis"]["missing"], p["id"]
+            row = text[text.index(f"<td>{p['id']}</td>"):]
+            row = row[:row.index("</tr>")]
+            assert p["tier_basis"]["missing"][0].split(" (")[0] in html_unescape(row)
+    md = (tiny_run / "report.md").read_text()
+    assert md.index("## Summary") < md.index("## Cohort and model")
+
+
+def html_unescape(s: str) -> str:
+    import html
+
+    return html.unescape(s)
+
+
+@pytest.mark.slow
+def test_batch_comparison_finds_the_programs_two_cohorts_share(tmp_path, monkeypatch):
+    """A discovery and a replication cohort (different donors) share three planted programs
+    and each has one of its own: the batch comparison marks the three shared programs
+    replicated and each private one single-cohort. The batch is started from another folder:
+    its relative data paths resolve from the batch file's folder."""
+    import dataclasses
+    import warnings
+
+    from discovery.io.scenarios import ProgramSpec, draw_scenario, simulate_scenario
+    from tests.conftest import TINY_STAGES
+
+    base = draw_scenario(3, donors=(16, 16), cells_per_donor=(120, 120), n_genes=(600, 600),
+                         max_programs=0)
+    base = dataclasses.replace(base, artifacts=())
+    pool = [g for g, o in base.origin.items() if o != "marker" and not g.startswith("MT-")]
+
+    def program(i: int, cell_type: str, direction: str) -> ProgramSpec:
+        return ProgramSpec(name=f"p{i}", kind="shift", cell_type=cell_type,
+                           direction=direction, genes=tuple(pool[i * 8:(i + 1) * 8]),
+                           effect=1.5, responder_fraction=1.0, state_fraction=(0.8, 1.0))
+
+    shared = [program(0, "Excitatory neurons", "up"), program(1, "Oligodendrocytes", "down"),
+              program(2, "Inhibitory neurons", "up")]
+    private = {"discovery": program(3, "Astrocytes", "up"),
+               "replication": program(4, "Excitatory neurons", "down")}
+    cohorts = tmp_path / "cohorts"
+    cohorts.mkdir()
+    for name, seed in (("discovery", base.seed), ("replication", base.seed + 100)):
+        s = dataclasses.replace(base, seed=seed, programs=(*shared, private[name]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            simulate_scenario(s).write_h5ad(cohorts / f"{name}.h5ad")
+    keys = {**base.keys, "case": base.labels[0]}
+    (cohorts / "batch.json").write_text(json.dumps({
+        "out": "out", "defaults": TINY_STAGES,
+        "runs": [{"name": n, "data": f"{n}.h5ad", "keys": keys}
+                 for n in ("discovery", "replication")]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["batch", str(cohorts / "batch.json"), "--quiet"]) == 0
+    cmp = json.loads((cohorts / "out" / "comparison.json").read_text())
+    index = json.loads((cohorts / "out" / "index.json").read_text())
+    assert index["comparison"] == "comparison.json"
+    assert "comparison.html" in (cohorts / "out" / "index.html").read_text()
+
+    def found(prog: ProgramSpec) -> list[dict]:
+        return [p for p in cmp["programs"] if p["cell_type"] == prog.cell_type
+                and p["direction"] == prog.direction
+                and len(set(p["genes"]) & set(prog.genes)) >= 3]
+
+    for prog in shared:
+        hits = found(prog)
+        assert hits and hits[0]["status"] == "replicated", (prog.name, hits)
+        assert set(hits[0]["cohorts"]) == {"discovery", "replication"}
+    for name, prog in private.items():
+        hits = found(prog)
+        assert hits and all(h["status"] == "single-cohort" for h in hits), (prog.name, hits)
+        assert all(set(h["cohorts"]) == {name} for h in hits)

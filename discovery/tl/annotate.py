@@ -41,6 +41,7 @@ from discovery.io import bundled
 from discovery.io.contract import Keys, case_mask, get_keys
 from discovery.io.layout import feature_id
 from discovery.tl.classifier import encode
+from discovery.tl.cohorts import same_cell_type
 from discovery.tl.graphs import logit_shares
 from discovery.tl.stats import bh_fdr, donor_test, r_squared
 from models.sae import SparseAutoencoder
@@ -389,15 +390,6 @@ def relabel_by_roles(
     return out
 
 
-def _same_cell_type(a: str, b: str) -> bool:
-    """Cell-type names compared loosely (case, plural 's', spaces, hyphens): "Oligodendrocyte"
-    is "oligodendrocytes", "OPC" is "OPCs"."""
-    def norm(x: str) -> str:
-        x = "".join(ch for ch in x.lower() if ch.isalnum())
-        return x[:-1] if x.endswith("s") else x
-    return norm(a) == norm(b)
-
-
 def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
     """A short name from measured facts only, about the cell type the row describes
     (``cell_type``: where the feature acts): cell type, gene set, genes, direction; ``artifact``
@@ -416,7 +408,7 @@ def auto_label(row: dict[str, Any], *, case: str = "AD") -> str:
     parts = [where]
     low = "low " if row.get("signature_sign", 1) < 0 else ""
     other = row.get("top_set_cell_type")
-    if row.get("top_set") and other and not _same_cell_type(other, where):
+    if row.get("top_set") and other and not same_cell_type(other, where):
         parts.append(f"expresses {other} genes ({row['top_set']}: {genes}) in {where}: "
                      "possible doublets / ambient RNA")
     elif row.get("top_set_category") == "artifact":

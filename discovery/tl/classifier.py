@@ -446,10 +446,11 @@ PROBE_MARGIN = 0.15
 PROBE_MIN_R2 = 0.2
 
 
-def shortcut_findings(metrics: dict[str, Any]) -> list[str]:
+def shortcut_findings(metrics: dict[str, Any], *, brief: bool = False) -> list[str]:
     """Sentences for every covariate the shortcut probe finds encoded beyond chance, and for a
-    model at chance on held-out donors (``model/metrics.json`` in, words out)."""
-    out = []
+    model at chance on held-out donors (``model/metrics.json`` in, words out). ``brief``: the
+    probe's findings in one sentence (for summaries)."""
+    out, short = [], []
     for col, v in metrics.get("shortcut_probe", {}).items():
         if not isinstance(v, dict):
             continue
@@ -460,6 +461,7 @@ def shortcut_findings(metrics: dict[str, Any]) -> list[str]:
             acc = float(np.mean([g["balanced_accuracy"] for g in groups]))
             chance = float(groups[0]["chance"])
             if acc > chance + PROBE_MARGIN:
+                short.append(f"{col} (probe {acc:.2f}, chance {chance:.2f})")
                 out.append(f"The model's representation encodes {col} beyond chance (probe "
                            f"balanced accuracy {acc:.2f} within each label group, chance "
                            f"{chance:.2f}): it can tell the processing batch apart, so a "
@@ -467,8 +469,12 @@ def shortcut_findings(metrics: dict[str, Any]) -> list[str]:
         else:
             r2 = float(np.mean([g["r2"] for g in groups]))
             if r2 > PROBE_MIN_R2:
+                short.append(f"{col} (R² {r2:.2f})")
                 out.append(f"The model's representation encodes {col} (probe R² {r2:.2f} within "
                            "each label group): a QC covariate it could use as a shortcut.")
+    if brief and short:
+        out = [f"The model encodes {', '.join(short[:-1]) + ' and ' if len(short) > 1 else ''}"
+               f"{short[-1]} within each label group: a feature it relies on may be a shortcut."]
     test = metrics.get("test") or {}
     ci = test.get("donor_auroc_ci")
     if test.get("at_chance") and ci:
