@@ -36,6 +36,10 @@ def test_overview_page(app):
     labels = {m.label for m in app.metric}
     assert {"cells", "donors", "genes"} <= labels
     assert len(app.dataframe) >= 3  # model metrics, SAE quality, graphs
+    # findings first: the report's summary heads the page
+    assert app.subheader[0].value == "Summary"
+    text = " ".join(m.value for m in app.markdown)
+    assert "Plans to run first" in text and "Findings" in text
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -546,3 +546,26 @@ def test_batch_comparison_finds_the_programs_two_cohorts_share(tmp_path, monkeyp
         hits = found(prog)
         assert hits and all(h["status"] == "single-cohort" for h in hits), (prog.name, hits)
         assert all(set(h["cohorts"]) == {name} for h in hits)
+
+
+def test_exported_graphs_carry_the_plans_and_tiers_that_rest_on_them(tiny_run, tmp_path):
+    import shutil
+
+    import networkx as nx
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["export", str(run), "--format", "graphml", "--quiet"]) == 0
+    hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
+    plans = json.loads((run / "plans.json").read_text())["plans"]
+    home = {h["id"]: h["population_graph"] for h in hyps}
+    slug = home[plans[0]["hypothesis"]]
+    g = nx.read_graphml(run / "exports" / f"{slug}.graphml")
+    listed = json.loads(g.graph["plans"])
+    assert {(p["id"], p["tier"]) for p in listed} == {
+        (p["id"], p["tier"]) for p in plans if home[p["hypothesis"]] == slug}
+    refs = {n for st in plans[0]["rationale"] for n in st["refs"]["nodes"]}
+    marked = {n for n, d in g.nodes(data=True) if plans[0]["id"] in d.get("plans", "")}
+    assert refs and refs == marked & refs
+    assert all(g.nodes[n]["best_tier"] in ("recommended", "exploratory", "needs more data")
+               for n in marked)

@@ -22,7 +22,8 @@ from discovery.tl import classifier
 from discovery.tl.attribution import SAEHook
 from models.sae import load_sae
 
-__all__ = ["OpenRun", "annotations", "graph", "graph_files", "graph_index", "open_run",
+__all__ = ["OpenRun", "annotate_plans", "annotations", "graph", "graph_files", "graph_index",
+           "open_run",
            "read_json", "require"]
 
 
@@ -120,3 +121,32 @@ def graph_files(run_dir: str | Path, slugs: list[str] | None = None, *,
                      layout.inside_run(run_dir, f)) for f in known[slug]["files"]
                     if f.startswith(f"{layout.GRAPHS_DIR}/cells/")]
     return out
+
+
+def annotate_plans(g: nx.DiGraph, run_dir: str | Path, slug: str) -> nx.DiGraph:
+    """Mark on cohort graph ``slug`` the plans that rest on it (for exports): the graph gets
+    ``plans`` (id, tier, hypothesis, title of every plan whose hypothesis lives in this graph),
+    each node named in a plan's rationale gets ``plans`` ("P1 (recommended); P4 (exploratory)")
+    and ``best_tier``, so Cytoscape or Gephi can filter the nodes a recommended plan stands on.
+    A run without plans leaves the graph as it is."""
+    from discovery.tl.plans import TIERS
+
+    run_dir = Path(run_dir)
+    hpath, ppath = run_dir / layout.HYPOTHESES, run_dir / layout.PLANS
+    if not hpath.is_file() or not ppath.is_file():
+        return g
+    home = {h["id"]: h.get("population_graph") for h in files.read_json(hpath)["hypotheses"]}
+    mine = [p for p in files.read_json(ppath)["plans"] if home.get(p["hypothesis"]) == slug]
+    g.graph["plans"] = [{"id": p["id"], "tier": p.get("tier"), "hypothesis": p["hypothesis"],
+                         "title": p["title"]} for p in mine]
+    on_node: dict[str, list[tuple[str, str]]] = {}
+    for p in mine:
+        nodes = {n for step in p.get("rationale", []) for n in step["refs"]["nodes"]}
+        for n in nodes:
+            on_node.setdefault(n, []).append((p["id"], p.get("tier") or ""))
+    for n, ps in on_node.items():
+        if n in g:
+            g.nodes[n]["plans"] = "; ".join(f"{i} ({t})" for i, t in ps)
+            g.nodes[n]["best_tier"] = min((t for _, t in ps),
+                                          key=lambda t: TIERS.index(t) if t in TIERS else 9)
+    return g
