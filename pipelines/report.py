@@ -294,6 +294,9 @@ def _needs_more_row(p: dict[str, Any]) -> dict[str, Any]:
     n = need.get("per_group")
     donors = (f"{n} (observed d = {need.get('cohens_d')})" if n is not None
               else need.get("why", "–"))
+    if need.get("balanced_across"):
+        donors += (", with cases and controls balanced across "
+                   + ", ".join(need["balanced_across"]))
     return {"plan": p["id"], "for": p["hypothesis"], "assay": p["assay"],
             "what is missing": "; ".join(basis.get("missing", [])) or "–",
             "donors per group": donors}

@@ -410,6 +410,8 @@ def test_plan_tiers_follow_the_evidence():
     assert basis["donors_needed"]["per_group"] > 4
     fb = next(p for p in plans if p.hypothesis == "H4").tier_basis
     assert any("confounded (by batch)" in m for m in fb["missing"])
+    assert fb["donors_needed"]["balanced_across"] == ["batch"]
+    assert "balanced_across" not in basis["donors_needed"]
 
 
 def _rec(hid, ct, direction, genes, status="candidate", score=0.5, effect=1.0):

@@ -103,7 +103,9 @@ def _num(x: Any) -> float:
 def plan_tier(h: dict[str, Any], *, min_gene_auroc: float = 0.7) -> tuple[str, dict[str, Any]]:
     """The tier of a plan for hypothesis ``h`` (a hypotheses.json record) and its basis: the
     independent evidence present, what is missing (each with its number), and the donors per
-    group that would settle the donor-level question (:func:`donors_needed`)."""
+    group that would settle the donor-level question (:func:`donors_needed`; for a hypothesis a
+    technical covariate explains, ``balanced_across`` names the covariates the new donors'
+    cases and controls must be balanced across)."""
     ev = h.get("evidence", {})
     dl = ev.get("donor_level", {}) or {}
     rep = ev.get("replication", {}) or {}
@@ -144,9 +146,12 @@ def plan_tier(h: dict[str, Any], *, min_gene_auroc: float = 0.7) -> tuple[str, d
         tier = "exploratory"
     else:
         tier = "needs more data"
-    basis = {"status": status, "evidence": present, "missing": missing,
-             "donors_needed": donors_needed(_num(dl.get("t")), dl.get("n_case", 0),
-                                            dl.get("n_control", 0))}
+    need = donors_needed(_num(dl.get("t")), dl.get("n_case", 0), dl.get("n_control", 0))
+    technical = sorted({str(f["by"]) for f in flags if f.get("by")
+                        and f.get("kind") in ("confounded", "artifact_mechanism")})
+    if technical:  # more donors settle nothing unless the covariate stops tracking the label
+        need["balanced_across"] = technical
+    basis = {"status": status, "evidence": present, "missing": missing, "donors_needed": need}
     return tier, basis
 
 
