@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     val2 = validate_graph(a, model, two, graph=g_two, mask=mg, n_top=50)
 
     lines = [
-        f"# Attribution on `{args.run_dir}` ({model.config.model_type}, 2 CPU cores)", "",
+        f"# Attribution on `{args.run_dir}` ({model.config.model_type}, "
+        f"{len(os.sched_getaffinity(0))} CPU cores)", "",
         f"Command: `python benchmarks/bench_attribution.py {args.run_dir}`", "",
         f"## Gene-level attribution vs Captum Integrated Gradients (50 steps), {ig['n_cells']} "
         "cells", "",

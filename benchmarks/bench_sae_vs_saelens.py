@@ -110,7 +110,8 @@ def run_saelens(x, test, args, seed):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--d-sae", type=int, default=1024)
+    ap.add_argument("--d-sae", default="1024,4096",
+                    help="dictionary sizes, comma-separated (one table each)")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -119,29 +120,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_vs_saelens.md"))
     args = ap.parse_args(argv)
+    sizes = [int(d) for d in str(args.d_sae).split(",") if d.strip()]
     x, test = _acts(args.run_dir)
-    rows = {"ours (TopK, sparse decode)": [], "SAELens TopKTrainingSAE (baseline)": []}
-    for r in range(args.repeats):  # interleaved, so machine noise hits both alike
-        rows["ours (TopK, sparse decode)"].append(run_ours(x, test, args, r))
-        rows["SAELens TopKTrainingSAE (baseline)"].append(run_saelens(x, test, args, r))
     import sae_lens
 
-    base_sps = statistics.median(s for s, _ in rows["SAELens TopKTrainingSAE (baseline)"])
+    ours, theirs = "ours (TopK, sparse decode)", "SAELens TopKTrainingSAE (baseline)"
     lines = [
         "# TopK SAE training: ours vs SAELens (same process, same activations)", "",
-        f"Command: `python benchmarks/bench_sae_vs_saelens.py {args.run_dir} --d-sae {args.d_sae}"
-        f" --k {args.k} --batch {args.batch} --lr {args.lr} --epochs {args.epochs} --repeats "
-        f"{args.repeats}`", "",
+        f"Command: `python benchmarks/bench_sae_vs_saelens.py {args.run_dir} --d-sae "
+        f"{','.join(map(str, sizes))} --k {args.k} --batch {args.batch} --lr {args.lr} --epochs "
+        f"{args.epochs} --repeats {args.repeats}` (this file is written by that command).", "",
         f"Activations: `pooled` of {args.run_dir}'s classifier, {int((~test).sum())} training "
         f"rows x {x.shape[1]} dims; explained variance on {int(test.sum())} test-donor rows, raw "
         f"space. sae-lens {sae_lens.__version__}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; medians over {args.repeats} interleaved repeats.", "",
-        "| trainer | samples/s | x baseline | explained variance |", "|---|---|---|---|",
+        f"{torch.get_num_threads()} threads, {len(os.sched_getaffinity(0))} cores available; "
+        f"medians over {args.repeats} interleaved repeats.",
     ]
-    for name, rs in rows.items():
-        sps = statistics.median(s for s, _ in rs)
-        ev = statistics.median(e for _, e in rs)
-        lines.append(f"| {name} | {sps:,.0f} | {sps / base_sps:.2f} | {ev:.3f} |")
+    summary = []
+    for d_sae in sizes:
+        args.d_sae = d_sae
+        rows: dict[str, list] = {ours: [], theirs: []}
+        for r in range(args.repeats):  # interleaved, so machine noise hits both alike
+            rows[ours].append(run_ours(x, test, args, r))
+            rows[theirs].append(run_saelens(x, test, args, r))
+        med = {n: (statistics.median(s for s, _ in rs), statistics.median(e for _, e in rs))
+               for n, rs in rows.items()}
+        base_sps = med[theirs][0]
+        lines += ["", f"## d_sae {d_sae}, k {args.k}", "",
+                  "| trainer | samples/s | x baseline | explained variance |",
+                  "|---|---|---|---|"]
+        for name, (sps, ev) in med.items():
+            lines.append(f"| {name} | {sps:,.0f} | {sps / base_sps:.2f} | {ev:.3f} |")
+        gap = med[ours][1] - med[theirs][1]
+        summary.append(f"at d_sae {d_sae} ours is {med[ours][0] / base_sps:.1f}x faster with "
+                       f"explained variance {'+' if gap >= 0 else '-'}{abs(gap):.3f} vs SAELens")
+    lines += ["", "Summary: " + "; ".join(summary) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     write_text(args.out, text)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(r["seconds"] for r in rows["logreg_l2 (baseline)"])
     base_cps = statistics.median(r["cells_per_second"] for r in rows["logreg_l2 (baseline)"])
     lines = [
-        "# Classifier training on 2 CPU cores",
+        f"# Classifier training on {len(os.sched_getaffinity(0))} CPU cores",
         "",
         f"Command: `python benchmarks/bench_training.py --repeats {args.repeats} --models "
         f"{args.models}`; cohort: "

@@ -31,7 +31,8 @@ PAGES = [("", "Overview"), ("hypotheses", "Hypotheses"), ("why", "Plan — why w
          ("features", "Features"), ("graph", "Attribution graph"), ("feedback", "Feedback"),
          ("reports", "Reports and exports")]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+# outside CI a missing browser skips the test; under CI (.ci/run sets CI=1) it fails
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
@@ -69,6 +70,46 @@ def server(tiny_run, tmp_path):
     proc.wait(timeout=10)
 
 
+def _graph_path(run: Path, plan: dict):
+    """The subgraph the plan page draws (same function as the app) and the rationale's refs."""
+    from app_pages.components import subgraph_around
+    from discovery.io.graph_files import load_graph
+
+    hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
+    h = next(h for h in hyps if h["id"] == plan["hypothesis"])
+    g = load_graph(run / "graphs" / f"{h['population_graph']}.json")
+    refs = {n for st in plan["rationale"] for n in st["refs"]["nodes"]}
+    return subgraph_around(g, sorted(refs)), refs
+
+
+_CY_STATE = """() => {
+  const host = [...document.querySelectorAll('div')].find(d => d._cyreg && d._cyreg.cy);
+  if (!host) return null;
+  const cy = host._cyreg.cy;
+  const pos = {};
+  cy.nodes().forEach(n => { const p = n.renderedPosition(); pos[n.id()] = [p.x, p.y]; });
+  return {nodes: cy.nodes().length, edges: cy.edges().length,
+          refs: cy.nodes('.ref').map(n => n.id()), positions: pos};
+}"""
+
+
+def _cytoscape_state(page) -> dict:
+    """Nodes, edges, outlined refs and on-screen positions of the Cytoscape graph on the page,
+    read from the component's own Cytoscape instance inside its iframe."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for frame in page.frames:
+            try:
+                state = frame.evaluate(_CY_STATE)
+            except Exception:  # noqa: BLE001 - a frame without the component, or reloading
+                continue
+            if state and state["nodes"]:
+                return state
+        page.wait_for_timeout(300)
+    pytest.fail("no Cytoscape graph with nodes was drawn on the plan page")
+    return {}
+
+
 def test_why_page_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -93,6 +134,9 @@ def test_why_page_in_a_real_browser(server, tmp_path):
         claim = plans[0]["rationale"][0]["claim"]
         page.get_by_text(claim[:60], exact=False).first.wait_for(timeout=30_000)
         assert page.get_by_text(claim[:60], exact=False).first.is_visible()
+        # the whole rationale chain is on the page, step by step
+        for step in plans[0]["rationale"]:
+            assert page.get_by_text(step["claim"][:50], exact=False).first.is_visible(), step
         frame = page.frame_locator("iframe[title*='cytoscape']").first
         # Cytoscape.js stacks canvases; the selection layer on top receives the pointer
         canvas = frame.locator("canvas[data-id='layer0-selectbox']")
@@ -100,8 +144,22 @@ def test_why_page_in_a_real_browser(server, tmp_path):
         assert canvas.is_visible()
         box = canvas.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100
-        canvas.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
-        page.wait_for_timeout(500)
+        # what Cytoscape drew is the plan's graph path: same nodes, edges and red-outlined refs
+        expected, refs = _graph_path(run, plans[0])
+        drawn = _cytoscape_state(page)
+        assert drawn["nodes"] == expected.number_of_nodes() > 1, drawn
+        assert drawn["edges"] == expected.number_of_edges() > 0, drawn
+        assert set(drawn["refs"]) == refs & set(expected), drawn
+        # clicking a referenced feature opens its details (edges with intervals) below
+        details = page.get_by_text("incoming edges (strongest", exact=False)
+        assert details.count() == 0
+        features = sorted(n for n in refs if n in drawn["positions"]
+                          and expected.nodes[n].get("kind") == "feature")
+        target = (features or sorted(n for n in refs if n in drawn["positions"]))[0]
+        x, y = drawn["positions"][target]
+        canvas.click(position={"x": x, "y": y})
+        details.first.wait_for(timeout=30_000)
+        assert page.get_by_text(f"{target}", exact=False).first.is_visible()
         page.screenshot(path=str(out / "why.png"), full_page=True)
         assert (out / "why.png").stat().st_size > 10_000
         # every page after the first load: time until its title is visible
