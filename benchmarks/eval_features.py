@@ -2,10 +2,13 @@
 
 Run: ``python benchmarks/eval_features.py RUN_DIR [--out benchmarks/results/features.md]``
 
-For every SAE seed saved in ``RUN_DIR/features/`` the features are annotated and, for each
-planted program of the simulated cohort, the best feature is found: one whose label names the
-program's cell type, scored by how many of the program's genes are in its top-10 signature.
-A program counts as recovered in a seed when that feature holds >= 5 of them. Artifacts: does a
+For every SAE seed saved in ``RUN_DIR/features/`` the features are annotated. For each planted
+program of the simulated cohort, the headline is **the method's own choice**: among the features
+the method labels with the program's cell type, the one it ranks first (lowest donor-level q
+for diagnosis). Nothing of the planted gene list is used to choose it. The program counts as
+recovered in a seed when that feature's top-10 signature holds >= 5 of the program's genes.
+Beside it, for reference only, the **oracle**: the feature of that cell type whose top-10
+signature overlaps the planted genes most (an upper bound no user can reach). Artifacts: does a
 feature flagged ``confounded_by`` batch / pct_counts_mt exist, and is one labelled as an
 artifact gene set (dissociation / heat shock / mitochondrial)?
 """
@@ -54,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{q['agreement']:.3f} | {q['delta_loss']:+.4f} | {q['donor_auroc']:.3f} / "
                      f"{q['donor_auroc_spliced']:.3f} | {q['cell_auroc']:.3f} / "
                      f"{q['cell_auroc_spliced']:.3f} |")
-    lines += ["", "## Planted programs: best feature per SAE seed", "",
-              "| seed | program | cell type | genes in top-10 | recovered (>= 5) | feature label | "
-              "donor q |", "|---|---|---|---|---|---|---|"]
-    recovered: dict[str, int] = {}
+    lines += ["", "## Planted programs: the method's feature per SAE seed (oracle beside it)", "",
+              "The method's choice: of the features labelled with the program's cell type, the "
+              "one with the lowest donor-level q. Oracle: the one whose top-10 signature "
+              "overlaps the planted genes most (reference only).", "",
+              "| seed | program | cell type | method: genes in top-10 | method: recovered (>= 5) "
+              "| method's feature | donor q | oracle: genes in top-10 | oracle: recovered |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    recovered: dict[str, list[int]] = {}
     artifacts = []
     seeds = sorted(p.name for p in (args.run_dir / "features").glob("sae_seed*"))
     for name in seeds:
@@ -66,21 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         table = annotate.annotate_features(adata, model, sae, acts=acts, hook=hook)
         for prog_name, prog in sorted(tr["programs"].items()):
             cand = table[table["label"].str.startswith(prog["cell_type"])]
-            best, hits = None, -1
-            for _, row in cand.iterrows():
-                h = len(set(row["signature"][:10]) & set(prog["genes"]))
-                if h > hits:
-                    best, hits = row, h
-            ok = hits >= 5
-            recovered[prog_name] = recovered.get(prog_name, 0) + int(ok)
-            lines.append(f"| {name} | {prog_name} | {prog['cell_type']} | {max(hits, 0)} | "
-                         f"{'yes' if ok else 'no'} | {'' if best is None else best['label']} | "
-                         f"{'' if best is None else f'{best.donor_q:.2g}'} |")
+            hits = cand["signature"].map(lambda sig, g=set(prog["genes"]): len(set(sig[:10]) & g))
+            if len(cand):
+                chosen = cand.sort_values(["donor_q", "feature"]).iloc[0]
+                chosen_hits = int(hits[chosen.name])
+                oracle_hits = int(hits.max())
+            else:
+                chosen, chosen_hits, oracle_hits = None, 0, 0
+            rec = recovered.setdefault(prog_name, [0, 0])
+            rec[0] += int(chosen_hits >= 5)
+            rec[1] += int(oracle_hits >= 5)
+            lines.append(
+                f"| {name} | {prog_name} | {prog['cell_type']} | {chosen_hits} | "
+                f"{'yes' if chosen_hits >= 5 else 'no'} | "
+                f"{'' if chosen is None else chosen['label']} | "
+                f"{'' if chosen is None else f'{chosen.donor_q:.2g}'} | {oracle_hits} | "
+                f"{'yes' if oracle_hits >= 5 else 'no'} |")
         conf = table["confounded_by"].value_counts().to_dict()
         art = table[table["top_set_category"] == "artifact"]["top_set"].value_counts().to_dict()
         artifacts.append((name, conf, art))
-    lines += ["", "## Summary", "", "| program | seeds recovered |", "|---|---|"]
-    lines += [f"| {p} | {n} / {len(seeds)} |" for p, n in recovered.items()]
+    lines += ["", "## Summary", "",
+              "| program | seeds recovered by the method's choice | by the oracle (reference) |",
+              "|---|---|---|"]
+    lines += [f"| {p} | {m} / {len(seeds)} | {o} / {len(seeds)} |"
+              for p, (m, o) in recovered.items()]
     lines += ["", "## Artifact features per seed", "",
               "| seed | features flagged confounded_by (count) | features enriched for an artifact "
               "gene set |", "|---|---|---|"]
