@@ -104,11 +104,20 @@ def test_sae_pipeline_on_cohort(fitted, tmp_path):
     assert stab.shape == (64,) and np.nanmedian(stab) > 0.3
     table = annotate.annotate_features(a, model, sae, acts=acts, hook="pooled", stability=stab)
     assert len(table) == 64 and table["label"].str.len().gt(0).all()
-    # at least one feature is a donor-level disease feature in a planted program's cell type
-    sig = table[(table["donor_q"] < 0.05)]
-    assert len(sig) > 0
-    assert set(sig["home_cell_type"]) & {"Microglia", "Astrocytes", "Oligodendrocytes",
-                                         "Excitatory neurons"}
+    # planted programs are carried by features: a donor-level disease feature (q < 0.05) of
+    # the program's own cell type with >= 5 of the program's genes in its top-10 signature.
+    # Chance cannot do that (5 of ~10 program genes among 800 in a top 10); this tiny SAE
+    # (64 latents, 16 donors) finds 2 of the 4 programs, the bundled run finds more
+    # (benchmarks/results/features.md)
+    from discovery.io.simulate import truth
+
+    carried = []
+    for name, prog in truth(a)["programs"].items():
+        own = table[(table["donor_q"] < 0.05) & (table["home_cell_type"] == prog["cell_type"])]
+        hits = own["signature"].map(lambda sig, g=set(prog["genes"]): len(set(sig[:10]) & g))
+        if len(own) and hits.max() >= 5:
+            carried.append(name)
+    assert len(carried) >= 2, carried
 
 
 def test_per_token_activations_of_the_transformer(tmp_path, _pp_small):

@@ -68,7 +68,9 @@ def test_status_rules():
     cav = _hyp(caveats=[{"kind": "artifact_genes", "by": "Heat shock", "strength": 0,
                          "detail": ""}])
     _status_and_score(cav, 0.3, spec)
-    assert cav.status == "supported"
+    twin = _hyp()  # the same evidence without the caveat: same status, same score
+    _status_and_score(twin, 0.3, spec)
+    assert cav.status == twin.status == "supported" and cav.score == twin.score
     mech = _hyp(flags=[{"kind": "artifact_mechanism", "by": "batch", "strength": 0.6,
                         "detail": "d"}])
     _status_and_score(mech, 0.3, spec)

@@ -113,9 +113,22 @@ def test_whole_pipeline_runs_on_a_local_checkpoint(tmp_path, tiny_genes):
     first = model(x).logits
     assert torch.equal(load_classifier(out / "model")(x).logits, first)  # save -> load exact
 
-    # the attribution graphs add up for this model too
+    # the attribution graphs add up for this model too: every cohort graph's per-cell
+    # completeness error is tiny, and an unpruned graph's edges into the logit plus its bias
+    # give the mean logit of its cells
     index = json.loads((out / "graphs" / "index.json").read_text())
     assert index["graphs"], "no cohort graph was built"
+    assert all(e["max_completeness_error"] < 1e-4 for e in index["graphs"]), index["graphs"]
+    from discovery.get.run import open_run
+    from discovery.tl.graphs import GraphSpec, cohort_graph
+
+    run = open_run(out)
+    case = run.adata.obs["diagnosis"].astype(str).to_numpy() == "AD"
+    g = cohort_graph(run.adata, run.model, run.saes, mask=case, name="all AD cells",
+                     spec=GraphSpec(node_threshold=1.0, edge_threshold=1.0, n_boot=0))
+    logit = next(n for n, d in g.nodes(data=True) if d.get("kind") == "output")
+    total = sum(d["weight"] for _, _, d in g.in_edges(logit, data=True))
+    assert abs(total + g.nodes[logit].get("bias", 0.0) - g.graph["mean_logit"]) < 1e-4
 
 
 def test_fine_tune_changes_the_encoder(tmp_path, tiny_genes):
