@@ -198,11 +198,17 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------------- disk
     def save(self, path: str | Path) -> None:
+        import os
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
-                  str(path / "sae.safetensors"))
+        # each file to a temporary name first, then renamed: a killed save leaves no half file
+        tmp = path / ".config.json.tmp"
+        tmp.write_text(json.dumps(self.config.to_dict(), indent=2))
+        os.replace(tmp, path / "config.json")
+        tmp = path / ".sae.safetensors.tmp"
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        os.replace(tmp, path / "sae.safetensors")
 
 
 def _recon_mse(x_n_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:

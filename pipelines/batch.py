@@ -117,7 +117,10 @@ def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
                        traceback=traceback.format_exc(limit=5))
         rec["seconds"] = round(time.perf_counter() - t0, 1)
         records.append(rec)
-        _write_comparison(root, records)
+        try:
+            _write_comparison(root, records)
+        except (InputError, KeyError, OSError) as err:  # one unreadable run must not stop the batch
+            rec["comparison_error"] = f"{type(err).__name__}: {err}"
         _write_index(root, records, path)
     return records
 
@@ -125,7 +128,9 @@ def run_batch(batch_file: str | Path, *, out: str | Path | None = None,
 def _write_comparison(root: Path, records: list[dict[str, Any]]) -> None:
     """comparison.json / .html across the finished runs (two or more)."""
     done = [r for r in records if r["status"] == "done"]
-    if len(done) < 2:
+    if len(done) < 2:  # never leave an earlier batch's comparison behind as if it were ours
+        for name in ("comparison.json", "comparison.html"):
+            (root / name).unlink(missing_ok=True)
         return
     cmp = compare_cohorts({r["name"]: read_json(root / r["dir"] / layout.HYPOTHESES)["hypotheses"]
                            for r in done})

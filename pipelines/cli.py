@@ -602,6 +602,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         console.print(f"[bold red]error:[/] {err.filename or err}: no such file or folder")
         return 2
+    except OSError as err:  # permissions, a full disk: the machine, not discovery
+        console.print(f"[bold red]error:[/] {err.strerror or err}"
+                      + (f": {err.filename}" if err.filename else "")
+                      + " (a problem with the file system; finished stages are kept)")
+        return 2
     except Exception:  # noqa: BLE001 - a bug: the traceback and where to report it
         console.print_exception(max_frames=20)
         console.print(

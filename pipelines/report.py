@@ -144,11 +144,12 @@ def findings_summary(run_dir: str | Path) -> dict[str, Any]:
             break
     warnings = list(shortcut_findings(metrics, brief=True)) if metrics else []
     test = metrics.get("test", {})
-    n_test = test.get("n_donors")
+    per_class = [test.get("n_case_donors"), test.get("n_control_donors")]
     ci = test.get("donor_auroc_ci") or [None, None]
-    if n_test is not None and n_test < 2 * MIN_TEST_DONORS_PER_CLASS:
-        warnings.append(f"only {n_test} test donors: held-out replication and the model's "
-                        "donor AUROC rest on very few donors; add donors before trusting them")
+    if None not in per_class and min(per_class) < MIN_TEST_DONORS_PER_CLASS:
+        warnings.append(f"only {per_class[0]} case and {per_class[1]} control test donors: "
+                        "held-out replication and the model's donor AUROC rest on very few "
+                        "donors; add donors before trusting them")
     elif ci[0] is not None and ci[0] <= 0.5:
         warnings.append(f"the model's test-donor AUROC interval ({ci[0]:.2f}-{ci[1]:.2f}) "
                         "includes chance: its attributions explain a model that may not "

@@ -310,7 +310,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
               "donor_tests": "moderated mean + tail tests (shares in [0, 1])",
-              "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash")}
+              "graphs_stage": rd.manifest["stages"]["graphs"].get("params_hash"),
+              "graphs_sha256": _recorded(rd, layout.GRAPH_INDEX)}
     if expert and expert[0]:
         params["expert_feedback"] = [(n.feedback_id, n.reason) for n in expert[0]]
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
@@ -364,6 +365,8 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
     hook = config.sae_spec().hook
     params = {"graphs": config.graphs, "hook": hook,
               "features_stage": rd.manifest["stages"]["features"].get("params_hash"),
+              "sae_sha256": _recorded(rd, f"{layout.sae_dir(config.sae_spec().seeds[0])}"
+                                          "/sae.safetensors"),
               # features are labelled where they act (annotations.json rewritten here)
               "labels": "where-it-acts"}
     index_path = rd.path / layout.GRAPH_INDEX
@@ -445,7 +448,7 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
     """Fit SAEs at the configured hook, measure them, annotate the features."""
     spec = config.sae_spec()
     params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
-        "params_hash")}
+        "params_hash"), "model_sha256": _recorded(rd, f"{layout.MODEL_DIR}/model.safetensors")}
     fdir = rd.path / layout.FEATURES_DIR
     key = sae_key(spec.hook)
     if rd.is_done("features", params) and key in adata.obsm:
@@ -468,7 +471,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
             q["train_samples_per_second"] = round(hist.samples_per_second, 1)
             quality[f"seed{seed}"] = q
             sae.save(rd.path / layout.sae_dir(seed))
-            outputs.append(f"{layout.sae_dir(seed)}/sae.safetensors")
+            outputs += [f"{layout.sae_dir(seed)}/sae.safetensors",
+                        f"{layout.sae_dir(seed)}/config.json"]
         stability, primary = fitted.stability, fitted.primary
         acts = np.asarray(adata.obsm[key])
         umap(adata, seed=config.seed)
@@ -487,6 +491,13 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
         atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
         outputs += [layout.SAE_QUALITY, layout.ANNOTATIONS, layout.ADATA]
     return {"quality": summary, "sae": primary, "annotations": table}
+
+
+def _recorded(rd: RunDir, output: str) -> str | None:
+    """The sha256 the manifest holds for ``output``: a later stage keys on the bytes an earlier
+    one wrote, not only on its settings, so a retrained model that came out different (another
+    device, another thread count) makes the stages built on it run again."""
+    return rd.manifest.get("files", {}).get(output)
 
 
 def _write_annotations(rd: RunDir, table: pd.DataFrame) -> pd.DataFrame:

@@ -167,7 +167,8 @@ class RunDir:
         parent_run: str | None = None,
     ) -> None:
         """Start (or resume) a run; a changed config or input invalidates recorded stages."""
-        if self.path.is_dir():
+        is_run = self.manifest_path.is_file()  # a folder of ours, not any folder
+        if is_run:
             links = layout.links_out(self.path)
             if links:
                 rel, target = links[0]
@@ -177,7 +178,7 @@ class RunDir:
                        "the link (or copy the files in) and run again")
                 raise InputError(msg)
         self.path.mkdir(parents=True, exist_ok=True)
-        removed = remove_temp_files(self.path)
+        removed = remove_temp_files(self.path) if is_run else 0
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
         chash = config_hash(config)
@@ -278,9 +279,15 @@ class RunDir:
         return p
 
 
+#: names of the temporary files and folders this project writes (atomic_write's mkstemp
+#: ``.NAME.XXXXXXXX.tmp``, SAE saves ``.NAME.tmp``, the model's ``.model.tmp``)
+_TEMP = re.compile(r"\.[^/]+?(\.[A-Za-z0-9_]{8})?\.tmp")
+
+
 def remove_temp_files(root: str | Path) -> int:
-    """Remove the temporary files (``.NAME.XXXX.tmp``) and folders (``.model.tmp``) a killed run
-    left under ``root``; symlinks are not followed. Returns how many were removed."""
+    """Remove the temporary files and folders a killed run left under the run directory
+    ``root`` (names of :data:`_TEMP`); symlinks are not followed. Returns how many were
+    removed. Only called on folders that hold a manifest.json (a run directory)."""
     import os
     import shutil
 
@@ -288,12 +295,12 @@ def remove_temp_files(root: str | Path) -> int:
     for folder, dirs, names in os.walk(root, followlinks=False):
         for d in list(dirs):
             p = Path(folder) / d
-            if d.startswith(".") and d.endswith(".tmp") and not p.is_symlink():
+            if _TEMP.fullmatch(d) and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
                 dirs.remove(d)
                 n += 1
         for f in names:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if _TEMP.fullmatch(f):
                 (Path(folder) / f).unlink(missing_ok=True)
                 n += 1
     return n

@@ -159,7 +159,6 @@ def test_why_page_in_a_real_browser(server, tmp_path):
         x, y = drawn["positions"][target]
         canvas.click(position={"x": x, "y": y})
         details.first.wait_for(timeout=30_000)
-        assert page.get_by_text(f"{target}", exact=False).first.is_visible()
         page.screenshot(path=str(out / "why.png"), full_page=True)
         assert (out / "why.png").stat().st_size > 10_000
         # every page after the first load: time until its title is visible

@@ -178,8 +178,9 @@ CORPUS = {
     "donor with two labels": (_set_obs(_mixed_donor), "carry cells with different"),
     "too few cells per donor and cell type": (_set_obs(_few_cells),
                                               "too few cells per donor and cell type"),
-    "gene names all numbers": (_set_obs(lambda a: setattr(
-        a, "var_names", [str(i) for i in range(a.n_vars)])), "gene names are all plain numbers"),
+    "gene names are column positions": (_set_obs(lambda a: setattr(
+        a, "var_names", [str(i) for i in range(a.n_vars)])),
+        "gene names are all column positions"),
     "gene names all empty": (_set_obs(lambda a: setattr(a, "var_names", [""] * a.n_vars)),
                              "gene names are all empty"),
     "counts CSV without metadata": (_case_csv("cell,A,B\nc0,1,2\nc1,0,3\n"),
@@ -243,6 +244,12 @@ def test_numeric_gene_names_are_kept_with_a_warning(raw_small):
     with pytest.warns(UserWarning, match="2 gene names are plain numbers"):
         validate(raw_small, Keys())
     assert raw_small.n_vars == 600
+    # Entrez ids: all numbers, but gene ids, not positions: kept with a warning
+    entrez = raw_small.copy()
+    entrez.var_names = [str(7157 + 13 * i) for i in range(entrez.n_vars)]
+    with pytest.warns(UserWarning, match="600 gene names are plain numbers"):
+        validate(entrez, Keys())
+    assert entrez.var_names[0] == "7157"
 
 
 def test_a_placeholder_gene_name_is_dropped_with_a_warning(raw_small):
@@ -524,3 +531,21 @@ def test_a_truncated_json_file_is_named(tmp_path):
     p.write_text('{"hypotheses": [{"id": "H1", ')
     with pytest.raises(InputError, match="hypotheses.json is not valid JSON .* truncated"):
         read_json(p)
+
+
+def test_a_new_run_in_an_existing_folder_leaves_its_files_alone(tmp_path):
+    """Cleaning temporary files and refusing links applies to run directories only: `--out` on
+    an existing folder of other work (a `.x.tmp` of another tool, a link out) changes nothing
+    there; in a run directory (manifest.json) the run's own leftovers go."""
+    from pipelines.rundir import RunDir
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / ".editor.swp.tmp").write_text("someone else's")
+    (folder / "python").symlink_to("/usr/bin/env")
+    RunDir(folder).init(config={}, seed=0, input_desc={"kind": "test"})
+    assert (folder / ".editor.swp.tmp").read_text() == "someone else's"
+    (folder / "python").unlink()
+    (folder / ".adata.h5ad.abcd1234.tmp").write_text("left by a killed run")
+    RunDir(folder).init(config={}, seed=0, input_desc={"kind": "test"})
+    assert not (folder / ".adata.h5ad.abcd1234.tmp").exists()

@@ -569,7 +569,8 @@ def test_exported_graphs_carry_the_plans_and_tiers_that_rest_on_them(tiny_run, t
     assert {(p["id"], p["tier"]) for p in listed} == {
         (p["id"], p["tier"]) for p in plans if home[p["hypothesis"]] == slug}
     refs = {n for st in plans[0]["rationale"] for n in st["refs"]["nodes"]}
-    marked = {n for n, d in g.nodes(data=True) if plans[0]["id"] in d.get("plans", "")}
+    marked = {n for n, d in g.nodes(data=True)  # "P1 (recommended); P10 (exploratory)"
+              if plans[0]["id"] in {x.split(" (")[0] for x in d.get("plans", "").split("; ")}}
     assert refs and refs == marked & refs
     assert all(g.nodes[n]["best_tier"] in ("recommended", "exploratory", "needs more data")
                for n in marked)

@@ -185,8 +185,9 @@ def _sniff_delimiter(path: Path, default: str) -> str:
             head = f.read(1 << 16)
     except (OSError, EOFError):
         return default
-    lines = io.TextIOWrapper(io.BytesIO(head), encoding="utf-8-sig",
-                             errors="replace").read().splitlines()[:6]
+    lines = [ln for ln in io.TextIOWrapper(io.BytesIO(head), encoding="utf-8-sig",
+                                           errors="replace").read().splitlines()
+             if ln.strip()][:6]
     if len(lines) > 2 and len(head) == 1 << 16:
         lines = lines[:-1]  # the last line may be cut
     counts = {d: [line.count(d) for line in lines] for d in _DELIMITERS}
@@ -455,11 +456,16 @@ def _check_gene_names(adata: ad.AnnData) -> None:
     stripped = names.str.strip()
     empty = np.asarray(stripped.isin(["", "nan", "NaN", "<NA>"]))
     numeric = np.asarray(stripped.str.fullmatch(r"[-+]?\d+(\.\d+)?")) & ~empty
-    if empty.all() or numeric.all():
-        kind = "empty" if empty.all() else "plain numbers"
+    # 0, 1, 2, ... (or 0.1-style mangling): a position, not a gene id (Entrez ids are numbers
+    # too, but not consecutive from 0)
+    positions = bool(numeric.all()) and np.array_equal(
+        np.asarray(pd.to_numeric(stripped, errors="coerce"), dtype=float),
+        np.arange(len(names), dtype=float))
+    if empty.all() or positions:
+        kind = "empty" if empty.all() else "column positions (0, 1, 2, ...)"
         msg = (f"the gene names are all {kind} (e.g. {list(names[:3])}): the header row with "
-               "the gene names is missing, or genes are in rows and cells in columns (pass "
-               "--genes-in-rows). Give var_names the gene symbols or ids.")
+               "the gene names is missing, or a table has genes in rows and cells in columns "
+               "(pass --genes-in-rows). Give var_names the gene symbols or ids.")
         raise InputError(msg)
     if empty.any():
         where = np.flatnonzero(empty)
@@ -472,8 +478,10 @@ def _check_gene_names(adata: ad.AnnData) -> None:
     if numeric.any():
         warnings.warn(
             f"{numeric.sum()} gene names are plain numbers (e.g. {list(names[numeric][:3])}); "
-            "they are kept as they are. Check the export: a shifted header or a spreadsheet "
-            "that turned names into numbers gives such names.", UserWarning, stacklevel=4)
+            "they are kept as they are (Entrez ids are numbers; gene sets and reports match "
+            "symbols). Check the export if they should be symbols: a shifted header or a "
+            "spreadsheet that turned names into numbers gives such names.",
+            UserWarning, stacklevel=4)
     copies = pd.Index(adata.var_names).value_counts()
     placeholder = copies[copies > MAX_NAME_COPIES]
     if len(placeholder):

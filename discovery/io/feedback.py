@@ -196,12 +196,20 @@ class FeedbackStore:
         try:
             self._migrate()
         except DatabaseError as err:
+            from sqlalchemy.engine import make_url
+
+            shown = make_url(url).render_as_string(hide_password=True)
+            if sqlite and "file is not a database" in str(err).lower():
+                where = url.split("///", 1)[-1]
+                msg = (f"{where} is not a feedback database ({getattr(err, 'orig', err)}): it "
+                       "was overwritten or belongs to something else. Nothing was changed; move "
+                       f"it aside (e.g. `mv {where} {where}.bad`) and feedback starts a new store")
+                raise InputError(msg) from err
             if isinstance(err, OperationalError) and "locked" in str(err).lower():
                 raise
-            where = url.split("///", 1)[-1] if sqlite else url
-            msg = (f"{where} is not a feedback database ({getattr(err, 'orig', err)}): it was "
-                   "overwritten or belongs to something else. Nothing was changed; move it aside "
-                   f"(e.g. `mv {where} {where}.bad`) and feedback starts a new store")
+            msg = (f"the feedback store {shown} cannot be opened ({getattr(err, 'orig', err)}); "
+                   "check that the file or server exists and is readable and writable "
+                   "(DISCOVERY_FEEDBACK_URL)")
             raise InputError(msg) from err
 
     def _retry(self, fn: Any) -> Any:

@@ -49,10 +49,25 @@ def read_json(path: str | Path) -> Any:
         raise InputError(msg) from err
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it, even briefly, would race with other
+    threads creating files, e.g. in the app)."""
+    try:
+        for line in open("/proc/self/status").read().splitlines():  # noqa: SIM115
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
