@@ -99,13 +99,14 @@ def check_memory(n_params: int, what: str, *, purpose: str = "load", fix: str = 
     ``purpose`` keeps: ``load`` or ``train``) exceed :data:`MEMORY_SHARE` of the memory this
     process may use. Returns the bytes needed."""
     need = int(n_params) * torch.finfo(dtype).bits // 8 * COPIES[purpose]
-    budget = int(available_memory() * MEMORY_SHARE)
+    free = available_memory()
+    budget = int(free * MEMORY_SHARE)
     if need > budget:
         msg = (
             f"{what} has {n_params:,} parameters: about {need / 2**30:,.1f} GiB to {purpose} "
             f"({COPIES[purpose]} copies of {torch.finfo(dtype).bits // 8} bytes each), more than "
             f"the {budget / 2**30:,.1f} GiB budget ({MEMORY_SHARE:.0%} of the "
-            f"{available_memory() / 2**30:,.1f} GiB this process may use). Nothing was "
+            f"{free / 2**30:,.1f} GiB this process may use). Nothing was "
             f"allocated. {fix or 'Use a smaller architecture (fewer layers, a smaller width).'}"
         )
         raise InputError(msg)

@@ -395,7 +395,7 @@ def _random_suite(args: argparse.Namespace, methods: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from discovery.get.run import annotate_plans, graph_files, graph_index
+    from discovery.get.run import annotate_plans, graph_files, graph_index, plans_by_graph
     from discovery.io.graph_files import FORMATS, export_graph, load_graph
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -407,10 +407,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out or layout.inside_run(args.run_dir, "exports")
     written = []
     cohort = set(slugs) if slugs else {e["slug"] for e in graph_index(args.run_dir)["graphs"]}
+    plans = plans_by_graph(args.run_dir)
     for name, src in graph_files(args.run_dir, slugs, cells=args.cells):
         g = load_graph(src)
-        if name in cohort:  # where plans rest: graph-level list, node attributes
-            annotate_plans(g, args.run_dir, name)
+        if name in cohort and plans:  # where plans rest: graph-level list, node attributes
+            annotate_plans(g, plans.get(name, []))
         for fmt in formats:
             written.append(export_graph(g, out / f"{name}{FORMATS[fmt]}", fmt))
     if not args.quiet:

@@ -85,26 +85,17 @@ class RunResult:
 def _preflight_model(config: PipelineConfig, n_genes: int) -> None:
     """Before any work: the checkpoint is readable (no pickle, safetensors present) and the
     classifier and its SAE fit in memory (counted on the meta device, nothing allocated)."""
-    from models import CLASSIFIERS
-    from models.budget import check_memory, parameter_count
-    from models.sae import SAE_REGISTRY
-
     mc = config.model
     if mc.kind == "pretrained":
         from models.pretrained import checkpoint_sha256
 
         checkpoint_sha256(mc.arch["checkpoint"])  # refuses pickles, missing weights
         return
-    cfg_cls, model_cls = CLASSIFIERS[mc.kind]
     n_panel = min(n_genes, config.preprocess.n_top_genes or n_genes)
-    cfg = cfg_cls(gene_names=[f"g{i}" for i in range(n_panel)], **mc.resolved_arch())
-    check_memory(parameter_count(model_cls, cfg), f"the {mc.kind} classifier", purpose="train",
-                 fix="Lower model.arch (d_model, d_ff, n_layers).")
+    cfg = classifier.checked_config(mc.kind, [f"g{i}" for i in range(n_panel)], mc.arch)
     spec = config.sae_spec()
     width = max(int(getattr(cfg, "d_model", 1)), int(getattr(cfg, "d_ff", 1)))  # widest hook
-    sae_cls, _ = SAE_REGISTRY[spec.architecture]
-    check_memory(parameter_count(sae_cls, spec.sae_config(width, spec.seeds[0])),
-                 f"the SAE (d_sae {spec.d_sae})", purpose="train", fix="Lower features.d_sae.")
+    spec.sae_config(width, spec.seeds[0])
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
@@ -316,8 +307,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         params["expert_feedback"] = [(n.feedback_id, n.reason) for n in expert[0]]
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
     tpath = rd.path / layout.DONOR_TESTS
-    if (rd.is_done("hypotheses", params) and hpath.is_file() and ppath.is_file()
-            and tpath.is_file()):
+    if rd.is_done("hypotheses", params):  # (is_done: every output there, sha256 unchanged)
         doc = read_json(hpath)
         return {"hypotheses": doc["hypotheses"], "expert_feedback": doc.get("expert_feedback", []),
                 "plans": read_json(ppath)["plans"],
@@ -370,8 +360,7 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
               # features are labelled where they act (annotations.json rewritten here)
               "labels": "where-it-acts"}
     index_path = rd.path / layout.GRAPH_INDEX
-    if (rd.is_done("graphs", params) and index_path.is_file()
-            and "acts_in" in feats["annotations"]):
+    if rd.is_done("graphs", params) and "acts_in" in feats["annotations"]:
         return read_json(index_path)
     with rd.stage("graphs", params) as outputs:
         saes = [SAEHook(hook, feats["sae"].eval())]

@@ -281,7 +281,7 @@ class RunDir:
 
 #: names of the temporary files and folders this project writes (atomic_write's mkstemp
 #: ``.NAME.XXXXXXXX.tmp``, SAE saves ``.NAME.tmp``, the model's ``.model.tmp``)
-_TEMP = re.compile(r"\.[^/]+?(\.[A-Za-z0-9_]{8})?\.tmp")
+_TEMP = re.compile(r"\..+\.tmp")
 
 
 def remove_temp_files(root: str | Path) -> int:

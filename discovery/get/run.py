@@ -23,7 +23,7 @@ from discovery.tl.attribution import SAEHook
 from models.sae import load_sae
 
 __all__ = ["OpenRun", "annotate_plans", "annotations", "graph", "graph_files", "graph_index",
-           "open_run",
+           "open_run", "plans_by_graph",
            "read_json", "require"]
 
 
@@ -123,24 +123,31 @@ def graph_files(run_dir: str | Path, slugs: list[str] | None = None, *,
     return out
 
 
-def annotate_plans(g: nx.DiGraph, run_dir: str | Path, slug: str) -> nx.DiGraph:
-    """Mark on cohort graph ``slug`` the plans that rest on it (for exports): the graph gets
-    ``plans`` (id, tier, hypothesis, title of every plan whose hypothesis lives in this graph),
-    each node named in a plan's rationale gets ``plans`` ("P1 (recommended); P4 (exploratory)")
-    and ``best_tier``, so Cytoscape or Gephi can filter the nodes a recommended plan stands on.
-    A run without plans leaves the graph as it is."""
-    from discovery.tl.plans import TIERS
-
+def plans_by_graph(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The run's plans grouped by the cohort graph (slug) their hypothesis lives in; empty for a
+    run without hypotheses or plans."""
     run_dir = Path(run_dir)
     hpath, ppath = run_dir / layout.HYPOTHESES, run_dir / layout.PLANS
     if not hpath.is_file() or not ppath.is_file():
-        return g
+        return {}
     home = {h["id"]: h.get("population_graph") for h in files.read_json(hpath)["hypotheses"]}
-    mine = [p for p in files.read_json(ppath)["plans"] if home.get(p["hypothesis"]) == slug]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in files.read_json(ppath)["plans"]:
+        out.setdefault(home.get(p["hypothesis"]), []).append(p)
+    return out
+
+
+def annotate_plans(g: nx.DiGraph, plans: list[dict[str, Any]]) -> nx.DiGraph:
+    """Mark on a cohort graph the ``plans`` that rest on it (for exports; one entry of
+    :func:`plans_by_graph`): the graph gets ``plans`` (id, tier, hypothesis, title of each),
+    each node named in a plan's rationale gets ``plans`` ("P1 (recommended); P4 (exploratory)")
+    and ``best_tier``, so Cytoscape or Gephi can filter the nodes a recommended plan stands on."""
+    from discovery.tl.plans import TIERS
+
     g.graph["plans"] = [{"id": p["id"], "tier": p.get("tier"), "hypothesis": p["hypothesis"],
-                         "title": p["title"]} for p in mine]
+                         "title": p["title"]} for p in plans]
     on_node: dict[str, list[tuple[str, str]]] = {}
-    for p in mine:
+    for p in plans:
         nodes = {n for step in p.get("rationale", []) for n in step["refs"]["nodes"]}
         for n in nodes:
             on_node.setdefault(n, []).append((p["id"], p.get("tier") or ""))

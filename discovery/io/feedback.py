@@ -66,9 +66,8 @@ def check_target(run_dir: str | Path, target: str) -> str:
     a hypothesis or plan id of ``hypotheses.json`` / ``plans.json``, or a feature of
     ``features/annotations.json``. Feedback on a target the run does not have would be stored
     and then break ``refine``; it is refused here with the run's ids named."""
-    import json
-
     from discovery.io import layout
+    from discovery.io.files import read_json
 
     kind = target_kind(target)
     target = target.strip()
@@ -79,11 +78,7 @@ def check_target(run_dir: str | Path, target: str) -> str:
         msg = (f"{run_dir} has no {rel} yet, so {kind} {target!r} cannot be checked; finish "
                "`discovery run` first")
         raise InputError(msg)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        msg = f"{path} is not valid JSON ({err}); rerun `discovery run` to rewrite it"
-        raise InputError(msg) from err
+    data = read_json(path)
     if kind == "feature":
         ids = [str(r.get("feature")) for r in data]
     else:

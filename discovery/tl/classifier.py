@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_ARCH",
     "TrainedClassifier",
+    "checked_config",
     "donor_auroc_interval",
     "shortcut_findings",
     "encode",
@@ -169,6 +170,17 @@ def _balance(adata: ad.AnnData, keys: Keys, train_mask: np.ndarray, asked: str) 
 
 
 # ---------------------------------------------------------------------------------- training
+def checked_config(kind: str, genes: list[str], arch: dict[str, Any] | None = None) -> Any:
+    """The HF config of a ``kind`` classifier (``mlp`` / ``transformer``) over ``genes`` with
+    ``arch`` on top of :data:`DEFAULT_ARCH`, once its training is known to fit in memory
+    (:func:`models.budget.check_memory`, counted on the meta device: nothing allocated)."""
+    cfg_cls, model_cls = CLASSIFIERS[kind]
+    cfg = cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})})
+    check_memory(parameter_count(model_cls, cfg), f"the {kind} classifier", purpose="train",
+                 fix="Lower model.arch (d_model, d_ff, n_layers).")
+    return cfg
+
+
 def train(
     adata: ad.AnnData,
     *,
@@ -202,11 +214,8 @@ def train(
         model = _from_checkpoint(adata, genes, {**DEFAULT_ARCH[kind], **(arch or {})})
         genes = list(model.config.gene_names)
     else:
-        cfg_cls, model_cls = CLASSIFIERS[kind]
-        cfg = cfg_cls(gene_names=genes, **{**DEFAULT_ARCH[kind], **(arch or {})})
-        check_memory(parameter_count(model_cls, cfg), f"the {kind} classifier",
-                     purpose="train", fix="Lower model.arch (d_model, d_ff, n_layers).")
-        model = model_cls(cfg)
+        _, model_cls = CLASSIFIERS[kind]
+        model = model_cls(checked_config(kind, genes, arch))
     x = encode(adata, genes)
     y = torch.from_numpy(case_mask(adata, keys).astype(np.float32))
     split = adata.obs["split"].to_numpy()

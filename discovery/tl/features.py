@@ -96,13 +96,18 @@ class SAESpec:
             raise InputError(f"features settings: {err}") from err
 
     def sae_config(self, d_in: int, seed: int) -> Any:
-        """The architecture's config dataclass (``models.sae``) for inputs of width ``d_in``."""
+        """The architecture's config dataclass (``models.sae``) for inputs of width ``d_in``,
+        once the SAE is known to fit in memory for training (InputError otherwise)."""
         _, cfg_cls = SAE_REGISTRY[self.architecture]
         kw: dict[str, Any] = {"d_in": d_in, "d_sae": self.d_sae, "seed": seed}
         if "k" in cfg_cls.__dataclass_fields__:
             kw["k"] = self.k
             kw["dead_after"] = self.dead_after
-        return cfg_cls.from_dict({**kw, **self.sae})
+        cfg = cfg_cls.from_dict({**kw, **self.sae})
+        check_memory(parameter_count(SAE_REGISTRY[self.architecture][0], cfg),
+                     f"the SAE (d_in {d_in}, d_sae {self.d_sae})", purpose="train",
+                     fix="Lower features.d_sae.")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return {"hook": self.hook, "architecture": self.architecture, "d_sae": self.d_sae,
@@ -208,10 +213,7 @@ def train_saes(
     sae_cls, _ = SAE_REGISTRY[spec.architecture]
     out = []
     for seed in spec.seeds:
-        sae_cfg = spec.sae_config(store.d, seed)
-        check_memory(parameter_count(sae_cls, sae_cfg), f"the SAE (d_in {store.d}, d_sae "
-                     f"{spec.d_sae})", purpose="train", fix="Lower features.d_sae.")
-        sae = sae_cls(sae_cfg)
+        sae = sae_cls(spec.sae_config(store.d, seed))
         sae.fit_normalisation(acts)
         cfg = dataclasses.replace(spec.train, seed=seed)
         gen = torch.Generator().manual_seed(seed)

@@ -135,7 +135,7 @@ def plan_tier(h: dict[str, Any], *, min_gene_auroc: float = 0.7) -> tuple[str, d
             present.append(yes)
         elif no:
             missing.append(no)
-    flags = [f for f in h.get("flags", [])]
+    flags = h.get("flags", [])
     for f in flags:
         missing.append(f"flag {f.get('kind')}" + (f" (by {f['by']})" if f.get("by") else "")
                        + ": " + str(f.get("detail", "")).split(";")[0][:160])
