@@ -10,7 +10,7 @@ import pytest
 
 from discovery.io import bundled
 from discovery.io.contract import validate
-from discovery.io.simulate import SCENARIOS, simulate, truth
+from discovery.io.simulate import SCENARIOS, real_gene_origin, simulate, truth
 from discovery.tl.baselines import pseudobulk_matrix
 
 from .conftest import SMALL
@@ -137,3 +137,36 @@ def test_confounded_clean_is_the_same_cohort_without_its_artifacts():
     for a, lo, hi in ((dirty, 1.5, np.inf), (clean, 0.8, 1.25)):
         x = np.asarray(a.X[:, cols].sum(1)).ravel() / np.asarray(a.X.sum(1)).ravel()
         assert lo < x[tech].mean() / x[~tech].mean() < hi
+
+
+def test_unlisted_twin_moves_the_batch_program_off_every_bundled_set():
+    """The ``_unlisted`` twin is the same cohort count for count; its batch-shifted genes carry
+    names in no bundled gene set, and the listed artifact names now label genes the batch does
+    not move. Filler genes look like gene symbols, never like a placeholder or a QC group."""
+    kw = dict(n_donors=12, cells_per_donor=60)
+    listed, unlisted = simulate("confounded", seed=2, **kw), simulate("confounded_unlisted",
+                                                                     seed=2, **kw)
+    assert (listed.X != unlisted.X).nnz == 0
+    pd.testing.assert_frame_equal(listed.obs, unlisted.obs)
+    members = {g for gs in bundled.gene_sets() for g in gs.genes}
+    g_listed = truth(listed)["artifacts"]["technical batch"]["genes"]
+    g_unlisted = truth(unlisted)["artifacts"]["technical batch"]["genes"]
+    assert set(g_listed) <= members and not set(g_unlisted) & members
+    pos = {g: i for i, g in enumerate(listed.var_names)}
+    pos_twin = {g: i for i, g in enumerate(unlisted.var_names)}
+    assert [pos[g] for g in g_listed] == [pos_twin[g] for g in g_unlisted]
+    assert sorted(listed.var_names) == sorted(unlisted.var_names)  # names permuted only
+
+    # the batch shift follows the columns, whatever they are called
+    tech = (listed.obs["batch"] == "B2").to_numpy()
+
+    def batch_ratio(a, genes):
+        x = np.asarray(a.X[:, a.var_names.isin(genes)].sum(1)).ravel() / np.asarray(
+            a.X.sum(1)).ravel()
+        return x[tech].mean() / x[~tech].mean()
+
+    assert batch_ratio(unlisted, g_unlisted) > 1.5
+    assert 0.7 < batch_ratio(unlisted, g_listed) < 1.3  # listed names, unaffected genes
+    filler = [g for g in listed.var_names if g not in real_gene_origin()]
+    assert not any(g.startswith(("SIMG", "RPS", "RPL")) for g in filler)
+    assert all(g[:3].isalpha() and g[-1].isdigit() for g in filler[:50])

@@ -37,7 +37,6 @@ counts or obs reveals it.
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,7 +46,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from discovery.io import bundled
-from discovery.io.simulate import CELL_TYPES, _Cohort, _counts, real_gene_origin
+from discovery.io.simulate import CELL_TYPES, _Cohort, _counts, _symbols, real_gene_origin
 from models.errors import InputError
 
 __all__ = ["ArtifactSpec", "ProgramSpec", "RandomScenario", "draw_scenario", "random_suite",
@@ -130,20 +129,6 @@ class RandomScenario:
 
 
 # ------------------------------------------------------------------------------------------ draw
-def _symbols(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
-    """``n`` random gene-like symbols (3-5 letters and 1-2 digits), none in ``taken``."""
-    out: list[str] = []
-    seen = set(taken)
-    letters = np.array(list(string.ascii_uppercase))
-    while len(out) < n:
-        s = "".join(rng.choice(letters, size=int(rng.integers(3, 6)))) + str(
-            int(rng.integers(1, 100)))
-        if s not in seen:
-            seen.add(s)
-            out.append(s)
-    return out
-
-
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 

@@ -12,8 +12,16 @@ The generative model, per scenario (see :data:`SCENARIOS`):
    log-normal library sizes that differ by cell type.
 4. Disease programs (bundled ``disease`` gene sets): in *affected* case donors (not all), a
    fraction of the cells of the program's cell type shift the program genes up or down.
-5. Confounders: a technical program (dissociation stress and heat shock genes) in every cell type
-   of one batch, and a QC artifact: a higher mitochondrial fraction in cases.
+5. Confounders: a technical program in every cell type of one batch, and a QC artifact: a higher
+   mitochondrial fraction in cases. The technical program's genes are the bundled dissociation
+   stress and heat shock sets (``technical_genes="listed"``) or, in the ``*_unlisted`` twins, genes
+   that sit in no bundled gene set: the same cohort, count for count, with the gene names
+   permuted so that the batch-shifted genes carry unlisted symbols and the dissociation / heat
+   shock symbols label unaffected genes. A method that rejects artifacts because their names
+   are in a gene set, not because of donor-level evidence, does worse on the twin.
+
+Genes that no truth uses get random gene-like symbols (letters and digits), not a placeholder
+prefix: nothing in a name tells a planted gene from a filler gene.
 
 The truth is written, JSON-safe, to ``uns['simulation']`` and read back with :func:`truth`.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import string
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +100,9 @@ class Scenario:
     mito_case_shift: float = 0.5
     donor_sd: float = 0.1
     composition_concentration: float = 60.0
+    #: genes of the technical batch program: ``listed`` (the bundled dissociation stress and heat
+    #: shock sets) or ``unlisted`` (as many genes outside every bundled set, by permuting names)
+    technical_genes: str = "listed"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,6 +151,14 @@ SCENARIOS["confounded_clean"] = replace(
                 "switched off (same donors, batches and programs): an upper bound for "
                 "de-confounding.",
     batch_effect=0.0, batch_library=1.0, mito_case_shift=0.0)
+#: twins whose technical batch program sits on genes outside every bundled gene set (the same
+#: counts; only the names of the batch genes and of as many unaffected genes are swapped): the
+#: benchmark's check that artifact rejection rests on donor-level evidence, not on gene-set names
+for _name in ("alzheimers", "confounded"):
+    SCENARIOS[f"{_name}_unlisted"] = replace(
+        SCENARIOS[_name], name=f"{_name}_unlisted", technical_genes="unlisted",
+        description=SCENARIOS[_name].description + " Twin: the technical batch program's genes "
+                    "are in no bundled gene set.")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -154,16 +174,56 @@ def real_gene_origin() -> dict[str, str]:
     return origin
 
 
-def _gene_universe(n_genes: int) -> tuple[list[str], dict[str, str]]:
-    """Gene names: real symbols for everything the truth uses, placeholders for the rest."""
+def _symbols(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    """``n`` random gene-like symbols (3-5 letters and 1-2 digits), none in ``taken``."""
+    out: list[str] = []
+    seen = set(taken)
+    letters = np.array(list(string.ascii_uppercase))
+    while len(out) < n:
+        s = "".join(rng.choice(letters, size=int(rng.integers(3, 6)))) + str(
+            int(rng.integers(1, 100)))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+#: name prefixes that QC reads as gene groups (mitochondrial, ribosomal): a random symbol must not
+#: start with one, or a filler gene would join a QC metric
+QC_PREFIXES = ("MT-", "RPS", "RPL")
+
+
+def _gene_universe(n_genes: int, seed: int) -> tuple[list[str], dict[str, str]]:
+    """Gene names: real symbols for everything the truth uses, random symbols for the rest.
+
+    The random symbols come from their own generator (seeded by ``seed``), so they do not change
+    any other draw of the cohort.
+    """
     origin = real_gene_origin()
     genes = list(origin)
     if n_genes < len(genes) + 100:
         msg = f"n_genes must be at least {len(genes) + 100} (the real genes plus 100 others)"
         raise InputError(msg)
-    width = len(str(n_genes))
-    genes += [f"SIMG{i:0{width}d}" for i in range(1, n_genes - len(genes) + 1)]
-    return genes, origin
+    rng = np.random.default_rng([seed, 2713])
+    filler: list[str] = []
+    while len(filler) < n_genes - len(genes):
+        filler += [g for g in _symbols(rng, n_genes - len(genes) - len(filler),
+                                       set(genes) | set(filler)) if not g.startswith(QC_PREFIXES)]
+    return genes + filler, origin
+
+
+def _unlisted(genes: list[str], origin: dict[str, str], cols: np.ndarray,
+              seed: int) -> list[str]:
+    """``genes`` with the names at ``cols`` swapped with as many names outside every bundled set
+    (chosen by a generator of their own): the genes at ``cols`` keep their expression and get
+    unlisted names; the listed names move to genes nothing planted touches."""
+    rng = np.random.default_rng([seed, 3271])
+    free = np.array([i for i, g in enumerate(genes) if g not in origin])
+    other = rng.choice(free, size=len(cols), replace=False)
+    out = list(genes)
+    for a, b in zip(cols, other):
+        out[a], out[b] = genes[b], genes[a]
+    return out
 
 
 def _assign_counts(n: int, fraction: float) -> int:
@@ -230,7 +290,7 @@ def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
     """Donors, composition, profiles, programs and confounders: every draw but the counts."""
     _check_args(scenario, n_donors, cells_per_donor)
     sc_ = SCENARIOS[scenario]
-    genes, origin = _gene_universe(n_genes)
+    genes, origin = _gene_universe(n_genes, seed)
     gidx = {g: i for i, g in enumerate(genes)}
     n_g = len(genes)
     ct_names = [c[0] for c in CELL_TYPES]
@@ -333,6 +393,13 @@ def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
     logit_mt = (np.log(sc_.mito_fraction / (1 - sc_.mito_fraction)) + donor_mito[donor_of_cell]
                 + sc_.mito_case_shift * is_case_d[donor_of_cell] + rng.normal(0, 0.5, n_cells))
     f_mt = 1.0 / (1.0 + np.exp(-logit_mt))
+    if sc_.technical_genes == "unlisted":
+        genes = _unlisted(genes, origin, bcols, seed)
+        batch_genes = [genes[i] for i in bcols]
+        batch_sources = ["genes in no bundled gene set (the names of the dissociation stress and "
+                         "heat shock genes moved to unaffected genes)"]
+    else:
+        batch_sources = [bundled.gene_set(n).source for n in BATCH_PROGRAM_SETS]
 
     width = max(6, len(str(n_cells - 1)))
     obs = pd.DataFrame(
@@ -361,12 +428,12 @@ def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
             "technical batch": {
                 "kind": "batch", "driven_by": "batch", "level": "B2",
                 "genes": batch_genes, "effect_size": sc_.batch_effect,
-                "sources": [bundled.gene_set(n).source for n in BATCH_PROGRAM_SETS],
+                "listed": sc_.technical_genes == "listed", "sources": batch_sources,
             },
             "mitochondrial fraction": {
                 "kind": "qc", "driven_by": "pct_counts_mt", "level": "higher in AD",
                 "genes": [genes[i] for i in mt_genes], "effect_size": sc_.mito_case_shift,
-                "sources": [bundled.gene_set("Mitochondrial genes").source],
+                "listed": True, "sources": [bundled.gene_set("Mitochondrial genes").source],
             },
         },
         "donors": {
