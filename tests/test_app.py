@@ -30,24 +30,87 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def test_overview_page(app):
+def test_overview_page(app, tiny_run):
+    """The headline numbers are the run's own: cells, donors and genes from its input summary,
+    the held-out donor AUROC from its metrics."""
+    import json
+
     _ok(app)
     assert app.title[0].value == "Overview"
-    labels = {m.label for m in app.metric}
-    assert {"cells", "donors", "genes"} <= labels
+    summary = json.loads((tiny_run / "input_summary.json").read_text())
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["cells"] == f"{summary['n_cells']:,}"
+    assert metrics["donors"] == str(summary["n_donors"])
+    assert metrics["genes"] == f"{summary['n_genes']:,}"
     assert len(app.dataframe) >= 3  # model metrics, SAE quality, graphs
+    model = app.dataframe[0].value
+    test = json.loads((tiny_run / "model" / "metrics.json").read_text())["test"]
+    shown = " ".join(model.astype(str).to_numpy().ravel())
+    assert f"{test['donor_auroc']:.2f}" in shown
     # findings first: the report's summary heads the page
     assert app.subheader[0].value == "Summary"
     text = " ".join(m.value for m in app.markdown)
     assert "Plans to run first" in text and "Findings" in text
 
 
+def _features_page(at, run):
+    import pandas as pd
+
+    ann = pd.read_json(run / "features" / "annotations.json")
+    ann = ann[ann["frac_active"] > 0]
+    sig = ann[ann["donor_q"] < 0.05]
+    expected = (sig if len(sig) else ann)["feature"].tolist()
+    assert len(at.selectbox[0].options) == len(expected)  # one entry per feature shown
+    row = ann.set_index("feature").loc[at.selectbox[0].value]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["donor effect (q)"].startswith(f"{row['donor_effect']:+.2f}")
+    assert metrics["active in cells"] == f"{row['frac_active']:.1%}"
+
+
+def _graph_page(at, run):
+    import json
+
+    first = json.loads((run / "graphs" / "index.json").read_text())["graphs"][0]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["replacement"] == f"{first['replacement_score']:.3f}"
+    assert metrics["completeness"] == f"{first['completeness_score']:.3f}"
+    assert metrics["cells / donors"] == f"{first['n_cells']} / {first['n_donors']}"
+
+
+def _feedback_page(at, run):
+    import json
+
+    hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
+    # every hypothesis of the run can be the target of a judgement, named by id and genes
+    targets = at.selectbox(key="fb_target").options
+    assert len(targets) == len(hyps)
+    assert targets[0].startswith(f"{hyps[0]['id']} · {hyps[0]['cell_type']}")
+
+
+def _reports_page(at, run):
+    names = {b.label for b in at.get("download_button")}
+    assert {"report.html", "hypotheses.json", "plans.json"} <= names
+
+
+def _new_run_page(at, run):
+    labels = {t.label for t in at.text_input}
+    assert {"Run name", "Label column", "Donor column ('none': cells as units)"} <= labels
+
+
+#: what each page must show of the run, beyond rendering without an error (pages with a test of
+#: their own: hypotheses, plan)
+PAGE_CHECKS = {"features": _features_page, "graph": _graph_page, "feedback": _feedback_page,
+               "reports": _reports_page, "new_run": _new_run_page}
+
+
 @pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders(app, page):
+def test_every_page_renders(app, page, tiny_run):
     app.switch_page(f"app_pages/{page}.py")
     app.run()
     _ok(app)
     assert app.title[0].value
+    if page in PAGE_CHECKS:
+        PAGE_CHECKS[page](app, tiny_run)
 
 
 def test_hypotheses_page_filters(app, tiny_run):

@@ -140,7 +140,19 @@ def test_bundled_cohort_quick_preset(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["kind"] == "simulated"
     assert manifest["config"]["preset"] == "quick"
-    assert (out / "baselines" / "yardstick.csv").exists()
+    # the yardstick scores every planted program for every baseline, and the cell-level
+    # Wilcoxon finds the bundled cohort's strong programs (effect 2.0) even at 12 donors
+    import pandas as pd
+
+    from discovery.get.run import open_run
+    from discovery.io.simulate import truth
+
+    yard = pd.read_csv(out / "baselines" / "yardstick.csv")
+    planted = set(truth(open_run(out).adata)["programs"])
+    for method, grp in yard.groupby("method"):
+        assert set(grp["program"]) == planted, method
+        assert grp["precision_at_k"].between(0, 1).all()
+    assert yard.loc[yard["method"] == "wilcoxon", "precision_at_k"].mean() >= 0.5
 
 
 def test_config_file_errors(tmp_path, small_h5ad, capsys):
@@ -153,13 +165,30 @@ def test_config_file_errors(tmp_path, small_h5ad, capsys):
 
 
 def test_benchmark_command_writes_markdown(tmp_path):
+    """The Markdown holds every scenario's row, and the twin table shows what a name-blind
+    method must show: the same batch false discoveries whether or not the batch genes are in a
+    bundled gene set (the twins are the same counts under other names)."""
     out = tmp_path / "b.md"
-    rc = main(["benchmark", "--scenario", "alzheimers,null", "--seeds", "0", "--donors", "12",
-               "--cells-per-donor", "50", "--genes", "500", "--methods", "pseudobulk",
-               "--out", str(out), "--quiet"])
+    rc = main(["benchmark", "--scenario", "alzheimers,alzheimers_unlisted,null", "--seeds", "0",
+               "--donors", "12", "--cells-per-donor", "50", "--genes", "500", "--methods",
+               "pseudobulk,wilcoxon", "--out", str(out), "--quiet"])
     assert rc == 0
     text = out.read_text()
     assert "| alzheimers | pseudobulk |" in text and "| null | pseudobulk |" in text
+    twin = text.split("(twin scenarios)")[1].split("## Per run")[0]
+    rows = [line for line in twin.splitlines() if line.startswith("| alzheimers |")]
+    assert len(rows) == 2
+    for row in rows:
+        listed, unlisted, diff = (float(x) for x in row.strip("|").split("|")[2:5])
+        assert listed == unlisted and diff == 0
+    assert "| alzheimers | wilcoxon | 0.000 |" not in twin  # the batch does reach its top 20
+    per_run = text.split("## Per run")[1].split("## Per program")[0]
+    lines = [line for line in per_run.splitlines() if line.startswith("| ")][1:]
+    assert len(lines) == 6  # 3 scenarios x 2 methods
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        total, listed_fd, unlisted_fd = (int(c) for c in cells[3:6])
+        assert total == listed_fd + unlisted_fd
 
 
 def test_train_command_stops_after_the_model(tmp_path, capsys):

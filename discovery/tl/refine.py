@@ -53,7 +53,7 @@ from sklearn.metrics import roc_auc_score
 from discovery.io.contract import InputError, case_mask, get_keys
 from discovery.pp.preprocess import normalize, qc_metrics, select_genes
 from discovery.tl.classifier import encode, evaluate
-from discovery.tl.stats import aggregate_by, bh_fdr, partial_f_tests
+from discovery.tl.stats import aggregate_by, bh_fdr, partial_f_tests, robust_upper
 from models.sae import SparseAutoencoder
 from models.training import TrainConfig, class_balance_weights, train_classifier
 
@@ -271,7 +271,7 @@ def fit_check(annotations: pd.DataFrame, marked: list[int], *,
 def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
                    covariate: str, genes: list[str], n_signature: int = 20,
                    scope: str = "panel",
-                   alpha: float = 0.05, min_effect: float = 0.5,
+                   alpha: float = 0.05, min_effect: float | str = "auto",
                    min_cells: int = 5) -> dict[str, Any]:
     """Input genes that carry the artifact of the ``marked`` features.
 
@@ -283,10 +283,13 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     the discovery donors (train + val), centred per cell type and averaged per donor, in a
     linear model on the label and the covariate. A gene is withheld when the covariate's term is
     significant (F-test, BH q < ``alpha`` over the candidates), its partial R² exceeds the
-    label's, and its effect is at least ``min_effect`` log-expression units (0.5: a 1.65-fold
-    shift; on the ``confounded`` scenario the planted batch genes shift by 0.54-2.3 and the
-    genes that batch only nudges through library size by at most 0.49). Returns the withheld
-    genes and the table of every candidate.
+    label's, and its effect exceeds ``min_effect`` log-expression units. ``min_effect="auto"``
+    (default) derives that floor from the data: the covariate's effect is computed for every
+    panel gene and the floor is the upper edge of its typical reach, median + 3 MADs
+    (:func:`discovery.tl.stats.robust_upper`). A technical covariate nudges every gene a little
+    (through library size and normalisation); a gene it shifts far beyond that is one it
+    carries. A number fixes the floor instead. Returns the withheld genes, the floor used
+    (``min_effect``) and the table of every candidate.
     """
     keys = get_keys(adata)
     ann = annotations.set_index("index")
@@ -303,12 +306,17 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     from_marked = set(cands)
     if scope == "panel":
         cands += [g for g in genes if g not in from_marked]
+    if not (min_effect == "auto" or isinstance(min_effect, (int, float))):
+        msg = f"min_effect must be 'auto' or a number of log units, got {min_effect!r}"
+        raise InputError(msg)
+    floor_rule = ("the covariate's median + 3 MADs over the panel's genes"
+                  if min_effect == "auto" else f"{min_effect} log units")
     out: dict[str, Any] = {"covariate": covariate, "candidates": len(cands),
                            "from_marked_features": len(from_marked), "genes": [],
-                           "table": [], "rule": f"{covariate} term F-test BH q < {alpha}, "
-                                                f"partial R² of {covariate} > label's, effect "
-                                                f">= {min_effect} log units (donor pseudobulk, "
-                                                "discovery donors)"}
+                           "min_effect": None, "table": [],
+                           "rule": f"{covariate} term F-test BH q < {alpha}, partial R² of "
+                                   f"{covariate} > label's, effect > {floor_rule} (donor "
+                                   "pseudobulk, discovery donors)"}
     if not cands or covariate not in adata.obs:
         return out
     obs = adata.obs
@@ -317,7 +325,9 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
           else np.full(adata.n_obs, "all"))
     donor = obs[keys.donor_key].astype(str).to_numpy()
     unit = donor + "\x1f" + ct
-    names, pb, n = aggregate_by(adata[disc][:, cands].X, unit[disc], how="mean")
+    # every panel gene is aggregated: the candidates are tested, all of them set the floor
+    background = cands + [g for g in genes if g not in set(cands)]
+    names, pb, n = aggregate_by(adata[disc][:, background].X, unit[disc], how="mean")
     ok = n >= min_cells
     # one value per donor: the pseudobulks with each cell type's mean removed, averaged over the
     # donor's cell types (cell types of one donor share its random effects, so testing
@@ -348,9 +358,11 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     beta, *_ = np.linalg.lstsq(design, pb, rcond=None)
     scale = terms["cov"].std(0) if numeric else np.ones(terms["cov"].shape[1])
     effect = np.abs(beta[2:] * scale[:, None]).max(0)
+    floor = robust_upper(effect) if min_effect == "auto" else float(min_effect)
+    out["min_effect"] = round(floor, 4)
     q = bh_fdr(np.array([r["cov"][1] for r in res]))
-    for g, r, qj, eff in zip(cands, res, q, effect):
-        withheld = bool(qj < alpha and r["cov"][0] > r["label"][0] and eff >= min_effect)
+    for g, r, qj, eff in zip(cands, res, q, effect[:len(cands)]):
+        withheld = bool(qj < alpha and r["cov"][0] > r["label"][0] and eff > floor)
         out["table"].append({"gene": g, f"r2_{covariate}": round(r["cov"][0], 4),
                              "r2_label": round(r["label"][0], 4), "q": float(qj),
                              "effect": round(float(eff), 4), "withheld": withheld,

@@ -17,7 +17,7 @@ from models.errors import InputError
 
 __all__ = ["DonorTest", "LeastSquares", "aggregate_by", "bh_fdr", "cauchy_combination",
            "donor_test", "label_test", "least_squares", "logit", "partial_f_tests", "partial_r2",
-           "r_squared", "residualise", "squeeze_var", "welch_t"]
+           "r_squared", "residualise", "robust_upper", "squeeze_var", "welch_t"]
 
 
 def bh_fdr(p: np.ndarray) -> np.ndarray:
@@ -303,6 +303,30 @@ def label_test(y: np.ndarray, label: np.ndarray, covars: np.ndarray, *,
         r2_cov = np.where(tss > 0, (rss_no_cov - rss) / tss, 0.0)
     return LabelTest(beta[1], t, p, int(df), np.clip(r2_cov, 0, 1), np.clip(r2_label, 0, 1),
                      d0)
+
+
+#: MADs above the median that make a value an outlier: the convention of scater's ``isOutlier``
+#: (McCarthy DJ et al. (2017) Bioinformatics 33:1179, doi:10.1093/bioinformatics/btw777) and of
+#: Leys C et al. (2013) J Exp Soc Psychol 49:764, doi:10.1016/j.jesp.2013.03.013 (2.5-3 MADs)
+OUTLIER_MADS = 3.0
+
+
+def robust_upper(values: np.ndarray, n_mads: float = OUTLIER_MADS) -> float:
+    """``median + n_mads * MAD`` of the finite ``values``, the MAD scaled by 1.4826 (consistent
+    with the SD for normal data): the upper edge of what is typical in ``values``.
+
+    For |effects| of a covariate across every gene of a panel this is the covariate's typical
+    reach (library size and normalisation nudge every gene a little); a gene beyond it is shifted
+    by the covariate specifically. Of normal values about 0.1% exceed it; of |normal| values
+    (absolute effects) about 1.4%, more when the effects are heavy-tailed (few donors).
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        msg = "robust_upper needs at least one finite value"
+        raise InputError(msg)
+    med = float(np.median(v))
+    return med + n_mads * 1.4826 * float(np.median(np.abs(v - med)))
 
 
 def logit(p: np.ndarray, *, eps: float = 1e-9) -> np.ndarray:
