@@ -355,6 +355,16 @@ def _variants(specs: list[str], seeds: list[int]) -> list[dict]:
     return rows
 
 
+def merge_variants(kept: list[dict], measured: list[dict]) -> list[dict]:
+    """The kept record of variants with the newly ``measured`` ones appended (a variant measured
+    again replaces its old rows). Only the newest can be the current code: the ``(current)``
+    mark of earlier labels is dropped."""
+    new = {r["variant"] for r in measured}
+    old = [{**r, "variant": r["variant"].replace(" (current)", "")} for r in kept
+           if r["variant"] not in new]
+    return old + measured
+
+
 def _table(df: pd.DataFrame) -> list[str]:
     def fmt(v: object) -> str:
         if v is None or v is pd.NA or (isinstance(v, float) and v != v):
@@ -407,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                   *_random_summary(rdf), "", *_table(rdf), ""]
     if args.variants:
         vrows = _variants(args.variants, [int(x) for x in args.seeds.split(",") if x])
-        write_text(VARIANTS_JSON, json.dumps(vrows, indent=1, default=float))
+        write_text(VARIANTS_JSON, json.dumps(merge_variants(
+            json.loads(VARIANTS_JSON.read_text()) if VARIANTS_JSON.is_file() else [], vrows),
+            indent=1, default=float))
     if VARIANTS_JSON.is_file():
         vdf = pd.DataFrame(json.loads(VARIANTS_JSON.read_text()))
         wide = vdf.pivot_table(index="variant", columns="seed", values="captured@10",

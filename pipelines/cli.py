@@ -59,23 +59,34 @@ def _add_pretrained(p: argparse.ArgumentParser) -> None:
                    help="with --pretrained: train the encoder too (default: frozen encoder)")
 
 
+PRESET_HELP = ("settings preset: standard (default), quick (smaller cohort and stages), "
+               "pbmc68k (scanpy's PBMC data); `discovery config --example --preset P` lists them")
+MODEL_HELP = "classifier architecture [mlp]"
+DEVICE_HELP = "device for training [cpu]"
+SEED_HELP = "seed of the split, the model and the SAEs [0]"
+SCENARIO_HELP = ("alzheimers, null, confounded, confounded_clean, alzheimers_unlisted, "
+                 "confounded_unlisted [alzheimers]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discovery",
         description="Interpretable models of single-cell cohorts: features, attribution graphs, "
                     "hypotheses and experimental plans that show their reasoning.",
     )
+    parser.add_argument("--version", action="version", version=f"discovery {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline (bundled Alzheimer's cohort without DATA)")
     p.add_argument("data", nargs="?", type=Path, help=".h5ad, or counts .csv/.tsv with --metadata")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
-    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None)
-    p.add_argument("--model", choices=["transformer", "mlp"], default=None)
+    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None,
+                   help=PRESET_HELP)
+    p.add_argument("--model", choices=["transformer", "mlp"], default=None, help=MODEL_HELP)
     _add_pretrained(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=None, help=SEED_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     _add_keys(p)
 
@@ -83,36 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", type=Path,
                    help=".h5ad (raw counts), or a run directory's adata.h5ad; default: bundled")
     p.add_argument("--out", required=True, type=Path, help="run directory")
-    p.add_argument("--model", choices=["transformer", "mlp"], default=None)
+    p.add_argument("--model", choices=["transformer", "mlp"], default=None, help=MODEL_HELP)
     _add_pretrained(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs [the model's default: 40 for the MLP]")
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
-    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None,
+                   help=PRESET_HELP)
+    p.add_argument("--seed", type=int, default=None, help=SEED_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     _add_keys(p)
 
     p = sub.add_parser("simulate", help="write a simulated cohort with planted truth")
     p.add_argument("out", type=Path, help="output .h5ad")
-    p.add_argument("--scenario", default="alzheimers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--donors", type=int, default=48)
-    p.add_argument("--cells-per-donor", type=int, default=200)
-    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--scenario", default="alzheimers", help=SCENARIO_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw [0]")
+    p.add_argument("--donors", type=int, default=48, help="donors, half of them cases [48]")
+    p.add_argument("--cells-per-donor", type=int, default=200,
+                   help="mean cells per donor (Poisson) [200]")
+    p.add_argument("--genes", type=int, default=2000, help="genes [2000]")
     p.add_argument("--chunk-cells", type=int, default=None,
                    help="write the counts this many cells at a time (default: in one piece up "
                         "to 200,000 cells, in chunks of 50,000 above)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("benchmark", help="score ranking methods against planted truth")
     p.add_argument("--scenario", default="alzheimers,null,confounded",
                    help="comma-separated scenarios")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--methods", default=None, help="comma-separated methods [all registered]")
-    p.add_argument("--donors", type=int, default=48)
-    p.add_argument("--cells-per-donor", type=int, default=200)
-    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--donors", type=int, default=48, help="named scenarios: donors [48]")
+    p.add_argument("--cells-per-donor", type=int, default=200,
+                   help="named scenarios: mean cells per donor [200]")
+    p.add_argument("--genes", type=int, default=2000, help="named scenarios: genes [2000]")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("--suite", choices=["random"], default=None,
                    help="'random': scenarios drawn from wide priors (discovery/io/scenarios.py) "
@@ -124,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None,
                    help="random suite: also write the per-program and per-run tables "
                         "(<csv>.programs.csv, <csv>.runs.csv)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("export", help="write a run's attribution graphs as graph files")
     p.add_argument("run_dir", type=Path, help="run directory (after the graphs stage)")
@@ -134,32 +149,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated graph names (index.json 'slug') [all cohort graphs]")
     p.add_argument("--cells", action="store_true", help="export the example cell graphs too")
     p.add_argument("--out", type=Path, default=None, help="output folder [RUN_DIR/exports]")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("graph", help="build (and validate) the attribution graph of a population")
     p.add_argument("run_dir", type=Path, help="run directory (after the features stage)")
     p.add_argument("--cell-type", default=None, help="cell type [all cell types]")
-    p.add_argument("--label", choices=["case", "control", "all"], default="case")
-    p.add_argument("--split", choices=["train", "val", "test"], default=None)
+    p.add_argument("--label", choices=["case", "control", "all"], default="case",
+                   help="cells of this label [case]")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None,
+                   help="cells of this donor split [all splits]")
     p.add_argument("--out", type=Path, required=True,
                    help="graph file (.json, .graphml, .gexf, .cyjs)")
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--node-threshold", type=float, default=0.8,
+                   help="keep the features that carry this share of the influence [0.8]")
+    p.add_argument("--edge-threshold", type=float, default=0.98,
+                   help="keep the edges that carry this share of the attribution [0.98]")
     p.add_argument("--no-validate", action="store_true", help="skip the ablation checks")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("app", help="start the Streamlit app on a run directory")
     p.add_argument("run_dir", nargs="?", type=Path, default=None,
                    help="run directory [the newest under --root]")
     p.add_argument("--root", type=Path, default=None, help="folder of run directories [runs]")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port to serve on [8501]")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on [127.0.0.1; 0.0.0.0 to share on a network]")
 
     p = sub.add_parser("feedback", help="record an expert's verdict on a feature or hypothesis")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="run directory the verdict is about")
     p.add_argument("--target", required=True, help="feature (pooled:F12), hypothesis (H3) or plan")
-    p.add_argument("--verdict", choices=["agree", "disagree"], required=True)
+    p.add_argument("--verdict", choices=["agree", "disagree"], required=True,
+                   help="agree: the target is what the run says; disagree: it is not "
+                        "(say why with --reason and --note)")
     p.add_argument("--reason", required=True,
                    help="technical_artifact (or: batch, artifact), confounder (the model "
                         "is changed by refine); known_biology, wrong_cell_type (or: "
@@ -167,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(refine re-ranks, adds a check or excludes the donor)")
     p.add_argument("--note", default="", help="why, in words")
     p.add_argument("--by", default=None, help="your name [the login name]")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("refine", help="child run that acts on the feedback: no longer relies "
                                       "on rejected features, re-ranked, donors excluded")
@@ -187,33 +208,67 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain: act on the named covariate only (default: also on every other "
                         "technical covariate — mitochondrial or ribosomal fraction, sequencing "
                         "depth — that differs between cases and controls at donor level)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
     p.add_argument("run_dir", type=Path, help="run directory")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     p = sub.add_parser("batch", help="run many cohorts / configurations from a batch file")
     p.add_argument("batch_file", type=Path, help="YAML/JSON: out, defaults, runs (name, "
                    "scenario | data, seed, keys, config)")
     p.add_argument("--out", type=Path, default=None, help="root folder [the file's 'out']")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+    p = sub.add_parser("config", help="print or write the configuration: every key, its value "
+                                      "and what it does")
+    p.add_argument("--example", action="store_true",
+                   help="a commented YAML of every key with its value under --preset")
+    p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default="standard",
+                   help="the preset whose values are written [standard]")
+    p.add_argument("--out", type=Path, default=None, help="write the file here [stdout]")
 
     p = sub.add_parser("perturb", help="in-silico gene perturbation against random-gene nulls")
     p.add_argument("run_dir", type=Path, help="run directory (after the model stage)")
     p.add_argument("--genes", required=True, help="comma-separated gene symbols")
-    p.add_argument("--mode", choices=["down", "up", "delete"], default="down")
+    p.add_argument("--mode", choices=["down", "up", "delete"], default="down",
+                   help="lower the genes' counts, raise them, or set them to zero [down]")
     p.add_argument("--factor", type=float, default=None,
                    help="count multiplier [0.25 for down, 4 for up]")
     p.add_argument("--cell-type", default=None, help="population cell type [all]")
-    p.add_argument("--label", choices=["case", "control", "all"], default="case")
-    p.add_argument("--n-null", type=int, default=50)
+    p.add_argument("--label", choices=["case", "control", "all"], default="case",
+                   help="population label [case]")
+    p.add_argument("--n-null", type=int, default=50,
+                   help="random gene sets of the same size and expression for the null [50]")
     p.add_argument("--out", type=Path, default=None, help="write the table as CSV here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     return parser
 
 
+def _version() -> str:
+    from discovery import __version__
+
+    return __version__
+
+
 # ------------------------------------------------------------------------------------ commands
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipelines.config import example_config
+
+    if not args.example:
+        msg = "say what to write: `discovery config --example [--preset P] [--out FILE]`"
+        raise InputError(msg)
+    text = example_config(args.preset)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from discovery.io.files import write_text
+
+        write_text(args.out, text)
+        console.print(f"written {args.out}")
+    return 0
+
+
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from pipelines.config import load_config
     from pipelines.run import keys_from_args
@@ -571,7 +626,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
             "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch,
-            "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine}
+            "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine,
+            "config": cmd_config}
 
 
 def _init_distributed(args: argparse.Namespace) -> bool:

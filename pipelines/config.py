@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from discovery.tl.features import SAESpec
 from models.configs import check_known
 from models.training import TrainConfig
 
-__all__ = ["PRESETS", "CohortConfig", "PipelineConfig", "load_config"]
+__all__ = ["PRESETS", "CohortConfig", "PipelineConfig", "example_config", "load_config"]
 
 
 @dataclass
@@ -243,3 +245,106 @@ def max_upload_mb() -> float:
     import os
 
     return float(os.environ.get(UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
+
+
+# ------------------------------------------------------------------------------ example config
+def field_comments(cls: type) -> dict[str, str]:
+    """The ``#:`` comments written above a dataclass's fields (and a trailing ``# ...`` on the
+    field's line), read from its source: field name -> comment text."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        m = re.match(r"^\s{4}(\w+)\s*:\s*[^=]+(?:=.*)?$", line)
+        if m and not stripped.startswith(("def ", "return", "@")):
+            trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+            text = " ".join([*pending, trailing]).strip()
+            if text:
+                out[m.group(1)] = text
+        pending = []
+    return out
+
+
+def _section_sources() -> dict[str, tuple[type, ...]]:
+    from discovery.tl.graphs import GraphSpec
+    from discovery.tl.hypotheses import HypothesisSpec
+    from models.sae_training import SAETrainConfig
+
+    return {"keys": (Keys,), "cohort": (CohortConfig,), "preprocess": (PreprocessConfig,),
+            "model": (ModelConfig,), "features": (SAESpec, SAETrainConfig),
+            "graphs": (GraphSpec,), "hypotheses": (HypothesisSpec,)}
+
+
+def example_config(preset: str = "standard") -> str:
+    """Every config key with its value under ``preset`` (the defaults for ``standard``), as a
+    commented YAML file that :func:`load_config` reads back to the same settings.
+
+    Sections that default to empty mappings (``graphs``, ``hypotheses``, ``model.arch``,
+    ``model.train``) are written out in full, so every key a user can set is on the page.
+    """
+    from discovery.tl.hypotheses import HypothesisSpec
+
+    cfg = load_config(preset=preset)
+    d = cfg.to_dict()
+    d.pop("preset")
+    d["keys"].pop("controls")  # filled in by validation, not a setting
+    spec, extra = cfg.graph_settings()
+    d["graphs"] = {**asdict(spec), **extra}
+    d["hypotheses"] = asdict(HypothesisSpec(**cfg.hypotheses))
+    d["model"]["arch"] = cfg.model.resolved_arch()
+    d["model"]["train"] = cfg.model.train_config().to_dict()
+    extra_doc = {"graphs": {"n_top": "features checked by ablation in each cohort graph",
+                            "cell_graphs": "example cell graphs per population",
+                            "min_cells": "smallest population that gets a graph"},
+                 "model": {"arch": "architecture sizes (Hugging Face config keys)",
+                           "train": "training settings (models.training.TrainConfig)"},
+                 "features": {"train": "SAE training (models.sae_training.SAETrainConfig)"}}
+    sources = _section_sources()
+    lines = [f"# discovery config: every key and its value under preset {preset!r}.",
+             "# Use with `discovery run --config FILE`; keys you leave out keep these values.",
+             "# Order of precedence: defaults < --preset < this file < command-line flags.",
+             f"preset: {preset}", f"seed: {d.pop('seed')}",
+             f"baselines: {json.dumps(d.pop('baselines'))}  # gene-ranking baselines run "
+             "beside the model", ""]
+    for section, value in d.items():
+        classes = sources.get(section, ())
+        doc = (inspect.getdoc(classes[0]) or "").split("\n")[0] if classes else ""
+        doc = _wrap(doc, 10_000)[0]
+        comments: dict[str, str] = {}
+        for klass in reversed(classes):
+            comments.update(field_comments(klass))
+        comments.update(extra_doc.get(section, {}))
+        lines.append(f"# {section}: {doc}" if doc else f"# {section}")
+        lines.append(f"{section}:")
+        for key, v in value.items():
+            if key in comments:
+                lines += [f"  # {c}" for c in _wrap(comments[key])]
+            dumped = yaml.safe_dump({key: _plain(v)}, sort_keys=False,
+                                    default_flow_style=False).rstrip("\n")
+            lines += [f"  {x}" for x in dumped.splitlines()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _wrap(text: str, width: int = 94) -> list[str]:
+    import textwrap
+
+    text = re.sub(r":(?:func|data|mod|class|attr|meth):", "", text.replace("``", "`"))
+    return textwrap.wrap(text, width) or [""]

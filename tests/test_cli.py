@@ -203,3 +203,59 @@ def test_train_command_stops_after_the_model(tmp_path, capsys):
     assert {"cell_auroc", "donor_auroc", "accuracy", "ece"} <= set(metrics["test"])
     assert "batch" in metrics["shortcut_probe"]
     assert "Writing model shards" not in capsys.readouterr().err
+
+
+def test_version_and_help_on_every_option(capsys):
+    """`--version` names the installed version; every option of every command says what it
+    does (argparse shows an option without help as a bare flag)."""
+    import argparse
+
+    from discovery import __version__
+    from pipelines.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"discovery {__version__}"
+    bare = []
+
+    def walk(parser, prefix):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{prefix} {name}")
+            elif not a.help and a.dest != "help":
+                bare.append(f"{prefix} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), "discovery")
+    assert bare == []
+
+
+@pytest.mark.parametrize("preset", ["standard", "quick"])
+def test_config_example_lists_every_key_and_reads_back(tmp_path, preset):
+    """The example config holds every key with its value under the preset, commented, and
+    `load_config` reads it back to the same settings (empty default sections written out in
+    full resolve to the same specs)."""
+    from dataclasses import fields
+
+    import yaml
+
+    from discovery.tl.hypotheses import HypothesisSpec
+    from pipelines.config import PipelineConfig, load_config
+
+    out = tmp_path / "example.yaml"
+    assert main(["config", "--example", "--preset", preset, "--out", str(out)]) == 0
+    text = out.read_text()
+    written = yaml.safe_load(text)
+    assert set(written) == {f.name for f in fields(PipelineConfig)}
+    assert text.count("\n  # ") >= 15  # field comments came along
+    from_file, direct = load_config(out), load_config(preset=preset)
+    assert from_file.to_dict()["cohort"] == direct.to_dict()["cohort"]
+    assert from_file.preprocess == direct.preprocess
+    assert from_file.features.to_dict() == direct.features.to_dict()
+    assert from_file.graph_settings() == direct.graph_settings()
+    assert from_file.hypothesis_spec() == direct.hypothesis_spec()
+    assert from_file.model.train_config() == direct.model.train_config()
+    assert from_file.model.resolved_arch() == direct.model.resolved_arch()
+    assert set(written["hypotheses"]) == set(HypothesisSpec.__dataclass_fields__)
+    assert main(["config"]) == 2  # nothing asked: a one-line error, not a traceback
