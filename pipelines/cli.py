@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrained(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help=DEVICE_HELP)
     p.add_argument("--seed", type=int, default=None, help=SEED_HELP)
+    p.add_argument("--gene-sets", action="append", type=Path, default=None, metavar="FILE.gmt",
+                   help="your own gene-set collection (.gmt: MSigDB, GO, ...), tested for "
+                        "enrichment beside the bundled sets; repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     _add_keys(p)
 
@@ -277,6 +280,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     overrides: dict = {"keys": keys} if keys else {}
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if getattr(args, "gene_sets", None):
+        overrides["gene_sets"] = [str(p) for p in args.gene_sets]
     model: dict = {}
     if getattr(args, "model", None):
         model["kind"] = args.model

@@ -104,6 +104,15 @@ class PipelineConfig:
     graphs: dict[str, Any] = field(default_factory=dict)
     #: hypothesis generation: discovery.tl.hypotheses.HypothesisSpec settings
     hypotheses: dict[str, Any] = field(default_factory=dict)
+    #: your own gene-set collections (.gmt files: MSigDB, GO, ...), tested for enrichment beside
+    #: the bundled cited sets; a relative path is read from the working directory
+    gene_sets: tuple[str, ...] = ()
+
+    def user_gene_sets(self) -> list[Any]:
+        """The sets of :attr:`gene_sets` (``discovery.io.GeneSet``, category ``user``)."""
+        from discovery.io.bundled import read_gmt
+
+        return [gs for path in self.gene_sets for gs in read_gmt(path)]
 
     def hypothesis_spec(self):  # noqa: ANN201 - discovery.tl.hypotheses.HypothesisSpec
         from discovery.tl.hypotheses import HypothesisSpec
@@ -139,6 +148,10 @@ class PipelineConfig:
             msg = f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
             raise InputError(msg)
         self.baselines = tuple(self.baselines)
+        if isinstance(self.gene_sets, str):
+            self.gene_sets = (self.gene_sets,)
+        self.gene_sets = tuple(str(Path(p).expanduser().resolve()) for p in self.gene_sets)
+        self.user_gene_sets()  # a bad file is refused before any stage runs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,13 +165,15 @@ class PipelineConfig:
             "features": self.features.to_dict(),
             "graphs": dict(self.graphs),
             "hypotheses": dict(self.hypotheses),
+            "gene_sets": list(self.gene_sets),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         check_known(d, (f.name for f in fields(cls)), "config sections", error=InputError)
         kw: dict[str, Any] = {k: v for k, v in d.items()
-                              if k in ("preset", "seed", "baselines", "graphs", "hypotheses")}
+                              if k in ("preset", "seed", "baselines", "graphs", "hypotheses",
+                                       "gene_sets")}
         if "features" in d:
             kw["features"] = SAESpec.from_dict(d["features"])
         if "keys" in d:
@@ -312,7 +327,9 @@ def example_config(preset: str = "standard") -> str:
              "# Order of precedence: defaults < --preset < this file < command-line flags.",
              f"preset: {preset}", f"seed: {d.pop('seed')}",
              f"baselines: {json.dumps(d.pop('baselines'))}  # gene-ranking baselines run "
-             "beside the model", ""]
+             "beside the model",
+             *[f"# {c}" for c in _wrap(field_comments(PipelineConfig)["gene_sets"])],
+             f"gene_sets: {json.dumps(d.pop('gene_sets'))}", ""]
     for section, value in d.items():
         classes = sources.get(section, ())
         doc = (inspect.getdoc(classes[0]) or "").split("\n")[0] if classes else ""

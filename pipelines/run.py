@@ -394,7 +394,8 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
         ann = annotate.relabel_by_roles(
             adata, model, feats["sae"], table=feats["annotations"],
             roles=annotate.feature_roles(g for _, g, _, _ in built),
-            acts=np.asarray(adata.obsm[sae_key(hook)]), hook=hook)
+            acts=np.asarray(adata.obsm[sae_key(hook)]), hook=hook,
+            gene_sets=config.user_gene_sets())
         ann = feats["annotations"] = _write_annotations(rd, ann)
         outputs.append(layout.ANNOTATIONS)
         labels = dict(zip(ann["feature"], ann["label"]))
@@ -437,7 +438,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
     """Fit SAEs at the configured hook, measure them, annotate the features."""
     spec = config.sae_spec()
     params = {"features": spec.to_dict(), "model_stage": rd.manifest["stages"]["model"].get(
-        "params_hash"), "model_sha256": _recorded(rd, f"{layout.MODEL_DIR}/model.safetensors")}
+        "params_hash"), "model_sha256": _recorded(rd, f"{layout.MODEL_DIR}/model.safetensors"),
+        **_gene_set_params(config)}
     fdir = rd.path / layout.FEATURES_DIR
     key = sae_key(spec.hook)
     if rd.is_done("features", params) and key in adata.obsm:
@@ -466,7 +468,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
         acts = np.asarray(adata.obsm[key])
         umap(adata, seed=config.seed)
         table = annotate.annotate_features(adata, model, primary, acts=acts, hook=spec.hook,
-                                           stability=stability)
+                                           stability=stability,
+                                           gene_sets=config.user_gene_sets())
         summary = {
             "hook": spec.hook, "spec": spec.to_dict(), "per_seed": quality,
             "median_stability": (float(np.nanmedian(stability)) if len(fitted.saes) > 1
@@ -480,6 +483,17 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
         atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
         outputs += [layout.SAE_QUALITY, layout.ANNOTATIONS, layout.ADATA]
     return {"quality": summary, "sae": primary, "annotations": table}
+
+
+def _gene_set_params(config: PipelineConfig) -> dict[str, Any]:
+    """The user's gene-set files by content (sha256): an edited file re-annotates the features.
+    Empty when there are none (the stage keys of runs without them stay as they were)."""
+    import hashlib
+
+    if not config.gene_sets:
+        return {}
+    return {"gene_sets": {p: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                          for p in config.gene_sets}}
 
 
 def _recorded(rd: RunDir, output: str) -> str | None:

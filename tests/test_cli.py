@@ -259,3 +259,55 @@ def test_config_example_lists_every_key_and_reads_back(tmp_path, preset):
     assert from_file.model.resolved_arch() == direct.model.resolved_arch()
     assert set(written["hypotheses"]) == set(HypothesisSpec.__dataclass_fields__)
     assert main(["config"]) == 2  # nothing asked: a one-line error, not a traceback
+
+
+def test_user_gene_sets_join_the_enrichment(tiny_run, tmp_path):
+    """A .gmt collection given with --gene-sets is tested beside the bundled sets: a user set
+    holding the bundled disease-associated microglia genes is enriched wherever the bundled
+    set is, with the same p, and the hit names its collection; only the stages from the
+    features on run again."""
+    import shutil
+
+    import pandas as pd
+
+    from discovery.io import bundled
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    dam = bundled.gene_set("Disease-associated microglia").genes
+    gmt = tmp_path / "my_sets.gmt"
+    gmt.write_text("MY_DAM\thttps://example.org/dam\t" + "\t".join(dam) + "\n"
+                   "MY_OTHER\tno link\tACTB\tGAPDH\tNOT_A_GENE\n")
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    assert main(["run", "--out", str(run), "--config", str(cfg), "--gene-sets", str(gmt),
+                 "--quiet"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["gene_sets"] == [str(gmt.resolve())]
+    assert manifest["stages"]["model"]["status"] == "done"
+    ann = pd.read_json(run / "features" / "annotations.json")
+    with_bundled = 0
+    for enr in ann["enrichment"]:
+        assert all(e["collection"] in ("bundled", "my_sets") for e in enr)
+        names = [e["set"] for e in enr]
+        if "Disease-associated microglia" in names[:-1]:
+            # the same genes, the same p: the user set sits right after it (ties by name)
+            i = names.index("Disease-associated microglia")
+            with_bundled += 1
+            assert enr[i + 1]["set"] == "MY_DAM" and enr[i + 1]["collection"] == "my_sets"
+            assert enr[i + 1]["p"] == enr[i]["p"]
+    assert with_bundled >= 1  # the tiny cohort's microglia program is found by some feature
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "holds no gene set"),
+    ("SET_A desc GENE1 GENE2\n", "line 1 is not a gene set"),
+    ("SET_A\tdesc\tG1\nSET_A\tdesc\tG2\n", "'SET_A' appears twice"),
+])
+def test_bad_gene_set_files_are_refused_before_any_stage(tmp_path, capsys, content, message):
+    gmt = tmp_path / "bad.gmt"
+    gmt.write_text(content)
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--gene-sets", str(gmt), "--quiet"]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()

@@ -2,7 +2,7 @@
 large files, graph files, atomic writes, the feedback store and the run directory's names."""
 
 from discovery.io import layout
-from discovery.io.bundled import GeneSet, gene_set, gene_sets
+from discovery.io.bundled import GeneSet, gene_set, gene_sets, read_gmt
 from discovery.io.contract import (
     InputError,
     Keys,
@@ -23,7 +23,7 @@ from discovery.io.sketch import read_sketched, sketch_anndata
 __all__ = [
     "AttributionGraph", "DATASETS", "FORMATS", "SCENARIOS", "FeedbackItem", "FeedbackStore", "GeneSet", "InputError",
     "Keys", "atomic_write", "case_mask", "cell_units", "counts_matrix", "default_url",
-    "export_graph", "gene_set", "gene_sets", "get_keys", "layout", "load_dataset", "load_graph",
+    "export_graph", "gene_set", "gene_sets", "read_gmt", "get_keys", "layout", "load_dataset", "load_graph",
     "read", "read_sketched", "simulate", "sketch_anndata", "truth", "validate", "write_json",
     "write_simulated", "write_text",
 ]

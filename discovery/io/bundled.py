@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["GeneSet", "data_dir", "data_path", "gene_set", "gene_sets", "read_yaml"]
+__all__ = ["GeneSet", "data_dir", "data_path", "gene_set", "gene_sets", "read_gmt", "read_yaml"]
 
 
 @functools.cache
@@ -102,3 +102,46 @@ def gene_set(name: str) -> GeneSet:
         msg = f"no bundled gene set {name!r}; available: {', '.join(sorted(sets))}"
         raise KeyError(msg)
     return sets[name]
+
+
+def read_gmt(path: str | Path) -> list[GeneSet]:
+    """Gene sets from a ``.gmt`` file (MSigDB / GO / Enrichr format: one set per line, tab
+    separated: name, description or URL, genes).
+
+    Each set gets category ``user`` and ``extra['collection']`` = the file's stem, so an
+    enrichment names the collection a hit came from. Refuses, naming the line, a file that is
+    missing or empty, a line without genes and a set name used twice.
+    """
+    from models.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        msg = f"gene-set file not found: {p}"
+        raise InputError(msg)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        msg = f"gene-set file {p} is not UTF-8 text (a .gmt file is tab-separated text)"
+        raise InputError(msg) from err
+    out: list[GeneSet] = []
+    seen: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.rstrip("\r\n").split("\t")]
+        genes = tuple(dict.fromkeys(g for g in fields[2:] if g))
+        if len(fields) < 3 or not fields[0] or not genes:
+            msg = (f"{p.name} line {n} is not a gene set: a .gmt line is NAME<tab>DESCRIPTION"
+                   "<tab>GENE1<tab>GENE2...; is the file tab-separated?")
+            raise InputError(msg)
+        if fields[0] in seen:
+            msg = f"{p.name} line {n}: gene set {fields[0]!r} appears twice"
+            raise InputError(msg)
+        seen.add(fields[0])
+        out.append(GeneSet(name=fields[0], category="user", genes=genes,
+                           source=f"{p.name}: {fields[1] or 'no description'}",
+                           extra={"collection": p.stem}))
+    if not out:
+        msg = f"gene-set file {p} holds no gene set"
+        raise InputError(msg)
+    return out

@@ -27,7 +27,7 @@ For each feature (:func:`annotate_features` runs the steps and returns one table
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anndata as ad
@@ -212,22 +212,26 @@ def _expr_correlation(x: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ 6 enrichment
-def enrichment(genes: list[str], universe: list[str], *, tissue: str | None = None) -> pd.DataFrame:
-    """Hypergeometric enrichment of ``genes`` in the bundled gene sets, within ``universe``.
+def enrichment(genes: list[str], universe: list[str], *, tissue: str | None = None,
+               gene_sets: Sequence[bundled.GeneSet] = ()) -> pd.DataFrame:
+    """Hypergeometric enrichment of ``genes`` in the bundled gene sets and ``gene_sets`` (e.g.
+    a user's ``.gmt`` collection, :func:`discovery.io.read_gmt`), within ``universe``.
 
-    Returns one row per set with overlap, p, q (BH over sets), sorted by p.
+    Returns one row per set with overlap, p, q (BH over all sets tested), sorted by p;
+    ``collection`` names where the set came from (``bundled`` or the user file's stem).
     """
     uni = set(universe)
     hits = set(genes) & uni
     rows = []
-    for gs in bundled.gene_sets(tissue=tissue):
+    for gs in [*bundled.gene_sets(tissue=tissue), *gene_sets]:
         members = set(gs.genes) & uni
         if not members:
             continue
         overlap = hits & members
         # P(X >= k), X ~ Hypergeom(N=|universe|, K=|set|, n=|genes|)
         p = stats.hypergeom.sf(len(overlap) - 1, len(uni), len(members), len(hits))
-        rows.append({"set": gs.name, "category": gs.category, "cell_type": gs.cell_type,
+        rows.append({"set": gs.name, "collection": gs.extra.get("collection", "bundled"),
+                     "category": gs.category, "cell_type": gs.cell_type,
                      "direction": gs.direction, "overlap": sorted(overlap),
                      "n_overlap": len(overlap), "set_size": len(members), "p": float(p)})
     df = pd.DataFrame(rows)
@@ -248,12 +252,14 @@ def annotate_features(
     stability: np.ndarray | None = None,
     where: np.ndarray | None = None,
     features: np.ndarray | None = None,
+    gene_sets: Sequence[bundled.GeneSet] = (),
 ) -> pd.DataFrame:
     """Annotate every SAE feature; see the module docstring for the steps.
 
     ``where``: the cell type in which to describe each feature (donor association, confounds,
     signature reference, label); its home cell type when None. ``features``: annotate only these
-    feature indices (all when None). Reads ``uns['discovery']['keys']``, the label / donor /
+    feature indices (all when None). ``gene_sets``: sets tested for enrichment beside the
+    bundled ones (a user's ``.gmt`` collection). Reads ``uns['discovery']['keys']``, the label / donor /
     cell-type / batch columns, ``obs['pct_counts_mt', 'total_counts']``, log-normalised ``X``.
     Writes nothing (the caller stores the table in the run directory). Returns one row per
     feature with JSON-safe values.
@@ -282,7 +288,8 @@ def annotate_features(
         sig = genes[order[:SIGNATURE_TOP]].tolist()
         corr = (_expr_correlation(x_by_type[where[f]], a[in_type[where[f]]]) if active.any()
                 else np.zeros(len(genes)))
-        enr = enrichment(sig, list(genes)) if active.any() else pd.DataFrame()
+        enr = (enrichment(sig, list(genes), gene_sets=gene_sets) if active.any()
+               else pd.DataFrame())
         top_set = None
         if not enr.empty and enr.iloc[0]["q"] < 0.05:
             top_set = enr.iloc[0].to_dict()
@@ -316,6 +323,7 @@ def annotate_features(
             "signature_sign": 1 if sig_corr >= 0 else -1,
             "enrichment": [] if enr.empty else enr.head(5).to_dict("records"),
             "top_set": None if top_set is None else top_set["set"],
+            "top_set_collection": None if top_set is None else top_set["collection"],
             "top_set_category": None if top_set is None else top_set["category"],
             "top_set_cell_type": None if top_set is None else top_set["cell_type"],
             "stability": None if stability is None else float(stability[f]),
@@ -356,6 +364,7 @@ def relabel_by_roles(
     roles: dict[str, dict[str, float]],
     acts: np.ndarray,
     hook: str = "pooled",
+    gene_sets: Sequence[bundled.GeneSet] = (),
 ) -> pd.DataFrame:
     """Describe every feature where it acts: a feature that carries attribution in some cell
     type's graph is annotated (donor association, confounds, signature, label) in the cell type
@@ -377,7 +386,7 @@ def relabel_by_roles(
             adata, model, sae, acts=acts, hook=hook,
             stability=None if stability.isna().all() else stability.to_numpy(float),
             where=target.reindex(range(acts.shape[1])).to_numpy(object),
-            features=moved).set_index("index")
+            features=moved, gene_sets=gene_sets).set_index("index")
         for c in fresh.columns.difference(out.columns):
             out[c] = None
         out.loc[moved, fresh.columns] = fresh.loc[moved]
