@@ -19,12 +19,17 @@ if run is not None:
         st.info("This run has no features yet (the 'features' stage).")
     else:
         ann = ann[ann["frac_active"] > 0]
-        only_sig = st.toggle("only features that differ between donors (q < 0.05)", value=True)
+        wanted = st.query_params.get("feature")  # a link from a plan or hypothesis
+        only_sig = st.toggle("only features that differ between donors (q < 0.05)",
+                             value=wanted is None)
         view = ann[ann["donor_q"] < 0.05] if only_sig else ann
         if view.empty:
             view = ann
-        fid = st.selectbox("Feature", view["feature"].tolist(),
+        options = view["feature"].tolist()
+        fid = st.selectbox("Feature", options,
+                           index=options.index(wanted) if wanted in options else 0,
                            format_func=lambda f: f"{f} · {ann.set_index('feature').loc[f, 'label']}")
+        st.query_params["feature"] = fid
         row = ann.set_index("feature").loc[fid]
         # the cell type the statistics describe: where the feature acts (older runs: its home)
         where = row["cell_type"] if "cell_type" in row and pd.notna(row["cell_type"]) \

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import badge, current_run, json_file
+from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
 
 run = current_run()
@@ -52,9 +53,23 @@ if run is not None:
             st.write(doc.get("score_formula", ""))
             for s, rule in doc.get("status_rules", {}).items():
                 st.markdown(f"- {badge(s)} {rule}")
-        pick = st.selectbox("Statement of", [h["id"] for h in hyps])
+        ids = [h["id"] for h in hyps]
+        wanted = st.query_params.get("hypothesis")  # a link from a plan
+        pick = st.selectbox("Statement of", ids,
+                            index=ids.index(wanted) if wanted in ids else 0)
+        st.query_params["hypothesis"] = pick
         h = next(h for h in hyps if h["id"] == pick)
         st.markdown(f"{badge(h['status'])} {h['statement']}")
+        for w in artifact_warnings(h):
+            st.warning(w, icon=":material/warning:")
+        links = st.columns(max(1, len(h.get("plans", [])) + 1))
+        for col, pid in zip(links, h.get("plans", [])):
+            col.page_link("app_pages/plan.py", label=f"Plan {pid}", icon=":material/route:",
+                          query_params={"plan": pid})
+        for r in feature_chain(h)[:6]:
+            st.page_link("app_pages/features.py",
+                         label=f"{r['feature']} · {r['status']} · {r['share']:.0%} of its "
+                               "attribution", query_params={"feature": r["feature"]})
         for c in h.get("caveats", []):
             st.caption(f"caveat ({c['kind']}): {c['detail']}")
         if doc.get("model_findings"):

@@ -5,7 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.components import graph_view, node_details, subgraph_around
-from app_pages.data import badge, current_run, graph, json_file
+from app_pages.data import badge, current_run, graph, json_file, table
+from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
 
 run = current_run()
@@ -27,8 +28,13 @@ if run is not None:
         p = next(p for p in plans if p["id"] == pid)
         h = next(h for h in hyps_doc["hypotheses"] if h["id"] == p["hypothesis"])
         st.subheader(p["title"])
+        # what the plan rests on, before anything else: a technical reason is not a finding
+        for w in artifact_warnings(h):
+            st.warning(w, icon=":material/warning:")
         st.markdown(f"for **{h['id']}** {badge(h['status'])} · {h['kind']} · priority "
                     f"{p['priority']:.3f} · {p['modality']}")
+        st.page_link("app_pages/hypotheses.py", label=f"Hypothesis {h['id']}: all its evidence",
+                     icon=":material/lightbulb:", query_params={"hypothesis": h["id"]})
         st.markdown(f"> {h['statement']}")
         basis = p.get("tier_basis") or {}
         tier = p.get("tier", "")
@@ -55,6 +61,25 @@ if run is not None:
             st.caption(f"The same experiment also tests {', '.join(also)} (same assay and "
                        "genes): one plan, not several.")
         st.caption(f"Method source: {p.get('source', '–')}")
+        st.subheader("Features behind it")
+        chain = feature_chain(h, table(run, layout.ANNOTATIONS))
+        if not chain:
+            st.caption("No feature carries this hypothesis (a donor-level finding without the "
+                       "model).")
+        for r in chain:
+            c = st.columns([2, 5])
+            c[0].page_link("app_pages/features.py",
+                           label=f"{r['feature']} · {r['share']:.0%}"
+                                 + (" · leading" if r["leading"] else ""),
+                           icon=(":material/check_circle:" if r["status"] == "clean"
+                                 else ":material/warning:"),
+                           query_params={"feature": r["feature"]})
+            r2 = ", ".join(f"{k[3:]} {v:.2f}" for k, v in r.items()
+                           if k.startswith("r2 ") and k != "r2 label" and v is not None)
+            c[1].markdown(
+                f"**{r['status']}** · acts in {r.get('acts in', '–')} · partial R²: label "
+                f"{(r.get('r2 label') or 0):.2f} vs {r2 or '–'} · top genes "
+                f"{', '.join(r.get('top genes', [])) or '–'}")
         st.subheader("Rationale chain")
         for i, step in enumerate(p["rationale"], 1):
             st.markdown(f"**{i}. {step['step']}** — {step['claim']}")

@@ -137,6 +137,74 @@ def test_plan_page_shows_the_rationale(app, tiny_run):
     assert "Falsified if" in text and first["falsified_if"] in text
 
 
+def _plan_app(run, tmp_path, monkeypatch, **params):
+    monkeypatch.setenv("DISCOVERY_RUN", str(run))
+    monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/plan.py")
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    _ok(at)
+    return at
+
+
+def test_plan_rests_on_an_artifact_feature_is_a_warning_at_the_top(tiny_run, tmp_path,
+                                                                      monkeypatch):
+    """A plan whose hypothesis leads with a batch-explained feature says so first, as a
+    warning box naming the feature and its share — and the same plan on the untouched run shows
+    no such box unless its own features are technical. Each feature behind the plan links to
+    the Features page with that feature selected."""
+    import json
+    import shutil
+
+    plans = json.loads((tiny_run / "plans.json").read_text())["plans"]
+    first = plans[0]
+    clean = _plan_app(tiny_run, tmp_path, monkeypatch, plan=first["id"])
+    hyps = json.loads((tiny_run / "hypotheses.json").read_text())
+    h = next(x for x in hyps["hypotheses"] if x["id"] == first["hypothesis"])
+    roles = sorted(h["evidence"]["feature_roles"], key=lambda r: -r["share"])
+    technical = [r for r in roles if r["confounded_by"] or r["artifact"]]
+
+    def boxes(at):
+        ids = {r["feature"] for r in roles}
+        return [w.value for w in at.warning
+                if w.value.startswith("Flagged (") or w.value.split(" ")[0] in ids]
+
+    assert len(boxes(clean)) == len(technical) + len(h["flags"])
+    links = [e for e in clean.get("page_link") if "features" in e.proto.page]
+    assert [e.proto.query_string for e in links] == [
+        f"feature={r['feature'].replace(':', '%3A')}" for r in roles]
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    roles[0].update(confounded_by="batch", artifact=True)
+    h["evidence"]["feature_roles"] = roles
+    (run / "hypotheses.json").write_text(json.dumps(hyps))
+    dirty = _plan_app(run, tmp_path, monkeypatch, plan=first["id"])
+    shown = boxes(dirty)
+    assert len(shown) == len(boxes(clean)) + (0 if roles[0] in technical else 1)
+    lead = next(b for b in shown if b.startswith(roles[0]["feature"]))
+    assert "batch-explained" in lead and "leading feature" in lead
+
+
+def test_feature_link_opens_that_feature(app, tiny_run):
+    """?feature=ID (what a plan's link carries) selects that feature, even one the default
+    filter (donor q < 0.05) would hide."""
+    import pandas as pd
+
+    ann = pd.read_json(tiny_run / "features" / "annotations.json")
+    ann = ann[ann["frac_active"] > 0]
+    target = ann.sort_values("donor_q")["feature"].iloc[-1]  # the least significant
+    app.switch_page("app_pages/features.py")
+    app.query_params["feature"] = target
+    app.run()
+    _ok(app)
+    assert app.selectbox[0].value == target
+    assert app.query_params["feature"] == [target] or app.query_params["feature"] == target
+
+
 def test_feedback_is_written_and_read_back(app, tmp_path):
     app.switch_page("app_pages/feedback.py")
     app.run()

@@ -8,6 +8,8 @@ name itself.
 from discovery.get.run import (
     OpenRun,
     annotations,
+    artifact_warnings,
+    feature_chain,
     graph,
     graph_files,
     graph_index,
@@ -18,5 +20,5 @@ from discovery.get.run import (
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
 
-__all__ = ["OpenRun", "annotations", "graph", "graph_files", "graph_index", "open_run",
-           "read_json", "require", *_layout_names]
+__all__ = ["OpenRun", "annotations", "artifact_warnings", "feature_chain", "graph",
+           "graph_files", "graph_index", "open_run", "read_json", "require", *_layout_names]

@@ -22,9 +22,9 @@ from discovery.tl import classifier
 from discovery.tl.attribution import SAEHook
 from models.sae import load_sae
 
-__all__ = ["OpenRun", "annotate_plans", "annotations", "graph", "graph_files", "graph_index",
-           "open_run", "plans_by_graph",
-           "read_json", "require"]
+__all__ = ["OpenRun", "annotate_plans", "annotations", "artifact_warnings", "feature_chain",
+           "graph", "graph_files", "graph_index", "open_run", "plans_by_graph", "read_json",
+           "require"]
 
 
 @dataclass
@@ -157,3 +157,57 @@ def annotate_plans(g: nx.DiGraph, plans: list[dict[str, Any]]) -> nx.DiGraph:
             g.nodes[n]["best_tier"] = min((t for _, t in ps),
                                           key=lambda t: TIERS.index(t) if t in TIERS else 9)
     return g
+
+
+# ------------------------------------------------------------------------------ the why chain
+def feature_status(role: dict[str, Any]) -> str:
+    """``<covariate>-explained`` (a covariate explains the feature better than the label in the
+    cell type it acts in), ``artifact`` (annotated as an artifact) or ``clean``."""
+    if role.get("confounded_by"):
+        return f"{role['confounded_by']}-explained"
+    return "artifact" if role.get("artifact") else "clean"
+
+
+def feature_chain(hypothesis: dict[str, Any],
+                  annotations: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """The features behind a hypothesis, largest share of its attribution first: id, share,
+    status (:func:`feature_status`), where it acts, label, and from ``annotations`` (the feature
+    table) the covariate partial R² beside the label's, the donor effect and q, its top genes.
+    """
+    roles = sorted(hypothesis.get("evidence", {}).get("feature_roles") or [],
+                   key=lambda r: -r["share"])
+    total = sum(r["share"] for r in roles) or 1.0
+    ann = (annotations.set_index("feature") if annotations is not None
+           and "feature" in annotations else None)
+    out = []
+    for i, r in enumerate(roles):
+        row: dict[str, Any] = {"feature": r["feature"], "share": r["share"] / total,
+                               "status": feature_status(r), "leading": i == 0,
+                               "label": r.get("label", "")}
+        if ann is not None and r["feature"] in ann.index:
+            a = ann.loc[r["feature"]]
+            row.update({
+                "acts in": a.get("cell_type") or a.get("home_cell_type"),
+                "r2 label": a.get("r2_label"),
+                **{f"r2 {c[3:]}": a[c] for c in a.index
+                   if c.startswith("r2_") and c != "r2_label"},
+                "donor effect": a.get("donor_effect"), "donor q": a.get("donor_q"),
+                "top genes": list(a.get("signature") or [])[:5]})
+        out.append(row)
+    return out
+
+
+def artifact_warnings(hypothesis: dict[str, Any]) -> list[str]:
+    """Plain sentences for what a plan resting on ``hypothesis`` must show first: its flags, and
+    every feature behind it that is artifact- or covariate-explained (with its share, and whether
+    it leads). Empty when nothing technical stands behind it."""
+    out = [f"Flagged ({f['kind']}, {f['by']}): {f['detail']}"
+           for f in hypothesis.get("flags", [])]
+    for r in feature_chain(hypothesis):
+        if r["status"] != "clean":
+            out.append(f"{r['feature']} is {r['status']} and carries {r['share']:.0%} of this "
+                       f"hypothesis's attribution" + (" — it is the leading feature, so the "
+                                                      "model's reason may be technical"
+                                                      if r["leading"] else "")
+                       + (f" ({r['label']})" if r["label"] else ""))
+    return out
