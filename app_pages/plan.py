@@ -105,12 +105,18 @@ if run is not None:
         donors = pd.DataFrame(h.get("donors", []))
         if not donors.empty:
             donors["group"] = donors["case"].map({True: "case", False: "control"})
-            chart = alt.Chart(donors).mark_circle(size=70).encode(
-                x=alt.X("group:N", title=None), y=alt.Y("activation:Q",
-                                                        title="donor mean activation"),
-                color=alt.Color("batch:N"), shape=alt.Shape("split:N"),
+            donors["donors"] = donors["split"].map(
+                lambda s: "held-out test (replication)" if s == "test" else "discovery")
+            # circles cannot take a shape encoding (Vega drops it): filled points can
+            chart = alt.Chart(donors).mark_point(filled=True, size=90, opacity=0.85).encode(
+                x=alt.X("group:N", title=None),
+                y=alt.Y("activation:Q", title=f"{h['id']} activation (donor mean, "
+                                              f"{h['cell_type']} cells)"),
+                color=alt.Color("batch:N", scale=alt.Scale(scheme="dark2")),
+                shape=alt.Shape("donors:N", scale=alt.Scale(range=["circle", "triangle-up"])),
                 tooltip=["donor", "split", "batch", "activation", "biomarker"],
             ).properties(height=300)
             st.altair_chart(chart, width="stretch")
-            st.caption(f"Each point is a donor (pseudobulk of {h['cell_type']} cells), coloured by "
-                       "batch; held-out test donors are the replication set.")
+            st.caption(f"Each point is a donor: the mean activation of {h['id']}'s features over "
+                       f"its {h['cell_type']} cells (pseudobulk), coloured by batch; triangles "
+                       "are the held-out test donors, the replication set.")
