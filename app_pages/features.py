@@ -20,12 +20,14 @@ if run is not None:
     else:
         ann = ann[ann["frac_active"] > 0]
         wanted = st.query_params.get("feature")  # a link from a plan or hypothesis
-        only_sig = st.toggle("only features that differ between donors (q < 0.05)",
-                             value=wanted is None)
+        only_sig = st.toggle("only features that differ between donors (q < 0.05)", value=True,
+                             key="features_only_sig")
         view = ann[ann["donor_q"] < 0.05] if only_sig else ann
         if view.empty:
             view = ann
         options = view["feature"].tolist()
+        if wanted in set(ann["feature"]) and wanted not in options:
+            options.insert(0, wanted)  # a linked feature is shown whatever the filter
         fid = st.selectbox("Feature", options,
                            index=options.index(wanted) if wanted in options else 0,
                            format_func=lambda f: f"{f} · {ann.set_index('feature').loc[f, 'label']}")

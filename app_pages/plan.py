@@ -64,8 +64,8 @@ if run is not None:
         st.subheader("Features behind it")
         chain = feature_chain(h, table(run, layout.ANNOTATIONS))
         if not chain:
-            st.caption("No feature carries this hypothesis (a donor-level finding without the "
-                       "model).")
+            st.caption("No feature roles are recorded for this hypothesis (a donor-level "
+                       "finding without the model, or a run made before roles were recorded).")
         for r in chain:
             c = st.columns([2, 5])
             c[0].page_link("app_pages/features.py",
@@ -76,9 +76,10 @@ if run is not None:
                            query_params={"feature": r["feature"]})
             r2 = ", ".join(f"{k[3:]} {v:.2f}" for k, v in r.items()
                            if k.startswith("r2 ") and k != "r2 label" and v is not None)
+            label_r2 = r.get("r2 label")
             c[1].markdown(
-                f"**{r['status']}** · acts in {r.get('acts in', '–')} · partial R²: label "
-                f"{(r.get('r2 label') or 0):.2f} vs {r2 or '–'} · top genes "
+                f"**{r['status']}** · acts in {r.get('acts in') or '–'} · partial R²: label "
+                f"{'–' if label_r2 is None else f'{label_r2:.2f}'} vs {r2 or '–'} · top genes "
                 f"{', '.join(r.get('top genes', [])) or '–'}")
         st.subheader("Rationale chain")
         for i, step in enumerate(p["rationale"], 1):
@@ -113,7 +114,9 @@ if run is not None:
                 y=alt.Y("activation:Q", title=f"{h['id']} activation (donor mean, "
                                               f"{h['cell_type']} cells)"),
                 color=alt.Color("batch:N", scale=alt.Scale(scheme="dark2")),
-                shape=alt.Shape("donors:N", scale=alt.Scale(range=["circle", "triangle-up"])),
+                shape=alt.Shape("donors:N", scale=alt.Scale(
+                    domain=["discovery", "held-out test (replication)"],
+                    range=["circle", "triangle-up"])),
                 tooltip=["donor", "split", "batch", "activation", "biomarker"],
             ).properties(height=300)
             st.altair_chart(chart, width="stretch")

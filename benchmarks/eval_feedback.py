@@ -359,9 +359,11 @@ def merge_variants(kept: list[dict], measured: list[dict]) -> list[dict]:
     """The kept record of variants with the newly ``measured`` ones appended (a variant measured
     again replaces its old rows). Only the newest can be the current code: the ``(current)``
     mark of earlier labels is dropped."""
-    new = {r["variant"] for r in measured}
-    old = [{**r, "variant": r["variant"].replace(" (current)", "")} for r in kept
-           if r["variant"] not in new]
+    def bare(label: str) -> str:
+        return label.replace(" (current)", "")
+
+    new = {bare(r["variant"]) for r in measured}
+    old = [{**r, "variant": bare(r["variant"])} for r in kept if bare(r["variant"]) not in new]
     return old + measured
 
 

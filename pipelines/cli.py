@@ -64,8 +64,6 @@ PRESET_HELP = ("settings preset: standard (default), quick (smaller cohort and s
 MODEL_HELP = "classifier architecture [mlp]"
 DEVICE_HELP = "device for training [cpu]"
 SEED_HELP = "seed of the split, the model and the SAEs [0]"
-SCENARIO_HELP = ("alzheimers, null, confounded, confounded_clean, alzheimers_unlisted, "
-                 "confounded_unlisted [alzheimers]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write a simulated cohort with planted truth")
     p.add_argument("out", type=Path, help="output .h5ad")
-    p.add_argument("--scenario", default="alzheimers", help=SCENARIO_HELP)
+    from discovery.io.simulate import SCENARIOS
+
+    p.add_argument("--scenario", default="alzheimers",
+                   help=f"{', '.join(SCENARIOS)} [alzheimers]")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw [0]")
     p.add_argument("--donors", type=int, default=48, help="donors, half of them cases [48]")
     p.add_argument("--cells-per-donor", type=int, default=200,

@@ -165,7 +165,9 @@ class PipelineConfig:
             "features": self.features.to_dict(),
             "graphs": dict(self.graphs),
             "hypotheses": dict(self.hypotheses),
-            "gene_sets": list(self.gene_sets),
+            # only when set: the config hash (and so the run id) of a run without user gene
+            # sets stays what it was before the key existed
+            **({"gene_sets": list(self.gene_sets)} if self.gene_sets else {}),
         }
 
     @classmethod
@@ -329,7 +331,7 @@ def example_config(preset: str = "standard") -> str:
              f"baselines: {json.dumps(d.pop('baselines'))}  # gene-ranking baselines run "
              "beside the model",
              *[f"# {c}" for c in _wrap(field_comments(PipelineConfig)["gene_sets"])],
-             f"gene_sets: {json.dumps(d.pop('gene_sets'))}", ""]
+             f"gene_sets: {json.dumps(d.pop('gene_sets', []))}", ""]
     for section, value in d.items():
         classes = sources.get(section, ())
         doc = (inspect.getdoc(classes[0]) or "").split("\n")[0] if classes else ""

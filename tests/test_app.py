@@ -43,10 +43,10 @@ def test_overview_page(app, tiny_run):
     assert metrics["donors"] == str(summary["n_donors"])
     assert metrics["genes"] == f"{summary['n_genes']:,}"
     assert len(app.dataframe) >= 3  # model metrics, SAE quality, graphs
-    model = app.dataframe[0].value
+    model = app.dataframe[0].value.set_index("split")
     test = json.loads((tiny_run / "model" / "metrics.json").read_text())["test"]
-    shown = " ".join(model.astype(str).to_numpy().ravel())
-    assert f"{test['donor_auroc']:.2f}" in shown
+    assert model.loc["test", "donor AUROC"] == pytest.approx(test["donor_auroc"])
+    assert model.loc["test", "donors"] == test["n_donors"]
     # findings first: the report's summary heads the page
     assert app.subheader[0].value == "Summary"
     text = " ".join(m.value for m in app.markdown)
@@ -197,12 +197,15 @@ def test_feature_link_opens_that_feature(app, tiny_run):
     ann = pd.read_json(tiny_run / "features" / "annotations.json")
     ann = ann[ann["frac_active"] > 0]
     target = ann.sort_values("donor_q")["feature"].iloc[-1]  # the least significant
+    assert not ann.set_index("feature").loc[target, "donor_q"] < 0.05  # the filter hides it
     app.switch_page("app_pages/features.py")
     app.query_params["feature"] = target
     app.run()
     _ok(app)
+    assert app.toggle(key="features_only_sig").value  # the filter stays on
     assert app.selectbox[0].value == target
-    assert app.query_params["feature"] == [target] or app.query_params["feature"] == target
+    app.run()  # a rerun keeps both the filter and the linked feature
+    assert app.toggle(key="features_only_sig").value and app.selectbox[0].value == target
 
 
 def test_feedback_is_written_and_read_back(app, tmp_path):

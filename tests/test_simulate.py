@@ -170,3 +170,15 @@ def test_unlisted_twin_moves_the_batch_program_off_every_bundled_set():
     filler = [g for g in listed.var_names if g not in real_gene_origin()]
     assert not any(g.startswith(("SIMG", "RPS", "RPL")) for g in filler)
     assert all(g[:3].isalpha() and g[-1].isdigit() for g in filler[:50])
+
+
+def test_unlisted_twin_records_each_gene_by_its_role():
+    """``var['gene_origin']`` follows the genes, not their names: in the twin the batch genes
+    are still the artifact genes and the listed artifact names sit on filler genes."""
+    kw = dict(n_donors=12, cells_per_donor=30)
+    listed, unlisted = simulate("alzheimers", seed=0, **kw), simulate("alzheimers_unlisted",
+                                                                     seed=0, **kw)
+    assert (listed.var["gene_origin"].to_numpy() == unlisted.var["gene_origin"].to_numpy()).all()
+    batch = truth(unlisted)["artifacts"]["technical batch"]["genes"]
+    assert "filler" not in set(unlisted.var.loc[batch, "gene_origin"])
+    assert (unlisted.var["gene_origin"] == "filler").sum() > 1000

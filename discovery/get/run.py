@@ -7,6 +7,7 @@ notebook, the CLI and the app get the same clear error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,12 @@ def annotate_plans(g: nx.DiGraph, plans: list[dict[str, Any]]) -> nx.DiGraph:
 
 
 # ------------------------------------------------------------------------------ the why chain
+def _present(row: pd.Series, col: str) -> Any:
+    """``row[col]``, with a missing column or a NaN as None (older runs lack some columns)."""
+    v = row.get(col)
+    return None if v is None or (isinstance(v, float) and v != v) else v
+
+
 def feature_status(role: dict[str, Any]) -> str:
     """``<covariate>-explained`` (a covariate explains the feature better than the label in the
     cell type it acts in), ``artifact`` (annotated as an artifact) or ``clean``."""
@@ -186,13 +193,15 @@ def feature_chain(hypothesis: dict[str, Any],
                                "label": r.get("label", "")}
         if ann is not None and r["feature"] in ann.index:
             a = ann.loc[r["feature"]]
+            value = partial(_present, a)
+
             row.update({
-                "acts in": a.get("cell_type") or a.get("home_cell_type"),
-                "r2 label": a.get("r2_label"),
-                **{f"r2 {c[3:]}": a[c] for c in a.index
+                "acts in": value("cell_type") or value("home_cell_type"),
+                "r2 label": value("r2_label"),
+                **{f"r2 {c[3:]}": value(c) for c in a.index
                    if c.startswith("r2_") and c != "r2_label"},
-                "donor effect": a.get("donor_effect"), "donor q": a.get("donor_q"),
-                "top genes": list(a.get("signature") or [])[:5]})
+                "donor effect": value("donor_effect"), "donor q": value("donor_q"),
+                "top genes": list(value("signature") or [])[:5]})
         out.append(row)
     return out
 
@@ -201,7 +210,7 @@ def artifact_warnings(hypothesis: dict[str, Any]) -> list[str]:
     """Plain sentences for what a plan resting on ``hypothesis`` must show first: its flags, and
     every feature behind it that is artifact- or covariate-explained (with its share, and whether
     it leads). Empty when nothing technical stands behind it."""
-    out = [f"Flagged ({f['kind']}, {f['by']}): {f['detail']}"
+    out = [f"Flagged ({f['kind']}" + (f", {f['by']}" if f.get("by") else "") + f"): {f['detail']}"
            for f in hypothesis.get("flags", [])]
     for r in feature_chain(hypothesis):
         if r["status"] != "clean":

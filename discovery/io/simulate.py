@@ -20,8 +20,9 @@ The generative model, per scenario (see :data:`SCENARIOS`):
    shock symbols label unaffected genes. A method that rejects artifacts because their names
    are in a gene set, not because of donor-level evidence, does worse on the twin.
 
-Genes that no truth uses get random gene-like symbols (letters and digits), not a placeholder
-prefix: nothing in a name tells a planted gene from a filler gene.
+Genes that no truth uses get random gene-like symbols (3-5 letters and 1-2 digits), not a
+placeholder prefix: no prefix marks a gene as filler (a reader who knows real symbols can
+still tell many of them apart; the methods here never read names except for gene sets).
 
 The truth is written, JSON-safe, to ``uns['simulation']`` and read back with :func:`truth`.
 """
@@ -265,7 +266,7 @@ class _Cohort:
     def shell(self) -> ad.AnnData:
         """The cohort as an AnnData without ``X`` (obs, var with ``gene_origin``, the truth)."""
         var = pd.DataFrame(index=self.genes)
-        var["gene_origin"] = pd.Categorical([self.origin.get(g, "placeholder")
+        var["gene_origin"] = pd.Categorical([self.origin.get(g, "filler")
                                              for g in self.genes])
         adata = ad.AnnData(obs=self.obs, var=var)
         # stored as a JSON string: h5ad cannot hold lists of dicts, and this round-trips exactly
@@ -394,7 +395,11 @@ def _plan(scenario: str, rng: np.random.Generator, *, seed: int, n_donors: int,
                 + sc_.mito_case_shift * is_case_d[donor_of_cell] + rng.normal(0, 0.5, n_cells))
     f_mt = 1.0 / (1.0 + np.exp(-logit_mt))
     if sc_.technical_genes == "unlisted":
+        listed_names = genes
         genes = _unlisted(genes, origin, bcols, seed)
+        # the origin of each position, under its new name: the batch genes are artifacts
+        # whatever they are called, the listed names now label filler genes
+        origin = {new: origin[old] for new, old in zip(genes, listed_names) if old in origin}
         batch_genes = [genes[i] for i in bcols]
         batch_sources = ["genes in no bundled gene set (the names of the dissociation stress and "
                          "heat shock genes moved to unaffected genes)"]

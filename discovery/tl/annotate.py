@@ -217,8 +217,9 @@ def enrichment(genes: list[str], universe: list[str], *, tissue: str | None = No
     """Hypergeometric enrichment of ``genes`` in the bundled gene sets and ``gene_sets`` (e.g.
     a user's ``.gmt`` collection, :func:`discovery.io.read_gmt`), within ``universe``.
 
-    Returns one row per set with overlap, p, q (BH over all sets tested), sorted by p;
-    ``collection`` names where the set came from (``bundled`` or the user file's stem).
+    Returns one row per set with overlap, p, q, sorted by p; ``collection`` names where the set
+    came from (``bundled`` or the user file's stem). q is BH within each collection, so a large
+    user collection does not change the q-values of the bundled sets.
     """
     uni = set(universe)
     hits = set(genes) & uni
@@ -237,7 +238,7 @@ def enrichment(genes: list[str], universe: list[str], *, tissue: str | None = No
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["q"] = bh_fdr(df["p"].to_numpy())
+    df["q"] = df.groupby("collection")["p"].transform(lambda p: bh_fdr(p.to_numpy()))
     return df.sort_values(["p", "set"]).reset_index(drop=True)
 
 
@@ -290,9 +291,15 @@ def annotate_features(
                 else np.zeros(len(genes)))
         enr = (enrichment(sig, list(genes), gene_sets=gene_sets) if active.any()
                else pd.DataFrame())
+        # the label, the hypotheses' grouping and the artifact caveat read the bundled (cited)
+        # sets only; a user's collection is reported beside them and changes none of those
+        user = enr[enr["collection"] != "bundled"] if not enr.empty else enr
+        enr = enr[enr["collection"] == "bundled"] if not enr.empty else enr
         top_set = None
         if not enr.empty and enr.iloc[0]["q"] < 0.05:
             top_set = enr.iloc[0].to_dict()
+        user_top = (user.iloc[0].to_dict() if not user.empty and user.iloc[0]["q"] < 0.05
+                    else None)
         sig_corr = float(np.mean(corr[order[:10]])) if active.any() else 0.0
         d = donors.iloc[i]
         c = conf.iloc[i]
@@ -323,10 +330,13 @@ def annotate_features(
             "signature_sign": 1 if sig_corr >= 0 else -1,
             "enrichment": [] if enr.empty else enr.head(5).to_dict("records"),
             "top_set": None if top_set is None else top_set["set"],
-            "top_set_collection": None if top_set is None else top_set["collection"],
             "top_set_category": None if top_set is None else top_set["category"],
             "top_set_cell_type": None if top_set is None else top_set["cell_type"],
             "stability": None if stability is None else float(stability[f]),
+            **({"user_enrichment": [] if user.empty else user.head(5).to_dict("records"),
+                "user_top_set": None if user_top is None else user_top["set"],
+                "user_top_set_collection": None if user_top is None
+                else user_top["collection"]} if gene_sets else {}),
         }
         row["label"] = auto_label(row, case=str(keys.case))
         rows.append(row)

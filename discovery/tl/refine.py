@@ -326,7 +326,8 @@ def artifact_genes(adata: Any, annotations: pd.DataFrame, marked: list[int], *,
     donor = obs[keys.donor_key].astype(str).to_numpy()
     unit = donor + "\x1f" + ct
     # every panel gene is aggregated: the candidates are tested, all of them set the floor
-    background = cands + [g for g in genes if g not in set(cands)]
+    tested = set(cands)
+    background = cands + [g for g in genes if g not in tested]
     names, pb, n = aggregate_by(adata[disc][:, background].X, unit[disc], how="mean")
     ok = n >= min_cells
     # one value per donor: the pseudobulks with each cell type's mean removed, averaged over the
