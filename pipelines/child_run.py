@@ -52,7 +52,7 @@ from discovery.tl.refine import (
 )
 from pipelines.config import PipelineConfig
 from pipelines.report import write_report
-from pipelines.run import features_stage, graphs_stage, hypotheses_stage
+from pipelines.run import features_stage, graphs_stage, hypotheses_stage, results_into_adata
 from pipelines.rundir import RunDir, config_hash
 
 __all__ = ["COMPARISON_MEASURES", "REFINE_MODES", "comparison_rows", "covariate_and_term",
@@ -368,6 +368,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         shares, cov, parent_hyps, hyp["hypotheses"])
     write_json(out / layout.REFINE, comparison)
     with rd.stage("report", {"refine": comparison["child_run"]}) as outputs:
+        outputs += results_into_adata(out, adata)
         outputs += write_report(out)
     store.log_action(run_id, "child:done", child_run=str(out), detail=json.dumps(
         {"covariate_share": [b["covariate_attribution_share"], a["covariate_attribution_share"]],

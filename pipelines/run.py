@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from discovery.get.results import attach_results
 from discovery.get.run import graph_index
 from discovery.io import layout
 from discovery.io.contract import InputError, check_donor_coverage, get_keys, read, validate
@@ -259,6 +260,7 @@ def run_pipeline(
     stages.set_postfix_str("report")
     with rd.stage("report", {"hypotheses": rd.manifest["stages"]["hypotheses"]["params_hash"]}) \
             as outputs:
+        outputs += results_into_adata(rd.path, adata)
         outputs += write_report(rd.path)
     stages.update()
     stages.close()
@@ -395,9 +397,11 @@ def graphs_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any
             adata, model, feats["sae"], table=feats["annotations"],
             roles=annotate.feature_roles(g for _, g, _, _ in built),
             acts=np.asarray(adata.obsm[sae_key(hook)]), hook=hook,
-            gene_sets=config.user_gene_sets())
+            gene_sets=config.user_gene_sets(), signature_key=f"{sae_key(hook)}_signature")
         ann = feats["annotations"] = _write_annotations(rd, ann)
-        outputs.append(layout.ANNOTATIONS)
+        # the moved features' signatures (varm) are rewritten with their labels
+        atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
+        outputs += [layout.ANNOTATIONS, layout.ADATA]
         labels = dict(zip(ann["feature"], ann["label"]))
         entries = []
         for pop, g, val, cell_graphs in built:
@@ -469,7 +473,8 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
         umap(adata, seed=config.seed)
         table = annotate.annotate_features(adata, model, primary, acts=acts, hook=spec.hook,
                                            stability=stability,
-                                           gene_sets=config.user_gene_sets())
+                                           gene_sets=config.user_gene_sets(),
+                                           signature_key=f"{key}_signature")
         summary = {
             "hook": spec.hook, "spec": spec.to_dict(), "per_seed": quality,
             "median_stability": (float(np.nanmedian(stability)) if len(fitted.saes) > 1
@@ -483,6 +488,14 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
         atomic_write(rd.path / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
         outputs += [layout.SAE_QUALITY, layout.ANNOTATIONS, layout.ADATA]
     return {"quality": summary, "sae": primary, "annotations": table}
+
+
+def results_into_adata(run_dir: Path, adata: ad.AnnData) -> list[str]:
+    """Put the run's features, hypotheses, rankings and hypothesis scores into its AnnData
+    (:func:`discovery.get.attach_results`) and rewrite ``adata.h5ad``; returns the file written."""
+    attach_results(adata, run_dir)
+    atomic_write(run_dir / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
+    return [layout.ADATA]
 
 
 def _gene_set_params(config: PipelineConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ notebook writes ``dc.get.HYPOTHESES`` or ``dc.get.feature_id("pooled", 12)`` and
 name itself.
 """
 
+from discovery.get.results import attach_results, hypothesis_table
 from discovery.get.run import (
     OpenRun,
     annotations,
@@ -20,5 +21,5 @@ from discovery.get.run import (
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
 
-__all__ = ["OpenRun", "annotations", "artifact_warnings", "feature_chain", "graph",
+__all__ = ["OpenRun", "annotations", "artifact_warnings", "attach_results", "hypothesis_table", "feature_chain", "graph",
            "graph_files", "graph_index", "open_run", "read_json", "require", *_layout_names]

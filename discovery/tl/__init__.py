@@ -11,7 +11,7 @@ refinement after expert feedback (``refine``) and scoring against planted truth
 from discovery.tl import refine, stats, yardstick
 from discovery.tl.annotate import annotate_features
 from discovery.tl.attribution import SAEHook, integrated_gradients
-from discovery.tl.baselines import rank_genes
+from discovery.tl.baselines import rank_genes, to_rank_genes_groups
 from discovery.tl.classifier import TrainedClassifier, evaluate, predict, shortcut_probe, train
 from discovery.tl.classifier import load as load_model
 from discovery.tl.embedding import umap
@@ -51,5 +51,6 @@ __all__ = [
     "encode_cells", "evaluate", "example_cells", "fit_saes", "integrated_gradients",
     "intervene", "load_model", "make_plans", "match_features", "perturb_genes",
     "population_mask", "predict", "propose_hypotheses", "rank_genes", "sae_quality",
+    "to_rank_genes_groups",
     "refine", "shortcut_probe", "stats", "train", "yardstick", "umap", "validate_graph", "validation_summary",
 ]

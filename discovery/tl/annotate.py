@@ -254,6 +254,7 @@ def annotate_features(
     where: np.ndarray | None = None,
     features: np.ndarray | None = None,
     gene_sets: Sequence[bundled.GeneSet] = (),
+    signature_key: str | None = None,
 ) -> pd.DataFrame:
     """Annotate every SAE feature; see the module docstring for the steps.
 
@@ -262,8 +263,10 @@ def annotate_features(
     feature indices (all when None). ``gene_sets``: sets tested for enrichment beside the
     bundled ones (a user's ``.gmt`` collection). Reads ``uns['discovery']['keys']``, the label / donor /
     cell-type / batch columns, ``obs['pct_counts_mt', 'total_counts']``, log-normalised ``X``.
-    Writes nothing (the caller stores the table in the run directory). Returns one row per
-    feature with JSON-safe values.
+    Writes ``varm[signature_key]`` when given: (genes, features) float32, each annotated
+    feature's gradient x input signature over every gene (0 for genes the model does not read;
+    the columns of other features are kept, or 0 when new); the caller stores the table.
+    Returns one row per feature with JSON-safe values.
     """
     keys = get_keys(adata)
     ct = adata.obs[keys.cell_type_key].astype(str).to_numpy()
@@ -277,6 +280,15 @@ def annotate_features(
     expr = encode(adata, list(genes))
     attrib = gene_signature(adata, model, sae, acts=acts, hook=hook, home=where, expr=expr,
                             features=idx)
+    if signature_key is not None:  # only the annotated features' columns change
+        shape = (adata.n_vars, acts.shape[1])
+        old = adata.varm[signature_key] if signature_key in adata.varm else None
+        loadings = (np.array(old, dtype=np.float32) if old is not None and old.shape == shape
+                    else np.zeros(shape, dtype=np.float32))
+        pos = adata.var_names.get_indexer(genes)
+        loadings[:, idx] = 0.0
+        loadings[np.ix_(pos[pos >= 0], idx)] = attrib[np.ix_(idx, np.flatnonzero(pos >= 0))].T
+        adata.varm[signature_key] = loadings
     x = expr.numpy()
     in_type = {c: ct == c for c in np.unique(where[idx])}
     x_by_type = {c: x[m] for c, m in in_type.items()}  # sliced once per cell type, not per feature
@@ -375,12 +387,14 @@ def relabel_by_roles(
     acts: np.ndarray,
     hook: str = "pooled",
     gene_sets: Sequence[bundled.GeneSet] = (),
+    signature_key: str | None = None,
 ) -> pd.DataFrame:
     """Describe every feature where it acts: a feature that carries attribution in some cell
     type's graph is annotated (donor association, confounds, signature, label) in the cell type
     where it carries the most; others keep their home cell type. Adds ``acts_in`` (the
     :func:`feature_roles` shares, largest first). Returns a new table; donor q-values are BH
-    over all features again."""
+    over all features again. ``signature_key``: the moved features' columns of that ``varm``
+    entry are rewritten (see :func:`annotate_features`)."""
     out = table.copy().set_index("index")
     if "cell_type" not in out:
         out["cell_type"] = out["home_cell_type"]
@@ -396,7 +410,8 @@ def relabel_by_roles(
             adata, model, sae, acts=acts, hook=hook,
             stability=None if stability.isna().all() else stability.to_numpy(float),
             where=target.reindex(range(acts.shape[1])).to_numpy(object),
-            features=moved, gene_sets=gene_sets).set_index("index")
+            features=moved, gene_sets=gene_sets,
+            signature_key=signature_key).set_index("index")
         for c in fresh.columns.difference(out.columns):
             out[c] = None
         out.loc[moved, fresh.columns] = fresh.loc[moved]

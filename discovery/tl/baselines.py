@@ -38,7 +38,7 @@ from discovery.tl.stats import aggregate_by, bh_fdr, welch_t
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BASELINES", "RANKING_COLUMNS", "rank_genes", "ranking_from_scores"]
+__all__ = ["BASELINES", "RANKING_COLUMNS", "rank_genes", "ranking_from_scores", "to_rank_genes_groups"]
 
 RANKING_COLUMNS = ["method", "cell_type", "direction", "rank", "gene", "score", "pval", "qval"]
 
@@ -215,3 +215,60 @@ def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame
         raise InputError(msg)
     log.info("baseline %s on %d cells", method, adata.n_obs)
     return BASELINES[method](adata, keys, seed=seed)[RANKING_COLUMNS]
+
+
+def to_rank_genes_groups(adata: ad.AnnData, rankings: pd.DataFrame, *,
+                         key_added: str | None = None) -> str:
+    """Store one baseline's ranking in scanpy's ``rank_genes_groups`` structure.
+
+    ``rankings``: one method's :data:`RANKING_COLUMNS` table (from :func:`rank_genes`). The
+    groups are the cell types; each group's genes are ordered by its ``up`` ranking (case vs
+    control within that cell type, most case-high first, as scanpy orders them).
+    ``logfoldchanges`` are scanpy's: log2 of the ratio of mean normalised expression (expm1 of
+    log-normalised ``X``) in case over control cells of the cell type. Reads the label and
+    cell-type columns and ``X``. Writes ``uns[key_added]`` (default
+    ``rank_genes_groups_<method>``), so ``sc.get.rank_genes_groups_df(adata, group, key=...)``
+    and ``sc.pl.rank_genes_groups_dotplot(adata, key=..., groupby=<label key>)`` read it.
+    Returns the key.
+    """
+    methods = rankings["method"].unique().tolist() if len(rankings) else []
+    if len(methods) != 1:
+        msg = f"pass one method's ranking (found methods {methods})"
+        raise InputError(msg)
+    method = str(methods[0])
+    key = key_added or f"rank_genes_groups_{method}"
+    keys = get_keys(adata)
+    up = rankings[rankings["direction"] == "up"].sort_values(["cell_type", "rank"])
+    groups = sorted(up["cell_type"].astype(str).unique())
+    n = int(up.groupby("cell_type").size().min()) if groups else 0
+    ct_col = adata.obs[keys.cell_type_key].astype(str).to_numpy()
+    is_case = case_mask(adata, keys)
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in
+                                            ("names", "scores", "pvals", "pvals_adj",
+                                             "logfoldchanges")}
+    for ct in groups:
+        r = up[up["cell_type"] == ct].head(n)
+        idx = adata.var_names.get_indexer(r["gene"].astype(str))
+        x = adata.X[ct_col == ct]
+        x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=float)
+        y = is_case[ct_col == ct]
+        mean_case = np.expm1(x[y]).mean(0) if y.any() else np.zeros(x.shape[1])
+        mean_ctrl = np.expm1(x[~y]).mean(0) if (~y).any() else np.zeros(x.shape[1])
+        lfc = np.log2((mean_case + 1e-9) / (mean_ctrl + 1e-9))
+        columns["names"].append(r["gene"].astype(str).to_numpy(dtype=object))
+        columns["scores"].append(r["score"].to_numpy(np.float32))
+        columns["pvals"].append(r["pval"].to_numpy(np.float64))
+        columns["pvals_adj"].append(r["qval"].to_numpy(np.float64))
+        columns["logfoldchanges"].append(lfc[idx].astype(np.float32))
+    # scanpy reads names and scores only for its 'logreg' method (a coefficient, no p-value)
+    coefficient = bool(rankings["pval"].isna().all())
+    adata.uns[key] = {
+        "params": {"groupby": keys.cell_type_key, "reference": ", ".join(keys.controls),
+                   "method": "logreg" if coefficient else method, "use_raw": False,
+                   "corr_method": "benjamini-hochberg", "discovery_method": method,
+                   "contrast": f"{keys.case} vs {', '.join(keys.controls) or 'rest'} within "
+                               f"each {keys.cell_type_key}"},
+        **{c: np.rec.fromarrays(v, names=groups) for c, v in columns.items()
+           if not (coefficient and c in ("pvals", "pvals_adj", "logfoldchanges"))},
+    }
+    return key
