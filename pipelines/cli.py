@@ -46,7 +46,8 @@ def _add_keys(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-key", default=None, help="batch column [batch, optional]")
     g.add_argument("--covariate-keys", default=None, help="comma-separated covariate columns")
     g.add_argument("--metadata", default=None, type=Path,
-                   help="cell metadata CSV/TSV when DATA is a counts table")
+                   help="cell metadata CSV/TSV (first column: cell ids / barcodes) when DATA is "
+                        "a counts table or a 10x .h5 file / matrix folder")
     g.add_argument("--genes-in-rows", action="store_true",
                    help="the counts table has genes in rows and cells in columns")
 
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline (bundled Alzheimer's cohort without DATA)")
-    p.add_argument("data", nargs="?", type=Path, help=".h5ad, or counts .csv/.tsv with --metadata")
+    p.add_argument("data", nargs="?", type=Path,
+                   help=".h5ad (a CELLxGENE download as it is), a 10x Genomics .h5 file or "
+                        "matrix folder with --metadata, or counts .csv/.tsv with --metadata")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--config", type=Path, help="YAML/JSON config file")
     p.add_argument("--preset", choices=["quick", "standard", "pbmc68k"], default=None,

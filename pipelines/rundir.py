@@ -83,10 +83,16 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def file_checksum(path: str | Path) -> str:
+    """SHA-256 of a file's bytes; of a folder (a 10x matrix folder), over its files' names and
+    bytes in name order."""
     h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 

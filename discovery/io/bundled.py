@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["GeneSet", "data_dir", "data_path", "gene_set", "gene_sets", "read_gmt", "read_yaml"]
+__all__ = ["GeneSet", "canonical_cell_type", "data_dir", "data_path", "gene_set", "gene_sets", "read_gmt", "read_yaml"]
 
 
 @functools.cache
@@ -102,6 +102,34 @@ def gene_set(name: str) -> GeneSet:
         msg = f"no bundled gene set {name!r}; available: {', '.join(sorted(sets))}"
         raise KeyError(msg)
     return sets[name]
+
+
+def _norm_name(name: str) -> str:
+    x = "".join(ch for ch in name.lower() if ch.isalnum())
+    return x[:-1] if x.endswith("s") else x
+
+
+@functools.cache
+def _cell_type_terms() -> dict[str, tuple[str, str]]:
+    """Normalised name -> (Cell Ontology id, label), every label and synonym of
+    ``cell_types.yaml``."""
+    out: dict[str, tuple[str, str]] = {}
+    for t in read_yaml("cell_types.yaml")["cell_types"]:
+        for name in (t["label"], *t.get("synonyms", [])):
+            out[_norm_name(str(name))] = (str(t["id"]), str(t["label"]))
+    return out
+
+
+def canonical_cell_type(name: Any) -> str | None:
+    """One comparable key per cell population: its Cell Ontology id when the name is a label or
+    a synonym in ``cell_types.yaml`` ("microglial cell", "Microglia", "Mic" -> ``CL:0000129``),
+    else the name lower-cased with non-alphanumerics and a plural 's' dropped. None for a
+    missing name (None, NaN)."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    key = _norm_name(name)
+    term = _cell_type_terms().get(key)
+    return term[0] if term else key
 
 
 def read_gmt(path: str | Path) -> list[GeneSet]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "counts_matrix",
     "get_keys",
     "read",
+    "standardise",
     "validate",
     "validate_matrix",
 ]
@@ -95,6 +97,8 @@ def read(
     ``labelled=False``, for work that needs no labels: see :func:`validate_matrix`).
     """
     path = Path(path)
+    if path.is_dir() or path.suffix.lower() == ".h5":
+        return _with_metadata(_read_10x(path), metadata, path, labelled=labelled)
     _check_file(path, "data")
     suffixes = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".h5ad":
@@ -106,6 +110,7 @@ def read(
                 "Write it with `adata.write_h5ad(...)`, or pass a counts CSV with --metadata."
             )
             raise InputError(msg) from err
+        adata = standardise(adata)
         if metadata is not None:
             adata.obs = adata.obs.join(_read_table(Path(metadata), "metadata"), rsuffix="_meta")
         return adata
@@ -120,27 +125,136 @@ def read(
         if genes_in_rows:
             counts = counts.T
         counts.index = counts.index.astype(str)
-        if metadata is None:  # unlabelled: cell ids only
-            return _counts_anndata(counts, pd.DataFrame(index=counts.index), path)
-        meta = _read_table(Path(metadata), "metadata")
-        meta.index = meta.index.astype(str)
-        missing = counts.index.difference(meta.index)
-        if len(missing) == len(counts.index):
-            msg = (
-                f"none of the {len(counts)} cell ids of {path.name} (e.g. {list(counts.index[:3])}) "
-                f"are in the first column of {Path(metadata).name} (e.g. {list(meta.index[:3])}). "
-                "If genes are in rows and cells in columns, pass --genes-in-rows."
-            )
-            raise InputError(msg)
-        if len(missing):
-            msg = (
-                f"{len(missing)} cells of {path.name} have no metadata row "
-                f"(e.g. {list(missing[:5])}); add them to {Path(metadata).name}."
-            )
-            raise InputError(msg)
-        return _counts_anndata(counts, meta.loc[counts.index].copy(), path)
-    msg = f"{path.name}: unknown file type; use .h5ad, or a counts .csv/.tsv with --metadata."
+        adata = _counts_anndata(counts, pd.DataFrame(index=counts.index), path)
+        return _with_metadata(adata, metadata, path, labelled=labelled,
+                              hint=" If genes are in rows and cells in columns, pass "
+                                   "--genes-in-rows.")
+    msg = (f"{path.name}: unknown file type; use .h5ad, a 10x Genomics .h5 or matrix folder "
+           "(matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz) with --metadata, or a counts "
+           ".csv/.tsv with --metadata.")
     raise InputError(msg)
+
+
+def _with_metadata(adata: ad.AnnData, metadata: str | Path | None, path: Path, *,
+                   labelled: bool, hint: str = "") -> ad.AnnData:
+    """``adata`` (cell ids only in obs) with the rows of the metadata table whose first column
+    holds its cell ids; a clear error when cells have no row."""
+    if metadata is None:
+        if labelled:
+            msg = (f"{path} holds counts only; its cell metadata (label, donor, cell type) must "
+                   "come from a second file: pass --metadata META.csv whose first column holds "
+                   f"the cell ids (here e.g. {list(adata.obs_names[:2])}).")
+            raise InputError(msg)
+        return adata
+    meta = _read_table(Path(metadata), "metadata")
+    meta.index = meta.index.astype(str)
+    ids = adata.obs_names.astype(str)
+    missing = ids.difference(meta.index)
+    if len(missing) == len(ids):
+        msg = (f"none of the {len(ids)} cell ids of {path.name} (e.g. {list(ids[:3])}) are in "
+               f"the first column of {Path(metadata).name} (e.g. {list(meta.index[:3])}).{hint}")
+        raise InputError(msg)
+    if len(missing):
+        msg = (f"{len(missing)} cells of {path.name} have no metadata row "
+               f"(e.g. {list(missing[:5])}); add them to {Path(metadata).name}.")
+        raise InputError(msg)
+    adata.obs = meta.loc[ids].copy()
+    return adata
+
+
+def _read_10x(path: Path) -> ad.AnnData:
+    """A 10x Genomics Cell Ranger output: a ``filtered_feature_bc_matrix.h5`` file or an MTX
+    folder (``matrix.mtx[.gz]``, ``features.tsv[.gz]`` or ``genes.tsv``, ``barcodes.tsv[.gz]``),
+    read by scanpy with gene symbols as names (Ensembl ids in ``var['gene_ids']``)."""
+    import scanpy as sc
+
+    if not path.exists():
+        msg = f"data file not found: {path}. Check the path (relative paths start at {Path.cwd()})."
+        raise InputError(msg)
+    if path.is_dir():
+        have = {p.name for p in path.iterdir()}
+        need = [("matrix.mtx", "matrix.mtx.gz"), ("features.tsv", "features.tsv.gz", "genes.tsv"),
+                ("barcodes.tsv", "barcodes.tsv.gz")]
+        lacking = [" or ".join(opts) for opts in need if not have & set(opts)]
+        if lacking:
+            msg = (f"folder {path} is not a 10x matrix folder: it lacks {'; '.join(lacking)} "
+                   f"(it holds {sorted(have)[:8] or 'nothing'}). Pass the folder Cell Ranger "
+                   "wrote (filtered_feature_bc_matrix/), its .h5 file, or an .h5ad.")
+            raise InputError(msg)
+        reader, what = (lambda: sc.read_10x_mtx(path, var_names="gene_symbols",
+                                                make_unique=False, cache=False)), "10x folder"
+    else:
+        _check_file(path, "data")
+        reader, what = (lambda: sc.read_10x_h5(path)), "10x .h5 file"
+    try:
+        with warnings.catch_warnings():  # duplicated symbols: made unique (and said) later
+            warnings.filterwarnings("ignore", message=".*[Vv]ariable names are not unique.*")
+            adata = reader()
+    except (OSError, KeyError, ValueError, IndexError) as err:
+        msg = (f"{path} is not a readable {what} ({type(err).__name__}: {err}). Pass Cell "
+               "Ranger's filtered_feature_bc_matrix.h5 or its matrix folder as written.")
+        raise InputError(msg) from err
+    adata.X = adata.X.astype(np.float32)
+    adata.var_names.name = None
+    log.info("read %s: %d cells x %d genes", what, adata.n_obs, adata.n_vars)
+    return adata
+
+
+#: ``var`` columns that hold gene symbols when ``var_names`` are Ensembl ids, in the order they
+#: are tried (CELLxGENE: ``feature_name``; scanpy's 10x readers: ``gene_symbols``)
+SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_symbol", "gene_name", "gene_names",
+                  "symbol")
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def _integer_valued(mat: Any) -> bool:
+    values = mat.data if sp.issparse(mat) else np.asarray(mat).ravel()
+    values = values[: 1_000_000]
+    return bool(values.size) and bool(np.all(np.equal(np.mod(values, 1), 0)))
+
+
+def standardise(adata: ad.AnnData) -> ad.AnnData:
+    """An AnnData as downloaded (CELLxGENE / SEA-AD schema) brought to the input contract.
+
+    - Raw counts from ``.raw.X`` when ``X`` holds normalised (non-integer) values and there is
+      no ``layers['counts']``: the genes become ``.raw``'s (the full panel).
+    - Gene symbols as ``var_names`` when they are Ensembl ids, from the first of
+      :data:`SYMBOL_COLUMNS` present (ids kept in ``var['gene_id']``; a gene without a symbol
+      keeps its id); a warning when ids have no symbol column (results would name ids).
+
+    Returns ``adata`` itself when nothing applies, else a new AnnData (obs kept).
+    """
+    out = adata
+    if ("counts" not in adata.layers and adata.raw is not None
+            and not _integer_valued(adata.X) and _integer_valued(adata.raw.X)):
+        raw = adata.raw
+        var = raw.var.copy()
+        for col in SYMBOL_COLUMNS:  # a raw.var without symbols: take X's where it has them
+            if col not in var and col in adata.var:
+                var[col] = adata.var[col].reindex(var.index)
+        out = ad.AnnData(X=raw.X.copy(), obs=adata.obs.copy(), var=var,
+                         obsm=dict(adata.obsm), uns=dict(adata.uns))
+        log.info("X holds normalised values: raw counts taken from .raw.X (%d genes)",
+                 out.n_vars)
+    names = pd.Index(out.var_names.astype(str))
+    is_id = names.str.match(_ENSEMBL_ID.pattern)
+    if is_id.mean() >= 0.5:
+        col = next((c for c in SYMBOL_COLUMNS if c in out.var), None)
+        if col is None:
+            warnings.warn(
+                f"var_names are Ensembl ids (e.g. {list(names[:2])}) and var has none of "
+                f"{list(SYMBOL_COLUMNS)}: genes will be named by id and the bundled gene sets "
+                "(symbols) will not match. Add the symbols, e.g. "
+                "adata.var['feature_name'] = <symbols>.", UserWarning, stacklevel=3)
+            return out
+        symbols = out.var[col].astype(str).str.strip()
+        usable = ~symbols.str.lower().isin(["", "nan", "none", "<na>"]).to_numpy()
+        if out is adata:
+            out = adata.copy()
+        out.var["gene_id"] = names.to_numpy()
+        out.var_names = pd.Index(np.where(usable, symbols.to_numpy(), names.to_numpy()))
+        log.info("gene symbols from var[%r] (Ensembl ids in var['gene_id'])", col)
+    return out
 
 
 def _counts_anndata(counts: pd.DataFrame, obs: pd.DataFrame, path: Path) -> ad.AnnData:
@@ -242,6 +356,7 @@ def validate(
     """
     keys = keys or Keys()
     _check_not_empty(adata)
+    keys = _schema_keys(adata, keys)
     keys = _implicit_keys(adata, keys)
 
     batch_key = keys.batch_key
@@ -323,6 +438,25 @@ CELL_UNIT_KEY, POPULATION_KEY = "cell_unit", "population"
 def cell_units(keys: Keys) -> bool:
     """Whether the run has no donor structure (every cell is its own statistical unit)."""
     return keys.donor_key == CELL_UNIT_KEY
+
+
+#: obs columns of the CELLxGENE schema read when a default key's column is missing
+SCHEMA_KEYS = {"label_key": ("diagnosis", "disease"), "donor_key": ("donor", "donor_id")}
+
+
+def _schema_keys(adata: ad.AnnData, keys: Keys) -> Keys:
+    """A CELLxGENE-schema file names its label ``disease`` and its donors ``donor_id``: used,
+    with a warning, when the default key's column is missing and the schema's is present."""
+    changes: dict[str, str] = {}
+    for name, (default, schema) in SCHEMA_KEYS.items():
+        if (getattr(keys, name) == default and default not in adata.obs
+                and schema in adata.obs):
+            changes[name] = schema
+            flag = "--" + name.replace("_", "-")
+            warnings.warn(f"obs has no {default!r} column: using {schema!r} (the CELLxGENE "
+                          f"schema's) for {flag}; pass {flag} to choose another.",
+                          UserWarning, stacklevel=3)
+    return replace(keys, **changes) if changes else keys
 
 
 def _implicit_keys(adata: ad.AnnData, keys: Keys) -> Keys:

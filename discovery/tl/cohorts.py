@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from discovery.io.bundled import canonical_cell_type
+
 __all__ = ["MIN_SHARED_GENES", "TOP_GENES", "compare_cohorts", "same_cell_type"]
 
 #: genes of a hypothesis compared across cohorts (its strongest first)
@@ -33,16 +35,12 @@ COMPARISON_RULES = {
 
 
 def same_cell_type(a: Any, b: Any) -> bool:
-    """Cell-type names compared loosely (case, plural 's', spaces, hyphens): "Oligodendrocyte"
-    is "oligodendrocytes", "OPC" is "OPCs". Missing names (None, NaN) match nothing."""
-    return _norm(a) is not None and _norm(a) == _norm(b)
-
-
-def _norm(x: Any) -> str | None:
-    if not isinstance(x, str):
-        return None
-    x = "".join(ch for ch in x.lower() if ch.isalnum())
-    return x[:-1] if x.endswith("s") else x
+    """Cell-type names compared as populations: case, plural 's', spaces and hyphens ignored
+    ("Oligodendrocyte" is "oligodendrocytes"), and Cell Ontology labels equal their bundled
+    synonyms ("microglial cell" is "Microglia"; :func:`discovery.io.bundled.canonical_cell_type`).
+    Missing names (None, NaN) match nothing."""
+    ka = canonical_cell_type(a)
+    return ka is not None and ka == canonical_cell_type(b)
 
 
 def _top(h: dict[str, Any]) -> list[str]:

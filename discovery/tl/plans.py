@@ -31,6 +31,7 @@ import networkx as nx
 import numpy as np
 
 from discovery.io.bundled import gene_sets, read_yaml
+from discovery.tl.cohorts import same_cell_type
 from discovery.tl.records import Hypothesis, Plan
 
 __all__ = ["PRIORITY_FORMULA", "TIERS", "TIER_RULES", "donors_needed", "load_assays",
@@ -162,7 +163,8 @@ def load_assays() -> list[dict[str, Any]]:
 
 def _marker(cell_type: str) -> str:
     for gs in gene_sets(category="marker"):
-        if cell_type in (gs.name, gs.cell_type) and gs.genes:
+        if (cell_type in (gs.name, gs.cell_type) or same_cell_type(cell_type, gs.cell_type)) \
+                and gs.genes:
             return gs.genes[0]
     return f"a marker of {cell_type}"
 
