@@ -50,3 +50,22 @@ def test_donor_test_null_is_calibrated():
     res = donor_test(values, np.arange(20) < 10)
     assert 0.03 < (res.p < 0.05).mean() < 0.07
     assert (res.q < 0.05).sum() == 0
+
+
+def test_aggregate_by_equals_scanpys_aggregate():
+    """Our pseudobulk sums are scanpy's (sc.get.aggregate), which measured slower for the same
+    numbers (benchmarks/results/libraries.md), so ours stays."""
+    import anndata as ad
+    import pandas as pd
+    import scanpy as sc
+
+    rng = np.random.default_rng(3)
+    x = sp.random(300, 40, density=0.2, random_state=3, format="csr") * 10
+    x.data = np.round(x.data)
+    groups = rng.choice(["d1|A", "d2|A", "d1|B", "d3|B"], size=300)
+    names, summed, n = aggregate_by(x, groups)
+    ref = sc.get.aggregate(ad.AnnData(X=x, obs=pd.DataFrame(
+        {"g": pd.Categorical(groups)}, index=[str(i) for i in range(300)])), by="g", func="sum")
+    np.testing.assert_array_equal(np.asarray(ref.layers["sum"])[ref.obs_names.get_indexer(names)],
+                                  summed)
+    np.testing.assert_array_equal(n, pd.Series(groups).value_counts().loc[names].to_numpy())
