@@ -10,6 +10,9 @@ a preprocessed AnnData and returns a :data:`RANKING_COLUMNS` table of genes rank
   control donors, Benjamini-Hochberg q-values (donor level).
 - ``logreg_l1``: L1-penalised logistic regression of the label on standardised log expression,
   per cell type, ranked by coefficient.
+- ``pydeseq2`` (optional extra): PyDESeq2 on the same donor pseudobulk counts, with the batch
+  and donor-level covariates in the design when estimable (``~ batch + covariates +
+  condition``), Wald test of case vs control, DESeq2's BH q-values.
 """
 
 from __future__ import annotations
@@ -136,6 +139,15 @@ def pseudobulk_matrix(
     return names[keep], summed[keep], is_case.loc[names[keep]].to_numpy()
 
 
+def _expressed(summed: np.ndarray, is_case: np.ndarray) -> np.ndarray:
+    """The genes a pseudobulk test looks at (edgeR's filterByExpr, simplified): at least 10
+    counts' worth of CPM (at the median library size) in as many donors as the smaller group."""
+    lib = summed.sum(1, keepdims=True)
+    cpm = summed / lib * 1e6
+    min_group = int(min(is_case.sum(), (~is_case).sum()))
+    return (cpm >= 10.0 / np.median(lib) * 1e6).sum(0) >= min_group
+
+
 def _pseudobulk(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
     frames = []
     genes = adata.var_names.to_numpy()
@@ -144,13 +156,9 @@ def _pseudobulk(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame
         if is_case.sum() < 2 or (~is_case).sum() < 2:
             log.warning("pseudobulk: %s has fewer than 2 donors per class; skipped", ct)
             continue
-        lib = summed.sum(1, keepdims=True)
-        cpm = summed / lib * 1e6
+        cpm = summed / summed.sum(1, keepdims=True) * 1e6
         logcpm = np.log2(cpm + 1.0)
-        # filterByExpr-like: a gene is tested when >= 10 counts worth of CPM in the smaller group
-        min_group = int(min(is_case.sum(), (~is_case).sum()))
-        cpm_cut = 10.0 / np.median(lib) * 1e6
-        tested = (cpm >= cpm_cut).sum(0) >= min_group
+        tested = _expressed(summed, is_case)
         res = welch_t(logcpm[is_case][:, tested], logcpm[~is_case][:, tested])
         t = np.zeros(len(genes))
         p = np.ones(len(genes))
@@ -190,11 +198,95 @@ def _logreg_l1(adata: ad.AnnData, keys: Keys, *, seed: int = 0, C: float = 0.05)
     return _stack(frames)
 
 
+def _donor_design(adata: ad.AnnData, keys: Keys, donors: np.ndarray,
+                  is_case: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """One row per donor: ``condition`` (case / control) and every batch / covariate column that
+    is constant within donors and leaves the design full rank (a batch that holds all cases
+    would make the condition inestimable: dropped, with a warning)."""
+    meta = pd.DataFrame({"condition": np.where(is_case, "case", "control")},
+                        index=pd.Index(donors, name="donor"))
+    terms: list[str] = []
+    obs = adata.obs.assign(_donor=adata.obs[keys.donor_key].astype(str))
+    for i, col in enumerate([keys.batch_key, *keys.covariate_keys]):
+        if col is None or col not in obs:
+            continue
+        per = obs.groupby("_donor", observed=True)[col]
+        if (per.nunique() > 1).any():
+            log.info("pydeseq2: %r varies within donors; not a donor-level design term", col)
+            continue
+        values = per.first().reindex(donors)
+        numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 2
+        name = f"term{i}"
+        meta[name] = values.astype(float) if numeric else values.astype(str)
+        if not numeric and meta[name].nunique() < 2:
+            meta = meta.drop(columns=name)
+            continue
+        design = pd.get_dummies(meta[["condition", *terms, name]], drop_first=True, dtype=float)
+        design.insert(0, "intercept", 1.0)
+        if np.linalg.matrix_rank(design.to_numpy()) < design.shape[1] \
+                or design.shape[1] >= len(meta):
+            log.warning("pydeseq2: %r is confounded with the condition (or leaves no residual "
+                        "degrees of freedom) among these donors; left out of the design", col)
+            meta = meta.drop(columns=name)
+            continue
+        terms.append(name)
+    return meta, terms
+
+
+def _pydeseq2(adata: ad.AnnData, keys: Keys, *, seed: int = 0) -> pd.DataFrame:
+    try:
+        from pydeseq2.dds import DeseqDataSet
+        from pydeseq2.default_inference import DefaultInference
+        from pydeseq2.ds import DeseqStats
+    except ImportError as err:
+        msg = ("the pydeseq2 baseline needs PyDESeq2, an optional extra: "
+               'pip install "discovery[deseq]" (or leave pydeseq2 out of `baselines`)')
+        raise InputError(msg) from err
+    frames = []
+    genes = adata.var_names.to_numpy()
+    inference = DefaultInference(n_cpus=1)
+    for ct in _cell_types(adata, keys):
+        donors, summed, is_case = pseudobulk_matrix(adata, keys, ct)
+        if is_case.sum() < 2 or (~is_case).sum() < 2:
+            log.warning("pydeseq2: %s has fewer than 2 donors per class; skipped", ct)
+            continue
+        meta, terms = _donor_design(adata, keys, donors, is_case)
+        tested = _expressed(summed, is_case)
+        counts = pd.DataFrame(np.round(summed[:, tested]).astype(np.int64), index=meta.index,
+                              columns=genes[tested])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dds = DeseqDataSet(counts=counts, metadata=meta, inference=inference, quiet=True,
+                               design="~" + " + ".join([*terms, "condition"]))
+            dds.deseq2()
+            ds = DeseqStats(dds, contrast=["condition", "case", "control"],
+                            inference=inference, quiet=True)
+            ds.summary()
+        res = ds.results_df.reindex(genes[tested])
+        stat = np.zeros(len(genes))
+        p = np.ones(len(genes))
+        q = np.full(len(genes), np.nan)
+        ok = np.flatnonzero(tested)
+        stat[ok] = np.nan_to_num(res["stat"].to_numpy(float))
+        p[ok] = np.nan_to_num(res["pvalue"].to_numpy(float), nan=1.0)
+        q[ok] = res["padj"].to_numpy(float)
+        signed = np.sign(stat) * -np.log10(np.clip(p, 1e-300, 1.0))
+        frames.append(ranking_from_scores(genes, signed, method="pydeseq2", cell_type=ct,
+                                          pval=p, qval=q))
+        log.info("pydeseq2: %s, %d donors, design ~%s", ct, len(donors),
+                 " + ".join([*terms, "condition"]))
+    return _stack(frames)
+
+
 #: name -> function(adata, keys, *, seed) returning a ranking table
 BASELINES: dict[str, Callable[..., pd.DataFrame]] = {
     "wilcoxon": _wilcoxon,
     "pseudobulk": _pseudobulk,
     "logreg_l1": _logreg_l1,
+    # optional (pip install "discovery[deseq]"): DESeq2's negative-binomial GLM on donor
+    # pseudobulk (Love et al. 2014, Genome Biol 15:550; PyDESeq2: Muzellec et al. 2023,
+    # Bioinformatics 39:btad547) with batch and donor-level covariates in the design
+    "pydeseq2": _pydeseq2,
 }
 
 
@@ -209,7 +301,7 @@ def rank_genes(adata: ad.AnnData, method: str, *, seed: int = 0) -> pd.DataFrame
         msg = f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}"
         raise InputError(msg)
     keys = get_keys(adata)
-    if method == "pseudobulk" and "counts" not in adata.layers:
+    if method in ("pseudobulk", "pydeseq2") and "counts" not in adata.layers:
         msg = ("the pseudobulk baseline sums raw counts per donor, and this data has none "
                "(log-normalised input); leave it out of `baselines` in the config")
         raise InputError(msg)
