@@ -8,7 +8,7 @@ import networkx as nx
 import pandas as pd
 import streamlit as st
 
-__all__ = ["graph_view", "node_details", "subgraph_around"]
+__all__ = ["graph_view", "node_details"]
 
 _KIND_COLOUR = {"gene": "#457b9d", "feature": "#e9c46a", "error": "#adb5bd", "output": "#e76f51"}
 
@@ -27,18 +27,6 @@ def _stylesheet() -> list[dict[str, Any]]:
                                        "target-arrow-shape": "triangle",
                                        "curve-style": "bezier", "opacity": 0.7}},
     ]
-
-
-def subgraph_around(g: nx.DiGraph, nodes: list[str], *, genes_per_feature: int = 5) -> nx.DiGraph:
-    """The referenced nodes, the logit, and each referenced feature's strongest gene inputs."""
-    keep = {n for n in nodes if n in g}
-    if "output" in g:
-        keep.add("output")
-    for n in list(keep):
-        if g.nodes[n].get("kind") == "feature":
-            ins = sorted(g.in_edges(n, data="weight"), key=lambda e: -abs(e[2]))
-            keep |= {u for u, _, _ in ins[:genes_per_feature]}
-    return g.subgraph(keep).copy()
 
 
 def graph_view(g: nx.DiGraph, *, highlight: set[str] | None = None, key: str,

@@ -4,10 +4,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_pages.components import graph_view, node_details, subgraph_around
+from app_pages.components import graph_view, node_details
 from app_pages.data import badge, current_run, graph, json_file, table
 from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
+from discovery.pl.figures import subgraph_around
 
 run = current_run()
 if run is not None:

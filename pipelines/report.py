@@ -20,12 +20,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.files import read_json, write_text
-from discovery.pl.figures import donor_activation, faithfulness
+from discovery.io.graph_files import load_graph
+from discovery.pl.figures import donor_activation, faithfulness, graph_path, umap_panels, volcano
 from discovery.tl.classifier import shortcut_findings
 
 __all__ = ["findings_summary", "graph_rows", "model_rows", "probe_rows", "refine_effect_rows",
@@ -210,21 +212,62 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, dpi: int = 110) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _figures(hyps: list[dict], validations: dict[str, dict]) -> dict[str, str]:
-    """Inline PNGs: donor-level plots of the top hypotheses, faithfulness curves."""
+#: hypotheses drawn one by one in the report (graph path, volcano of their cell type)
+N_DETAILED = 10
+
+
+def _figures(rd: Path, hyps: list[dict], validations: dict[str, dict],
+             keys: dict[str, Any]) -> dict[str, str]:
+    """Inline PNGs: the cells' UMAP by cell type and label, donor-level plots of the top
+    hypotheses, faithfulness curves, a donor-level volcano per cell type of the top hypotheses
+    (``volcano:<cell type>``) and each top hypothesis's graph path (``path:<id>``)."""
     import matplotlib.pyplot as plt
 
+    figs: list[tuple[str, Any]] = [("donors", donor_activation(hyps)),
+                                   ("faithfulness", faithfulness(validations))]
+    adata_path = rd / layout.ADATA
+    cols = [c for c in (keys.get("cell_type_key"), keys.get("label_key")) if c]
+    if adata_path.is_file() and cols:
+        import anndata as ad
+
+        backed = ad.read_h5ad(adata_path, backed="r")
+        try:
+            if "X_umap" in backed.obsm and all(c in backed.obs for c in cols):
+                figs.append(("umap", umap_panels(np.asarray(backed.obsm["X_umap"]),
+                                                 backed.obs[cols].copy(), cols)))
+        finally:
+            backed.file.close()
+    tests_path = rd / layout.DONOR_TESTS
+    tests = pd.read_csv(tests_path) if tests_path.is_file() else pd.DataFrame()
+    top = hyps[:N_DETAILED]
+    for ct in dict.fromkeys(h["cell_type"] for h in top):
+        if tests.empty:
+            break
+        genes = [g["symbol"] for h in top if h["cell_type"] == ct for g in h["genes"][:10]]
+        figs.append((f"volcano:{ct}", volcano(tests[tests["cell_type"] == ct], highlight=genes,
+                                              title=f"{ct}: donor-level pseudobulk tests")))
+    graphs: dict[str, Any] = {}
+    for h in top:
+        slug = h.get("population_graph")
+        if not h.get("features") or not slug:
+            continue
+        if slug not in graphs:
+            path = rd / layout.graph_file(layout.safe_name(slug, what="graph slug"))
+            graphs[slug] = load_graph(path) if path.is_file() else None
+        if graphs[slug] is not None:
+            figs.append((f"path:{h['id']}", graph_path(
+                graphs[slug], h["features"], title=f"{h['id']}: its features' strongest gene "
+                                                   f"inputs -> features -> case logit")))
     out: dict[str, str] = {}
-    for name, fig in (("donors", donor_activation(hyps)), ("faithfulness",
-                                                           faithfulness(validations))):
-        if fig is not None:
-            out[name] = _png(fig)
+    for name, fig in figs:
+        if fig is not None:  # the many small ones at a lower resolution: a lighter file
+            out[name] = _png(fig, dpi=80 if name.startswith(("path:", "volcano:")) else 110)
             plt.close(fig)
     return out
 
@@ -369,7 +412,7 @@ def write_report(run_dir: str | Path) -> list[str]:
             layout.safe_name(e["slug"], what="graph slug"))))
         if v:
             validations[e["cell_type"]] = v
-    figs = _figures(hyps, validations)
+    figs = _figures(rd, hyps, validations, summary.get("keys", {}))
 
     head = _Doc()
     head.heading(f"discovery report · run {manifest['run_id']}", 1)
@@ -386,6 +429,8 @@ def write_report(run_dir: str | Path) -> list[str]:
     doc.table([{"cells": summary.get("n_cells"), "genes": summary.get("n_genes"),
                 "donors": summary.get("n_donors"), "label": keys.get("label_key"),
                 "case": keys.get("case"), "batch key": keys.get("batch_key")}])
+    if "umap" in figs:
+        doc.image(figs["umap"], "UMAP of the cells by cell type and label")
     if metrics:
         doc.table(model_rows(metrics))
         doc.para("Donor AUROC is the share of (case, control) test-donor pairs the model orders "
@@ -442,7 +487,8 @@ def write_report(run_dir: str | Path) -> list[str]:
             "caveats": "; ".join(c["kind"] for c in h.get("caveats", [])) or "–",
         })
     doc.table(rows, raw_html={"status"})
-    for h in hyps[:10]:
+    shown: set[str] = set()
+    for h in hyps[:N_DETAILED]:
         doc.heading(f"{h['id']} · {h['cell_type']} · {h['status']}", 3)
         doc.para(h["statement"])
         if h["features"]:
@@ -454,6 +500,13 @@ def write_report(run_dir: str | Path) -> list[str]:
                      "evidence only).", "small")
         for c in h.get("caveats", []):
             doc.para(f"Caveat ({c['kind']}): {c['detail']}.", "small")
+        if f"path:{h['id']}" in figs:
+            doc.image(figs[f"path:{h['id']}"], f"graph path of {h['id']}")
+        if f"volcano:{h['cell_type']}" in figs and h["cell_type"] not in shown:
+            shown.add(h["cell_type"])
+            doc.image(figs[f"volcano:{h['cell_type']}"],
+                      f"donor-level volcano of {h['cell_type']} (every tested gene; the top "
+                      "hypotheses' genes of this cell type marked)")
     if "donors" in figs:
         doc.image(figs["donors"], "donor-level activation of the top hypotheses")
     doc.heading("Experimental plans")

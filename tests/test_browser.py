@@ -72,8 +72,8 @@ def server(tiny_run, tmp_path):
 
 def _graph_path(run: Path, plan: dict):
     """The subgraph the plan page draws (same function as the app) and the rationale's refs."""
-    from app_pages.components import subgraph_around
     from discovery.io.graph_files import load_graph
+    from discovery.pl.figures import subgraph_around
 
     hyps = json.loads((run / "hypotheses.json").read_text())["hypotheses"]
     h = next(h for h in hyps if h["id"] == plan["hypothesis"])

@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from discovery.io.graph_files import load_graph
@@ -216,6 +217,21 @@ def test_report_is_self_contained(tiny_run, tmp_path):
     assert not re.search(r"(?i)(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text)  # no external URL
     assert not re.search(r"""(?i)(src|href)\s*=\s*["'](?!data:|#)""", text)
     assert "data:image/png;base64," in text
+    # the figures: a UMAP, and per top hypothesis its graph path and its cell type's volcano
+    hyps = json.loads((out / "hypotheses.json").read_text())["hypotheses"][:10]
+    alts = re.findall(r'<img alt="([^"]*)"', text)
+    assert "UMAP of the cells by cell type and label" in alts
+    tested = set(pd.read_csv(out / "donor_tests.csv")["cell_type"])
+    assert hyps and tested
+    for h in hyps:
+        assert any(a.startswith(f"donor-level volcano of {h['cell_type']} ")
+                   for a in alts) == (h["cell_type"] in tested)
+        assert (f"graph path of {h['id']}" in alts) == bool(h["features"])
+    # every figure is a decodable PNG
+    import base64
+
+    for b64 in re.findall(r'src="data:image/png;base64,([^"]+)"', text):
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").read_text().startswith("# discovery report")
     assert main(["report", str(tmp_path / "nope"), "--quiet"]) == 2
 
