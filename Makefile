@@ -27,7 +27,7 @@ lint: $(STAMP)
 ## Baseline yardstick over the three scenarios x 3 seeds.
 benchmark: $(STAMP)
 	$(BIN)/discovery benchmark --scenario alzheimers,null,confounded --seeds 0,1,2 \
-		--methods wilcoxon,pseudobulk,logreg_l1 \
+		--methods wilcoxon,pseudobulk,logreg_l1,pydeseq2 \
 		--out benchmarks/results/baselines.md
 
 clean:
