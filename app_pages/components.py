@@ -8,9 +8,13 @@ import networkx as nx
 import pandas as pd
 import streamlit as st
 
-__all__ = ["graph_view", "node_details"]
+__all__ = ["graph_legend", "graph_view", "node_details"]
 
 _KIND_COLOUR = {"gene": "#457b9d", "feature": "#e9c46a", "error": "#adb5bd", "output": "#e76f51"}
+#: edge colours: towards the case call (positive weight) and away from it
+_EDGE_POS, _EDGE_NEG = "#2a9d8f", "#d62828"
+#: outline of the nodes a plan's rationale refers to
+_REF_OUTLINE = "#7b2cbf"
 
 
 def _stylesheet() -> list[dict[str, Any]]:
@@ -20,8 +24,10 @@ def _stylesheet() -> list[dict[str, Any]]:
                                        "text-margin-x": 4,
                                        "background-color": "data(colour)",
                                        "width": "data(size)", "height": "data(size)"}},
-        {"selector": "node.ref", "style": {"border-width": 3, "border-color": "#d62828"}},
-        {"selector": "node:selected", "style": {"border-width": 4, "border-color": "#000"}},
+        {"selector": "node.ref", "style": {"border-width": 3, "border-color": _REF_OUTLINE}},
+        {"selector": "node:selected", "style": {"border-width": 4, "border-color": "#000",
+                                                "label": "data(full)", "font-size": "11px",
+                                                "z-index": 9999}},
         {"selector": "edge", "style": {"width": "data(width)", "line-color": "data(colour)",
                                        "target-arrow-color": "data(colour)",
                                        "target-arrow-shape": "triangle",
@@ -50,24 +56,53 @@ def graph_view(g: nx.DiGraph, *, highlight: set[str] | None = None, key: str,
         for i, n in enumerate(nodes):
             pos[n] = {"x": 320 * layer, "y": top + 36 * i}
     elements = []
+    imax = max((abs(float(d.get("influence", 0.0))) for _, d in g.nodes(data=True)
+                if d.get("kind") != "output"), default=1.0) or 1.0
     for n, d in g.nodes(data=True):
         label = str(d.get("label", n))
         if d.get("kind") == "feature":
             label = f"{n.rsplit(':', 1)[-1]} · {label}"
+        # node area by influence on the logit (features and genes), the logit fixed
+        size = (34.0 if d.get("kind") == "output"
+                else 12.0 + 26.0 * (abs(float(d.get("influence", 0.0))) / imax) ** 0.5)
         elements.append({"data": {
-            "id": n, "short": label if len(label) <= 40 else label[:38] + "…",
-            "colour": _KIND_COLOUR.get(d.get("kind"), "#999"),
-            "size": 34 if d.get("kind") == "output" else 22 if d.get("kind") == "feature" else 16,
+            "id": n, "short": label if len(label) <= 40 else label[:38] + "…", "full": label,
+            "colour": _KIND_COLOUR.get(d.get("kind"), "#999"), "size": round(size, 1),
         }, "position": pos[n], "classes": "ref" if n in highlight else ""})
     for u, v, d in g.edges(data=True):
         w = float(d["weight"])
         elements.append({"data": {"id": f"{u}->{v}", "source": u, "target": v,
                                   "width": 0.5 + 5 * abs(w) / wmax,
-                                  "colour": "#2a9d8f" if w > 0 else "#d62828"}})
+                                  "colour": _EDGE_POS if w > 0 else _EDGE_NEG}})
     layout = {"name": "preset", "fit": True, "padding": 30, "animationDuration": 0}
     sel = cytoscape(elements, _stylesheet(), height=height, layout=layout,
                     selection_type="single", key=key)
     return list((sel or {}).get("nodes", []))
+
+
+def graph_legend(*, outline: str | None = None) -> None:
+    """What the graph's colours, sizes and outlines mean (under every graph view); ``outline``:
+    what the outlined nodes are, when some are."""
+    def dot(colour: str, border: str | None = None) -> str:
+        edge = f"border:3px solid {border};" if border else ""
+        return (f"<span style='display:inline-block;width:11px;height:11px;border-radius:50%;"
+                f"background:{colour};{edge}vertical-align:middle'></span>")
+
+    def line(colour: str) -> str:
+        return (f"<span style='display:inline-block;width:22px;height:3px;background:{colour};"
+                "vertical-align:middle'></span>")
+
+    parts = [f"{dot(_KIND_COLOUR['gene'])} gene", f"{dot(_KIND_COLOUR['feature'])} SAE feature",
+             f"{dot(_KIND_COLOUR['error'])} SAE error (what the features miss)",
+             f"{dot(_KIND_COLOUR['output'])} case logit",
+             f"{line(_EDGE_POS)} pushes towards the case call",
+             f"{line(_EDGE_NEG)} pushes towards control"]
+    if outline:
+        parts.append(f"{dot('#ffffff', _REF_OUTLINE)} {outline}")
+    st.markdown(" &nbsp; ".join(parts), unsafe_allow_html=True)
+    st.caption("Node size: influence on the case logit (direct and through later features); "
+               "edge width: |mean direct effect|. Columns, left to right: genes, features, the "
+               "logit. Click a node for its full label, edges and 95% intervals.")
 
 
 def node_details(g: nx.DiGraph, node: str) -> None:

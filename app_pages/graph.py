@@ -5,7 +5,7 @@ import json
 import networkx as nx
 import streamlit as st
 
-from app_pages.components import graph_view, node_details
+from app_pages.components import graph_legend, graph_view, node_details
 from app_pages.data import current_run, graph, json_file
 from discovery.io import layout
 from discovery.io.graph_files import to_cytoscape, to_node_link
@@ -50,6 +50,7 @@ if run is not None:
             st.caption(f"{len(hits)} node(s) match: " + ", ".join(sorted(hits)[:10]))
         sub = g.subgraph(keep).copy()
         selected = graph_view(sub, highlight=hits, key=f"graph-{slug}")
+        graph_legend(outline="matches your search" if hits else None)
         if selected:
             node_details(g, selected[0])
         st.subheader("Download")

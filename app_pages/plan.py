@@ -1,10 +1,11 @@
 """Plan — why: the rationale chain of one plan, its graph path, and the donors behind it."""
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages.components import graph_view, node_details
+from app_pages.components import graph_legend, graph_view, node_details
 from app_pages.data import badge, current_run, graph, json_file, table
 from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
@@ -98,9 +99,10 @@ if run is not None:
         else:
             refs = sorted({n for s in p["rationale"] for n in s["refs"]["nodes"]})
             sub = subgraph_around(g, refs)
-            st.caption(f"{g.graph.get('name')}: the rationale's nodes (red outline), the case "
-                       f"logit, and each feature's strongest gene inputs; click a node.")
+            st.caption(f"{g.graph.get('name')}: the rationale's nodes (purple outline), the "
+                       "case logit, and each feature's strongest gene inputs; click a node.")
             selected = graph_view(sub, highlight=set(refs), key=f"why-{pid}", height="460px")
+            graph_legend(outline="named in the plan's rationale")
             if selected:
                 node_details(g, selected[0])
         st.subheader("Donors behind the claim")
@@ -124,3 +126,27 @@ if run is not None:
             st.caption(f"Each point is a donor: the mean activation of {h['id']}'s features over "
                        f"its {h['cell_type']} cells (pseudobulk), coloured by batch; triangles "
                        "are the held-out test donors, the replication set.")
+        tests = table(run, layout.DONOR_TESTS)
+        if tests is not None:
+            tests = tests[tests["cell_type"] == h["cell_type"]].copy()
+        if tests is not None and not tests.empty:
+            st.subheader(f"Every gene in {h['cell_type']}, donor level")
+            mine = [g["symbol"] for g in h["genes"][:10]]
+            tests["-log10 p"] = -np.log10(tests["p"].clip(lower=1e-300))
+            tests["gene set"] = np.where(tests["gene"].isin(mine), f"{h['id']}'s top genes",
+                                         np.where(tests["q"] < 0.05, "q < 0.05", "other"))
+            volcano = alt.Chart(tests).mark_circle(opacity=0.8).encode(
+                x=alt.X("effect:Q", title="donor-level effect (case − control, log2 CPM)"),
+                y=alt.Y("-log10 p:Q", title="−log10 p (donor level)"),
+                color=alt.Color("gene set:N", scale=alt.Scale(
+                    domain=[f"{h['id']}'s top genes", "q < 0.05", "other"],
+                    range=["#e76f51", "#6c757d", "#ced4da"])),
+                size=alt.condition(alt.datum["gene set"] == f"{h['id']}'s top genes",
+                                   alt.value(70), alt.value(12)),
+                tooltip=["gene", alt.Tooltip("effect:Q", format=".2f"),
+                         alt.Tooltip("p:Q", format=".2e"), alt.Tooltip("q:Q", format=".2e")],
+            ).properties(height=300)
+            st.altair_chart(volcano, width="stretch")
+            st.caption("Each point is a gene: its pseudobulk case-vs-control test over the "
+                       f"donors' {h['cell_type']} cells (the donor-level evidence behind "
+                       f"{h['id']}); its top genes in orange.")

@@ -135,6 +135,16 @@ def test_plan_page_shows_the_rationale(app, tiny_run):
     first = plans[0]
     assert first["rationale"][0]["claim"] in text
     assert "Falsified if" in text and first["falsified_if"] in text
+    # the graph path comes with its legend; the hypothesis's cell type with its volcano
+    assert "pushes towards the case call" in text and "named in the plan" in text
+    import pandas as pd
+
+    hyp = next(h for h in json.loads((tiny_run / "hypotheses.json").read_text())["hypotheses"]
+               if h["id"] == first["hypothesis"])
+    tested = set(pd.read_csv(tiny_run / "donor_tests.csv")["cell_type"])
+    heads = [s.value for s in app.subheader]
+    assert (f"Every gene in {hyp['cell_type']}, donor level" in heads) == (
+        hyp["cell_type"] in tested)
 
 
 def _plan_app(run, tmp_path, monkeypatch, **params):
