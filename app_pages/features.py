@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import current_run, json_file, load_adata, table, umap
+from app_pages.feedback_box import feedback_box
 from discovery.io import layout
 from discovery.io.layout import sae_key
 from discovery.tl.annotate import donor_means
@@ -44,6 +45,7 @@ if run is not None:
         if row.get("confounded_by"):
             st.warning(f"Explained by {row['confounded_by']} better than by the label "
                        f"in {where} (cell level, strength {row['confound_strength']:.2f}).")
+        feedback_box(run, "feature", fid)
         acts_in = row.get("acts_in") if "acts_in" in row else None
         if isinstance(acts_in, dict) and acts_in:
             st.caption("Share of the attribution to the case logit it carries, per cell type's "

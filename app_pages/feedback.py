@@ -3,13 +3,9 @@
 import streamlit as st
 
 from app_pages.data import current_run, json_file, store, table
+from app_pages.feedback_box import REASON_TEXT
 from discovery.io import layout
 from discovery.io.feedback import REASONS, VERDICTS, FeedbackItem
-
-REASON_TEXT = {"technical_artifact": "technical artifact", "confounder": "confounder",
-               "known_biology": "known biology", "wrong_cell_type": "wrong cell type (contamination)",
-               "single_donor": "driven by a single donor",
-               "implausible_direction": "implausible direction", "other": "other"}
 
 run = current_run()
 if run is not None:
@@ -26,7 +22,7 @@ if run is not None:
         options = ({} if ann is None else
                    {r.feature: f"{r.feature} · {r.label}" for r in ann.itertuples()
                     if r.frac_active > 0})
-    with st.form("feedback", clear_on_submit=True):
+    with st.form("feedback", clear_on_submit=False):  # a refused form keeps its text
         target = st.selectbox("Target", list(options), format_func=lambda t: options.get(t, t),
                               key="fb_target")
         verdict = st.radio("Verdict", VERDICTS, horizontal=True, index=1, key="fb_verdict")
@@ -38,7 +34,7 @@ if run is not None:
         sent = st.form_submit_button("Submit feedback")
     if sent:
         if not author.strip():
-            st.error("Please enter your name: feedback is signed.")
+            st.error("Please enter your name: feedback is signed. What you typed is kept.")
         elif target is None:
             st.error("Nothing to give feedback on in this run.")
         else:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app_pages.components import graph_legend, graph_view, node_details
 from app_pages.data import current_run, graph, json_file
+from app_pages.feedback_box import feedback_box
 from discovery.io import layout
 from discovery.io.graph_files import to_cytoscape, to_node_link
 
@@ -53,6 +54,8 @@ if run is not None:
         graph_legend(outline="matches your search" if hits else None)
         if selected:
             node_details(g, selected[0])
+            if g.nodes[selected[0]].get("kind") == "feature":
+                feedback_box(run, "feature", selected[0])
         st.subheader("Download")
         d = st.columns(4)
         d[0].download_button("node-link JSON", json.dumps(to_node_link(g)), f"{slug}.json")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.data import badge, current_run, json_file
+from app_pages.feedback_box import feedback_box
 from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
 
@@ -62,6 +63,7 @@ if run is not None:
         st.markdown(f"{badge(h['status'])} {h['statement']}")
         for w in artifact_warnings(h):
             st.warning(w, icon=":material/warning:")
+        feedback_box(run, "hypothesis", h["id"])
         links = st.columns(max(1, len(h.get("plans", [])) + 1))
         for col, pid in zip(links, h.get("plans", [])):
             col.page_link("app_pages/plan.py", label=f"Plan {pid}", icon=":material/route:",

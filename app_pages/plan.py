@@ -7,6 +7,7 @@ import streamlit as st
 
 from app_pages.components import graph_legend, graph_view, node_details
 from app_pages.data import badge, current_run, graph, json_file, table
+from app_pages.feedback_box import feedback_box, feedback_notes
 from discovery.get.run import artifact_warnings, feature_chain
 from discovery.io import layout
 from discovery.pl.figures import subgraph_around
@@ -38,6 +39,7 @@ if run is not None:
         st.page_link("app_pages/hypotheses.py", label=f"Hypothesis {h['id']}: all its evidence",
                      icon=":material/lightbulb:", query_params={"hypothesis": h["id"]})
         st.markdown(f"> {h['statement']}")
+        feedback_box(run, "plan", pid)
         basis = p.get("tier_basis") or {}
         tier = p.get("tier", "")
         if tier:
@@ -83,6 +85,8 @@ if run is not None:
                 f"**{r['status']}** · acts in {r.get('acts in') or '–'} · partial R²: label "
                 f"{'–' if label_r2 is None else f'{label_r2:.2f}'} vs {r2 or '–'} · top genes "
                 f"{', '.join(r.get('top genes', [])) or '–'}")
+        feedback_notes(run, [("hypothesis", h["id"])]
+                       + [("feature", r["feature"]) for r in chain])
         st.subheader("Rationale chain")
         for i, step in enumerate(p["rationale"], 1):
             st.markdown(f"**{i}. {step['step']}** — {step['claim']}")

@@ -246,6 +246,44 @@ def test_feedback_without_a_name_is_refused(app, tmp_path):
     assert FeedbackStore(f"sqlite:///{tmp_path / 'fb.sqlite'}").items().empty
 
 
+def test_feedback_on_a_feature_shows_where_it_appears(tiny_run, tmp_path, monkeypatch):
+    """Feedback given on a feature's own page (a refused form keeps what was typed) is shown on
+    the Plan page of a plan that rests on that feature."""
+    import json
+
+    plans = json.loads((tiny_run / "plans.json").read_text())["plans"]
+    hyps = {h["id"]: h for h in json.loads((tiny_run / "hypotheses.json").read_text())
+            ["hypotheses"]}
+    plan = next(p for p in plans if hyps[p["hypothesis"]]["features"])
+    feature = hyps[plan["hypothesis"]]["features"][0]
+    monkeypatch.setenv("DISCOVERY_RUN", str(tiny_run))
+    monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/features.py")
+    at.query_params["feature"] = feature
+    at.run()
+    _ok(at)
+    slug = f"feature-{feature}".replace(":", "_")
+    at.text_input(key=f"fbn-{slug}").input("dissociation stress genes")
+    at.selectbox(key=f"fbr-{slug}").set_value("technical_artifact")
+    submit = next(b for b in at.button if b.label == "Save feedback")
+    submit.click().run()
+    assert any("enter your name" in e.value for e in at.error)
+    assert at.text_input(key=f"fbn-{slug}").value == "dissociation stress genes"  # kept
+    at.text_input(key=f"fba-{slug}").input("Ada Lovelace")
+    next(b for b in at.button if b.label == "Save feedback").click().run()
+    _ok(at)
+    assert any("Saved as feedback" in s.value for s in at.success)
+    at.switch_page("app_pages/plan.py")
+    at.query_params["plan"] = plan["id"]
+    at.run()
+    _ok(at)
+    notes = [i.value for i in at.info]
+    assert any("Ada Lovelace" in n and feature in n and "dissociation stress genes" in n
+               for n in notes), notes
+
+
 def _write_rows(args: tuple[str, int]) -> int:
     url, writer = args
     store = FeedbackStore(url)
