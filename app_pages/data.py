@@ -22,6 +22,7 @@ from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.files import read_json
 from discovery.io.graph_files import load_graph
 from pipelines.config import UPLOAD_ENV, max_upload_mb
+from pipelines.jobs import JOB_FILE, run_state
 
 __all__ = ["RUN_ENV", "ROOT_ENV", "badge", "current_run", "graph", "json_file", "list_runs",
            "load_adata", "store", "umap"]
@@ -54,11 +55,19 @@ def runs_root() -> Path:
 
 
 def list_runs(root: Path) -> list[Path]:
-    """Run directories (with a manifest.json) under ``root``, newest first."""
+    """Run directories under ``root`` (with a manifest.json, or a background job that has not
+    written one yet): complete runs first, newest first within each group."""
     if not root.is_dir():
         return []
-    runs = [p.parent for p in root.glob("*/manifest.json")]
-    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = {p.parent for p in root.glob("*/manifest.json")} | \
+        {p.parent for p in root.glob(f"*/{JOB_FILE}")}
+    return sorted(runs, key=lambda p: (run_state(p) != "complete", -p.stat().st_mtime))
+
+
+def run_label(run: Path) -> str:
+    """The picker's name of a run: its folder, and its state when it is not complete."""
+    state = run_state(run)
+    return run.name if state == "complete" else f"{run.name} ({state})"
 
 
 def current_run() -> Path | None:
@@ -74,9 +83,11 @@ def current_run() -> Path | None:
                  "`discovery run --out runs/demo`, or start the app with "
                  "`discovery app RUN_DIR`.")
         return None
-    default = runs.index(Path(start)) if start and Path(start) in runs else 0
-    choice = st.sidebar.selectbox("Run", runs, index=default, format_func=lambda p: p.name,
-                                  key="run_dir")
+    kept = st.session_state.get("_run_choice")  # the choice survives a change of page
+    default = (runs.index(kept) if kept in runs else
+               runs.index(Path(start)) if start and Path(start) in runs else 0)
+    choice = st.sidebar.selectbox("Run", runs, index=default, format_func=run_label)
+    st.session_state["_run_choice"] = choice
     return Path(choice)
 
 

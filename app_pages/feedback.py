@@ -1,10 +1,14 @@
 """Feedback: say that a hypothesis or a feature is wrong — and why."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from app_pages.data import current_run, json_file, store, table
 from app_pages.feedback_box import REASON_TEXT
+from app_pages.jobs import refine_job_panel
 from discovery.io import layout
+from discovery.io.contract import InputError
 from discovery.io.feedback import REASONS, VERDICTS, FeedbackItem
 
 run = current_run()
@@ -60,29 +64,18 @@ if run is not None:
     with st.form("refine"):
         mode = st.radio("Mode", ["ablate", "finetune", "retrain"], horizontal=True, key="rf_mode")
         child_name = st.text_input("Child run name", value=f"{run.name}-refined", key="rf_name")
-        go = st.form_submit_button("Create the child run")
+        go = st.form_submit_button("Start the refine job")
     if go:
-        from pipelines.child_run import comparison_rows, refine_run
+        from pipelines.jobs import start_refine
         from pipelines.rundir import child_run_dir
 
         try:
             child = child_run_dir(run.parent, child_name)  # never a path outside the runs folder
-            with st.spinner("Refining: model, features, graphs, hypotheses ..."):
-                res = refine_run(run, child, mode=mode, quiet=True)
-        except Exception as err:  # noqa: BLE001 - shown to the user, not a traceback
+            start_refine(run, child, mode=mode)
+        except InputError as err:
             st.error(str(err))
         else:
-            from pipelines.report import refine_effect_rows
-
-            st.success(f"Child run {child_name} ({res['mode']}): "
-                       f"{', '.join(res['suppressed']) or 'no feature'} suppressed.")
-            for w in res.get("warnings", []):
-                st.warning(w)
-            for line in res.get("also_acted_on", []):
-                st.info(f"Also corrected: {line}")
-            st.dataframe(refine_effect_rows(res), hide_index=True)
-            st.dataframe(comparison_rows(res), hide_index=True)
-            st.dataframe(res["ranking"], hide_index=True)
-            if res["proposed_similar"]:
-                st.info("Similar features to review: " + ", ".join(
-                    p["feature"] for p in res["proposed_similar"][:10]))
+            st.session_state["refine_job"] = str(child)
+    job_dir = st.session_state.get("refine_job")
+    if job_dir:
+        refine_job_panel(Path(job_dir))

@@ -216,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "technical covariate — mitochondrial or ribosomal fraction, sequencing "
                         "depth — that differs between cases and controls at donor level)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    p.add_argument("--background", action="store_true",
+                   help="start the refine as a background job (its own process and log, "
+                        "OUT/job.log) and return at once; follow it with `discovery job OUT`")
+
+    p = sub.add_parser("job", help="progress of a background job (refine --background), or "
+                                   "cancel it")
+    p.add_argument("run_dir", type=Path, help="the job's run directory (refine's --out)")
+    p.add_argument("--cancel", action="store_true",
+                   help="stop the job and remove its half-written run (job file and log kept "
+                        "beside it as RUN_DIR.cancelled.json / .log)")
 
     p = sub.add_parser("report", help="write report.html (self-contained) and report.md")
     p.add_argument("run_dir", type=Path, help="run directory")
@@ -553,6 +563,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--server.address", args.address, "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+           # no file watcher: it would watch runs/ and the virtualenv (inotify overflow) for
+           # edits a user of the app never makes
+           "--server.fileWatcherType", "none",
            # the browser refuses bigger files before they travel; the page checks again
            "--server.maxUploadSize", str(max(1, int(max_upload_mb())))]
     console.print(f"discovery app on http://{args.address}:{args.port}  (Ctrl+C to stop)")
@@ -584,8 +597,42 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job(args: argparse.Namespace) -> int:
+    from pipelines.jobs import cancel, job_state, progress
+
+    if job_state(args.run_dir) is None:
+        raise InputError(f"{args.run_dir} holds no background job (no job.json); jobs are "
+                         "started with `discovery refine PARENT --out CHILD --background`")
+    if args.cancel:
+        stopped = cancel(args.run_dir)
+        console.print(f"job in {args.run_dir}: " + ("cancelled; its half-written run removed"
+                                                     if stopped else "not running"))
+        return 0
+    pr = progress(args.run_dir)
+    console.print(f"job in {args.run_dir}: [bold]{pr['state']}[/] · "
+                  f"{pr['fraction']:.0%} of stages done · {pr['elapsed']:.0f} s elapsed"
+                  + (f" · about {pr['seconds_left']:.0f} s left" if pr["state"] == "running"
+                     else ""))
+    for r in pr["stages"]:
+        console.print(f"  {r['stage']:<11} {r['status']:<8} "
+                      + ("" if r["seconds"] is None else f"{r['seconds']:.1f} s"))
+    if pr["state"] == "failed":
+        console.print("last lines of its log:\n" + "\n".join(pr["log_tail"]))
+    return 0
+
+
 def cmd_refine(args: argparse.Namespace) -> int:
     from pipelines.child_run import comparison_rows, refine_run
+
+    if args.background:
+        from pipelines.jobs import start_refine
+
+        job = start_refine(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
+                           only_named=args.only_named)
+        console.print(f"refine started in the background (process {job['pid']}); log "
+                      f"{args.out / 'job.log'}; follow it with `discovery job {args.out}`, "
+                      f"stop it with `discovery job {args.out} --cancel`")
+        return 0
 
     res = refine_run(args.run_dir, args.out, mode=args.mode, covariate=args.covariate,
                      also_aligned=not args.only_named, quiet=args.quiet)
@@ -635,7 +682,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "simulate": cmd_simulate,
             "benchmark": cmd_benchmark, "export": cmd_export, "graph": cmd_graph,
             "perturb": cmd_perturb, "report": cmd_report, "batch": cmd_batch,
-            "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine,
+            "app": cmd_app, "feedback": cmd_feedback, "refine": cmd_refine, "job": cmd_job,
             "config": cmd_config}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,19 @@ def test_refine_loop_from_the_app(parent, monkeypatch):
     at.text_input(key="rf_name").input("child-from-app")
     at.button[1].click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("Child run child-from-app" in s.value for s in at.success), \
-        [e.value for e in at.error]
+    assert not at.error, [e.value for e in at.error]
+    # the refine is a job of its own: the page shows its progress, and it outlives the page
     child = parent.parent / "child-from-app"
+    from pipelines.jobs import job_state
+
+    assert job_state(child) in ("running", "done")
+    deadline = time.time() + 600
+    while job_state(child) == "running" and time.time() < deadline:
+        time.sleep(1)
+    assert job_state(child) == "done", (child / "job.log").read_text()
+    at.run()
+    assert any("Child run child-from-app" in s.value and "complete" in s.value
+               for s in at.success), [e.value for e in at.error]
     assert json.loads((child / "manifest.json").read_text())["parent_run"]
     actions = FeedbackStore(default_url(parent)).actions()
     assert "child:done" in set(actions["action"])
