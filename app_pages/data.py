@@ -61,7 +61,13 @@ def list_runs(root: Path) -> list[Path]:
         return []
     runs = {p.parent for p in root.glob("*/manifest.json")} | \
         {p.parent for p in root.glob(f"*/{JOB_FILE}")}
-    return sorted(runs, key=lambda p: (run_state(p) != "complete", -p.stat().st_mtime))
+    stamped = []
+    for p in runs:
+        try:  # a cancelled job's folder may go while we list
+            stamped.append((run_state(p) != "complete", -p.stat().st_mtime, p))
+        except FileNotFoundError:
+            continue
+    return [p for *_, p in sorted(stamped)]
 
 
 def run_label(run: Path) -> str:

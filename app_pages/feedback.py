@@ -72,7 +72,7 @@ if run is not None:
         try:
             child = child_run_dir(run.parent, child_name)  # never a path outside the runs folder
             start_refine(run, child, mode=mode)
-        except InputError as err:
+        except (InputError, OSError) as err:  # a bad name, a full disk: said, not a traceback
             st.error(str(err))
         else:
             st.session_state["refine_job"] = str(child)

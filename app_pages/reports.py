@@ -1,7 +1,6 @@
 """Reports: the HTML report inline, and every file to download."""
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from app_pages.data import current_run
 from discovery.io import layout
@@ -19,4 +18,6 @@ if run is not None:
             p = run / name
             if p.is_file():
                 col.download_button(name, p.read_bytes(), name)
-        components.html(html.read_text(), height=900, scrolling=True)
+        # the report is written by discovery from the run's own files (every value escaped),
+        # self-contained: st.iframe embeds it as it is (components.v1.html is deprecated)
+        st.iframe(html, height=900)

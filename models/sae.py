@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from models.budget import check_memory, parameter_count
 from models.configs import check_known
 from models.errors import InputError
+from models.fileperms import make_readable
 
 __all__ = [
     "SAE_REGISTRY",
@@ -208,6 +209,7 @@ class SparseAutoencoder(nn.Module):
         os.replace(tmp, path / "config.json")
         tmp = path / ".sae.safetensors.tmp"
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        make_readable(tmp)  # safetensors writes 0600
         os.replace(tmp, path / "sae.safetensors")
 
 

@@ -50,6 +50,7 @@ from discovery.tl.refine import (
     reselect_panel,
     suppression_basis,
 )
+from models.fileperms import make_readable
 from pipelines.config import PipelineConfig
 from pipelines.report import write_report
 from pipelines.run import features_stage, graphs_stage, hypotheses_stage, results_into_adata
@@ -306,6 +307,7 @@ def refine_run(parent_dir: str | Path, out: str | Path, *, mode: str = "ablate",
         tmp = out / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         child.save_pretrained(tmp, safe_serialization=True)
+        make_readable(tmp)  # safetensors writes 0600
         write_json(tmp / Path(layout.METRICS).name, metrics)
         # later stages are cached by this stage's params: key them on the weights themselves,
         # so a child rebuilt with other code or other withheld genes never reuses stale features

@@ -37,7 +37,19 @@ JOB_FILE, JOB_LOG = "job.json", "job.log"
 CHILD_STAGES = ("model", "features", "graphs", "hypotheses", "report")
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    None where there is no /proc: with the pid it identifies one process (pids are reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not; a process that reused the pid
+    since ``started`` is not the job)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it when it has ended
         if done == pid:
@@ -46,11 +58,19 @@ def _alive(pid: int) -> bool:
         pass  # started by another process (the CLI, an earlier app): not ours to reap
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or another user's: not our job
         return False
-    except PermissionError:
-        return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True  # no /proc: os.kill said it exists
+    if state == "Z":
+        return False
+    return started is None or _start_time(pid) == started
+
+
+def _job_alive(job: dict[str, Any]) -> bool:
+    return _alive(int(job["pid"]), job.get("pid_started"))
 
 
 def start_refine(parent: str | Path, child: str | Path, *, mode: str = "ablate",
@@ -58,21 +78,33 @@ def start_refine(parent: str | Path, child: str | Path, *, mode: str = "ablate",
     """Start ``discovery refine PARENT --out CHILD --mode MODE`` as a background job; returns
     its ``job.json`` record. Refuses a child folder that already holds a run or a job."""
     parent, child = Path(parent), Path(child)
-    if (child / layout.MANIFEST).exists() or (child / JOB_FILE).exists():
-        msg = f"{child} already holds a run or a job; pick another name for the child run"
+    if child.exists() and (not child.is_dir() or any(child.iterdir())):
+        msg = (f"{child} already exists and is not empty (a run, a job or other files); pick "
+               "another name for the child run")
         raise InputError(msg)
     child.mkdir(parents=True, exist_ok=True)
+    try:  # claimed before the process starts: a second start into the same folder fails here
+        with (child / JOB_FILE).open("x") as fh:
+            fh.write("{}")
+    except FileExistsError as err:
+        msg = f"{child} already holds a job; pick another name for the child run"
+        raise InputError(msg) from err
     cmd = [sys.executable, "-m", "pipelines.cli", "refine", str(parent), "--out", str(child),
            "--mode", mode, "--quiet"]
     if covariate:
         cmd += ["--covariate", covariate]
     if only_named:
         cmd.append("--only-named")
-    logf = (child / JOB_LOG).open("ab")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=os.getcwd())
-    logf.close()
-    rec = {"kind": "refine", "pid": proc.pid, "command": cmd, "parent": str(parent),
+    try:
+        with (child / JOB_LOG).open("ab") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    cwd=os.getcwd())
+    except OSError:
+        shutil.rmtree(child, ignore_errors=True)  # nothing started: no claimed folder left
+        raise
+    rec = {"kind": "refine", "pid": proc.pid, "pid_started": _start_time(proc.pid),
+           "command": cmd, "parent": str(parent),
            "mode": mode, "started": datetime.now(UTC).isoformat(timespec="seconds"),
            "started_unix": time.time(), "log": JOB_LOG}
     write_json(child / JOB_FILE, rec)
@@ -97,10 +129,12 @@ def job_state(run_dir: str | Path) -> str | None:
     if job.get("state") in ("cancelled", "failed", "done"):
         return job["state"]
     manifest = _read(run_dir / layout.MANIFEST) or {}
-    if (manifest.get("stages", {}).get("report", {}).get("status") == "done"
-            and not _alive(int(job["pid"]))):
+    if not job.get("pid"):
+        return "running"  # claimed, the process about to start
+    alive = _job_alive(job)
+    if manifest.get("stages", {}).get("report", {}).get("status") == "done" and not alive:
         return "done"
-    return "running" if _alive(int(job["pid"])) else "failed"
+    return "running" if alive else "failed"
 
 
 def run_state(run_dir: str | Path) -> str:
@@ -149,7 +183,7 @@ def cancel(run_dir: str | Path, *, timeout: float = 10.0) -> bool:
     ``RUN_DIR.cancelled.log`` beside it. Returns whether a job was stopped."""
     run_dir = Path(run_dir)
     job = _read(run_dir / JOB_FILE)
-    if job is None or job_state(run_dir) != "running":
+    if job is None or not job.get("pid") or job_state(run_dir) != "running":
         return False
     pid = int(job["pid"])
     try:
@@ -157,15 +191,19 @@ def cancel(run_dir: str | Path, *, timeout: float = 10.0) -> bool:
     except ProcessLookupError:
         pass
     end = time.time() + timeout
-    while _alive(pid) and time.time() < end:
+    while _job_alive(job) and time.time() < end:
         time.sleep(0.1)
-    if _alive(pid):
+    if _job_alive(job):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while _alive(pid) and time.time() < end + timeout:
+        while _job_alive(job) and time.time() < end + timeout:
             time.sleep(0.1)
+    manifest = _read(run_dir / layout.MANIFEST) or {}
+    if manifest.get("stages", {}).get("report", {}).get("status") == "done":
+        log.info("job %d had finished before the cancel reached it; %s kept", pid, run_dir)
+        return False
     job.update(state="cancelled", cancelled=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json(run_dir.with_name(run_dir.name + ".cancelled.json"), job)
     if (run_dir / JOB_LOG).is_file():

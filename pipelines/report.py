@@ -244,13 +244,16 @@ def _figures(rd: Path, hyps: list[dict], validations: dict[str, dict],
         finally:
             backed.file.close()
     tests_path = rd / layout.DONOR_TESTS
-    tests = pd.read_csv(tests_path) if tests_path.is_file() else pd.DataFrame()
+    tests = (pd.read_csv(tests_path, dtype={"cell_type": str, "gene": str},
+                         keep_default_na=False, na_values={c: [""] for c in ("effect", "p", "q")})
+             if tests_path.is_file() else pd.DataFrame())
     top = hyps[:N_DETAILED]
     for ct in dict.fromkeys(h["cell_type"] for h in top):
         if tests.empty:
             break
         genes = [g["symbol"] for h in top if h["cell_type"] == ct for g in h["genes"][:10]]
-        figs.append((f"volcano:{ct}", volcano(tests[tests["cell_type"] == ct], highlight=genes,
+        figs.append((f"volcano:{ct}", volcano(tests[tests["cell_type"] == str(ct)],
+                                              highlight=genes,
                                               title=f"{ct}: donor-level pseudobulk tests")))
     graphs: dict[str, Any] = {}
     for h in top:

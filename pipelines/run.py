@@ -25,6 +25,7 @@ outputs are unchanged is skipped on a rerun):
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -492,8 +493,18 @@ def features_stage(rd: RunDir, adata: ad.AnnData, model: Any,
 
 def results_into_adata(run_dir: Path, adata: ad.AnnData) -> list[str]:
     """Put the run's features, hypotheses, rankings and hypothesis scores into its AnnData
-    (:func:`discovery.get.attach_results`) and rewrite ``adata.h5ad``; returns the file written."""
+    (:func:`discovery.get.attach_results`) and rewrite ``adata.h5ad``; returns the file written.
+    Nothing is rewritten when the AnnData already holds these very results (a resumed run
+    leaves ``adata.h5ad`` untouched): ``uns['discovery']['results_from']`` records the sha256 of
+    the files they came from."""
+    stamp = {name: file_checksum(run_dir / name) for name in
+             (layout.ANNOTATIONS, layout.HYPOTHESES, layout.RANKINGS)
+             if (run_dir / name).is_file()}
+    disc = adata.uns.get("discovery", {})
+    if disc.get("results_from") == json.dumps(stamp, sort_keys=True):
+        return []
     attach_results(adata, run_dir)
+    adata.uns["discovery"]["results_from"] = json.dumps(stamp, sort_keys=True)
     atomic_write(run_dir / layout.ADATA, lambda p: adata.write_h5ad(p, compression="gzip"))
     return [layout.ADATA]
 

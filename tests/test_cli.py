@@ -315,3 +315,23 @@ def test_bad_gene_set_files_are_refused_before_any_stage(tmp_path, capsys, conte
     assert main(["run", "--out", str(out), "--gene-sets", str(gmt), "--quiet"]) == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
+
+
+def test_run_files_are_readable_by_colleagues_as_the_umask_allows(tiny_run):
+    """Every file of a run is written with the user's umask (0644 under the usual 022), not
+    mkstemp's 0600: colleagues on a shared server can read a run, its report and exports."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    files = [p for p in tiny_run.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert len(files) > 20
+    wrong = {str(p.relative_to(tiny_run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) & 0o066 != expected & 0o066}
+    assert not wrong, wrong
+    dirs = [p for p in tiny_run.rglob("*") if p.is_dir()]
+    closed = [str(p) for p in dirs if stat.S_IMODE(p.stat().st_mode) & 0o055
+              != (0o777 & ~mask) & 0o055]
+    assert not closed, closed

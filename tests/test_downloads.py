@@ -71,6 +71,9 @@ def test_each_layout_runs_end_to_end_naming_genes_by_symbol(cohort, tmp_path, ti
     for a in ann:
         if "possible doublets" in a["label"]:
             assert not same_cell_type(a["top_set_cell_type"], a["cell_type"])
+    if kind == "cellxgene":  # the ontology names did meet the bundled marker sets' names
+        assert any(a["top_set_cell_type"] and a["top_set_cell_type"] != a["cell_type"]
+                   and same_cell_type(a["top_set_cell_type"], a["cell_type"]) for a in ann)
     if kind == "cellxgene":
         assert {h["cell_type"] for h in hyps} <= set(cohort.obs["cell_type"].map(
             {"Microglia": "microglial cell", "Astrocytes": "astrocyte",
@@ -114,3 +117,19 @@ def test_download_errors_name_the_problem_and_the_fix(cohort, tmp_path):
     norm.raw = norm
     norm.X = norm.X.astype(np.float32) * 0.5
     assert abs(counts_matrix(standardise(norm)) - counts_matrix(cohort)).sum() == 0
+    # a normalised X over fewer genes than .raw (the usual download): the full counts, aligned
+    sub = cohort.copy()
+    sub.var["feature_name"] = sub.var_names
+    sub.var_names = [f"ENSG{i:011d}" for i in range(sub.n_vars)]
+    sub.raw = sub.copy()
+    sub = sub[:, ::3].copy()
+    sub.X = sub.X.astype(np.float32) * 0.5
+    full = standardise(sub)
+    assert full.n_vars == cohort.n_vars and list(full.var_names) == list(cohort.var_names)
+    assert abs(counts_matrix(full) - counts_matrix(cohort)).sum() == 0
+    # one metadata row per cell: a repeated id is refused, not a traceback
+    data, meta = write_layout(cohort, tmp_path / "dup", "10x_mtx")
+    text = meta.read_text().splitlines()
+    meta.write_text("\n".join([*text, text[1]]) + "\n")
+    with pytest.raises(InputError, match="more than once"):
+        read(data, metadata=meta)

@@ -61,7 +61,7 @@ def test_a_cancelled_job_leaves_no_half_written_run(parent, capsys, request):
     assert main(["job", str(child)]) == 0
     assert "running" in _said(capsys)
     # refusing a second job into the same folder
-    with pytest.raises(Exception, match="already holds"):
+    with pytest.raises(Exception, match="already"):
         start_refine(parent, child)
     pid = json.loads((child / "job.json").read_text())["pid"]
     assert main(["job", str(child), "--cancel"]) == 0
@@ -88,3 +88,12 @@ def test_a_job_runs_to_a_complete_child(parent):
     assert run_state(child) == "complete" and run_label(child) == "child-ablate"
     assert set(list_runs(parent.parent)) == {parent, child}
     assert json.loads((child / "refine.json").read_text())["mode"] == "ablate"
+    # a finished job is not cancelled: its run stays
+    assert cancel(child) is False and (child / "refine.json").is_file()
+    # a job never starts into a folder that holds anything (cancel would remove it)
+    other = parent.parent / "data"
+    other.mkdir()
+    (other / "cohort.h5ad").write_bytes(b"precious")
+    with pytest.raises(Exception, match="not empty"):
+        start_refine(parent, other)
+    assert (other / "cohort.h5ad").read_bytes() == b"precious"

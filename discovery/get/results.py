@@ -59,8 +59,10 @@ def _writable(df: pd.DataFrame) -> pd.DataFrame:
         numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
         present = [v for v in values if v is not None]
         if present and all(isinstance(v, bool | np.bool_) for v in present):
-            out[str(col)] = pd.Series([bool(v) if v is not None else False for v in values],
-                                      index=out.index)
+            if len(present) == len(values):
+                out[str(col)] = np.asarray(values, dtype=bool)
+            else:  # "not computed" is not False: text, '' where missing
+                out[str(col)] = ["" if v is None else str(bool(v)) for v in values]
         elif present and all(isinstance(v, int | float | np.number) and not isinstance(v, bool)
                              for v in present):
             whole = len(present) == len(values) and all(float(v).is_integer() for v in present)
@@ -121,7 +123,9 @@ def attach_results(adata: ad.AnnData, run_dir: str | Path, *,
 
     rank_path = run_dir / layout.RANKINGS
     if rank_path.exists():
-        rankings = pd.read_csv(rank_path)
+        rankings = pd.read_csv(rank_path, dtype={"cell_type": str, "gene": str},
+                               keep_default_na=False, na_values={"score": [""], "pval": [""],
+                                                                 "qval": [""]})
         for _, r in rankings.groupby("method", sort=True):
             written.append(f"uns[{to_rank_genes_groups(adata, r)!r}]")
 
@@ -139,7 +143,7 @@ def attach_results(adata: ad.AnnData, run_dir: str | Path, *,
                      if g["symbol"] in adata.var_names]
             if not genes:
                 continue
-            sc.tl.score_genes(adata, genes, score_name=col, random_state=0,
+            sc.tl.score_genes(adata, genes, score_name=col, random_state=0, use_raw=False,
                               ctrl_size=min(50, adata.n_vars - len(genes)))
             if h.get("direction") == "down":
                 adata.obs[col] = -adata.obs[col]

@@ -148,6 +148,12 @@ def _with_metadata(adata: ad.AnnData, metadata: str | Path | None, path: Path, *
         return adata
     meta = _read_table(Path(metadata), "metadata")
     meta.index = meta.index.astype(str)
+    if not meta.index.is_unique:
+        dups = meta.index[meta.index.duplicated()].unique().tolist()
+        msg = (f"{len(dups)} cell ids occur more than once in the first column of "
+               f"{Path(metadata).name} (e.g. {dups[:5]}); each cell needs exactly one metadata "
+               "row. Drop the repeated rows.")
+        raise InputError(msg)
     ids = adata.obs_names.astype(str)
     missing = ids.difference(meta.index)
     if len(missing) == len(ids):

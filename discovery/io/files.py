@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models.fileperms import umask
+
 __all__ = ["atomic_write", "json_default", "read_json", "write_json", "write_text"]
 
 
@@ -20,7 +22,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would hide runs from colleagues
+    os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp's 0600 would hide runs from colleagues
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
@@ -47,27 +49,6 @@ def read_json(path: str | Path) -> Any:
                "truncated or was edited. In a run directory, rerun `discovery run` with the same "
                "--out: changed files are detected and their stage recomputed")
         raise InputError(msg) from err
-
-
-def _read_umask() -> int:
-    """The process umask, read once at import (setting it, even briefly, would race with other
-    threads creating files, e.g. in the app)."""
-    try:
-        for line in open("/proc/self/status").read().splitlines():  # noqa: SIM115
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _umask() -> int:
-    return _UMASK
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -215,7 +215,14 @@ def _donor_design(adata: ad.AnnData, keys: Keys, donors: np.ndarray,
             log.info("pydeseq2: %r varies within donors; not a donor-level design term", col)
             continue
         values = per.first().reindex(donors)
-        numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 2
+        if values.isna().any():
+            log.warning("pydeseq2: %r is missing for %d donor(s); left out of the design", col,
+                        int(values.isna().sum()))
+            continue
+        # the batch is a factor whatever its codes look like; a covariate with > 2 numeric
+        # values (age, PMI) enters as a trend
+        numeric = (i > 0 and pd.api.types.is_numeric_dtype(values)
+                   and values.nunique() > 2)
         name = f"term{i}"
         meta[name] = values.astype(float) if numeric else values.astype(str)
         if not numeric and meta[name].nunique() < 2:
@@ -316,8 +323,8 @@ def to_rank_genes_groups(adata: ad.AnnData, rankings: pd.DataFrame, *,
     ``rankings``: one method's :data:`RANKING_COLUMNS` table (from :func:`rank_genes`). The
     groups are the cell types; each group's genes are ordered by its ``up`` ranking (case vs
     control within that cell type, most case-high first, as scanpy orders them).
-    ``logfoldchanges`` are scanpy's: log2 of the ratio of mean normalised expression (expm1 of
-    log-normalised ``X``) in case over control cells of the cell type. Reads the label and
+    ``logfoldchanges`` are scanpy's: log2 of expm1(mean log-normalised ``X``) in case cells over
+    control cells of the cell type (``uns['log1p']['base']`` respected). Reads the label and
     cell-type columns and ``X``. Writes ``uns[key_added]`` (default
     ``rank_genes_groups_<method>``), so ``sc.get.rank_genes_groups_df(adata, group, key=...)``
     and ``sc.pl.rank_genes_groups_dotplot(adata, key=..., groupby=<label key>)`` read it.
@@ -330,28 +337,36 @@ def to_rank_genes_groups(adata: ad.AnnData, rankings: pd.DataFrame, *,
     method = str(methods[0])
     key = key_added or f"rank_genes_groups_{method}"
     keys = get_keys(adata)
-    up = rankings[rankings["direction"] == "up"].sort_values(["cell_type", "rank"])
+    up = rankings[rankings["direction"] == "up"].astype({"cell_type": str, "gene": str})
+    up = up.sort_values(["cell_type", "rank"])
     groups = sorted(up["cell_type"].astype(str).unique())
     n = int(up.groupby("cell_type").size().min()) if groups else 0
     ct_col = adata.obs[keys.cell_type_key].astype(str).to_numpy()
     is_case = case_mask(adata, keys)
+    base = (adata.uns.get("log1p") or {}).get("base")
+    scale = 1.0 if base is None else float(np.log(base))
     columns: dict[str, list[np.ndarray]] = {c: [] for c in
                                             ("names", "scores", "pvals", "pvals_adj",
                                              "logfoldchanges")}
+
+    def mean_of(mask: np.ndarray) -> np.ndarray:  # sparse-aware: no densified cell type
+        if not mask.any():
+            return np.zeros(adata.n_vars)
+        return np.asarray(adata.X[mask].mean(0), dtype=float).ravel()
+
     for ct in groups:
         r = up[up["cell_type"] == ct].head(n)
         idx = adata.var_names.get_indexer(r["gene"].astype(str))
-        x = adata.X[ct_col == ct]
-        x = x.toarray() if sp.issparse(x) else np.asarray(x, dtype=float)
-        y = is_case[ct_col == ct]
-        mean_case = np.expm1(x[y]).mean(0) if y.any() else np.zeros(x.shape[1])
-        mean_ctrl = np.expm1(x[~y]).mean(0) if (~y).any() else np.zeros(x.shape[1])
-        lfc = np.log2((mean_case + 1e-9) / (mean_ctrl + 1e-9))
+        in_ct = ct_col == ct
+        # scanpy's fold change: expm1 of the mean log expression of each group
+        lfc = np.log2((np.expm1(mean_of(in_ct & is_case) * scale) + 1e-9)
+                      / (np.expm1(mean_of(in_ct & ~is_case) * scale) + 1e-9))
+        lfc = np.where(idx >= 0, lfc[np.clip(idx, 0, None)], np.nan)  # a gene not in var: NaN
         columns["names"].append(r["gene"].astype(str).to_numpy(dtype=object))
         columns["scores"].append(r["score"].to_numpy(np.float32))
         columns["pvals"].append(r["pval"].to_numpy(np.float64))
         columns["pvals_adj"].append(r["qval"].to_numpy(np.float64))
-        columns["logfoldchanges"].append(lfc[idx].astype(np.float32))
+        columns["logfoldchanges"].append(lfc.astype(np.float32))
     # scanpy reads names and scores only for its 'logreg' method (a coefficient, no p-value)
     coefficient = bool(rankings["pval"].isna().all())
     adata.uns[key] = {

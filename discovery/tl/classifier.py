@@ -33,6 +33,7 @@ from discovery.io.contract import InputError, Keys, case_mask, get_keys
 from models import CLASSIFIERS, load_classifier
 from models.budget import check_memory, parameter_count
 from models.configs import check_known
+from models.fileperms import make_readable
 from models.pretrained import from_bert_checkpoint, trainable_share
 from models.training import (
     TrainConfig,
@@ -91,6 +92,7 @@ class TrainedClassifier:
 
     def save(self, path: str | Path) -> None:
         self.model.save_pretrained(path, safe_serialization=True)
+        make_readable(path)  # safetensors writes 0600
 
 
 # ---------------------------------------------------------------------------------- encoding
