@@ -8,7 +8,7 @@ import networkx as nx
 import pandas as pd
 import streamlit as st
 
-__all__ = ["graph_legend", "graph_view", "node_details"]
+__all__ = ["METRIC_HELP", "graph_legend", "graph_view", "node_details", "number_table"]
 
 _KIND_COLOUR = {"gene": "#457b9d", "feature": "#e9c46a", "error": "#adb5bd", "output": "#e76f51"}
 #: edge colours: towards the case call (positive weight) and away from it
@@ -78,6 +78,66 @@ def graph_view(g: nx.DiGraph, *, highlight: set[str] | None = None, key: str,
     sel = cytoscape(elements, _stylesheet(), height=height, layout=layout,
                     selection_type="single", key=key)
     return list((sel or {}).get("nodes", []))
+
+
+#: one line of meaning per metric the app shows (hover help on the column header)
+METRIC_HELP = {
+    "cell AUROC": "chance that a random case cell scores above a random control cell "
+                  "(0.5 = chance, 1 = perfect)",
+    "donor AUROC": "the same over donors (each donor's mean case probability): the number that "
+                   "counts, since cells of one donor are not independent",
+    "donor AUROC 95% interval": "from resampling the test donors of each class; an interval "
+                                "that includes 0.5 cannot tell the model from chance",
+    "accuracy": "share of cells called correctly at probability 0.5",
+    "ECE": "expected calibration error: mean gap between predicted probability and observed "
+           "frequency (0 = calibrated)",
+    "case": "probe score within case cells (batch: balanced accuracy, chance 0.5; numeric "
+            "covariates: R²)",
+    "control": "the same within control cells",
+    "explained variance": "share of the activations' variance the SAE reconstructs",
+    "L0": "mean number of SAE features active per cell",
+    "dead": "share of features that never fire",
+    "agreement (spliced)": "share of cells whose predicted class is unchanged when the SAE's "
+                           "reconstruction replaces the model's activations",
+    "donor AUROC (spliced)": "test-donor AUROC of the model with the reconstruction spliced in",
+    "replacement": "share of the influence on the logit that flows through genes and features "
+                   "rather than the SAE's error nodes (1 = fully explained)",
+    "completeness": "share of each node's inputs explained by non-error nodes, influence-"
+                    "weighted (circuit-tracer's definition)",
+    "ablation Spearman (model)": "rank agreement between the graph's predicted and the model's "
+                                 "measured effects of ablating each feature",
+    "features for faithfulness 0.8": "fewest features whose circuit reproduces 80% of the "
+                                     "logit change",
+    "precision_at_k": "share of the top 10 genes that belong to the planted program",
+    "auprc": "area under the precision-recall curve of the program's genes",
+    "artifact_fd": "planted artifact genes among the top 20 (false discoveries)",
+}
+
+
+def number_table(rows: list[dict[str, Any]] | pd.DataFrame, *, digits: int = 2) -> None:
+    """A table of numbers a reader can take in: fixed decimals, integers as integers, '–' for
+    missing values, and each known metric's meaning as hover help on its header."""
+    df = pd.DataFrame(rows).copy()
+    config: dict[str, Any] = {}
+    for col in df.columns:
+        values = pd.to_numeric(df[col], errors="coerce")
+        numeric = df[col].map(lambda v: v is None or isinstance(v, int | float)).all() \
+            and values.notna().any() and not pd.api.types.is_bool_dtype(df[col])
+        if numeric and values.notna().all():
+            whole = (values % 1 == 0).all()
+            df[col] = values
+            config[col] = st.column_config.NumberColumn(
+                col, format="%d" if whole else f"%.{digits}f", help=METRIC_HELP.get(col))
+        elif numeric:  # a gap would show as "None": text, '–' where missing
+            fmt = "{:.0f}" if (values.dropna() % 1 == 0).all() else f"{{:.{digits}f}}"
+            df[col] = values.map(lambda v, fmt=fmt: "–" if v != v else fmt.format(v))
+            config[col] = st.column_config.Column(col, help=METRIC_HELP.get(col))
+        else:
+            df[col] = df[col].map(lambda v: "–" if v is None or (isinstance(v, float) and v != v)
+                                  else v)
+            if col in METRIC_HELP:
+                config[col] = st.column_config.Column(col, help=METRIC_HELP[col])
+    st.dataframe(df, hide_index=True, column_config=config)
 
 
 def graph_legend(*, outline: str | None = None) -> None:

@@ -1,12 +1,15 @@
 """Overview: the findings first (the report's summary), then the cohort, the model's held-out
 metrics, shortcut probe, SAEs, baselines, graphs."""
 
-import pandas as pd
 import streamlit as st
 
+from app_pages.components import number_table
 from app_pages.data import current_run, json_file, table
 from discovery.io import layout
 from pipelines.report import findings_summary, graph_rows, model_rows, probe_rows, sae_rows
+
+#: batch-probe balanced accuracy from which the page says in words that the model encodes batch
+BATCH_PROBE_WARN = 0.7
 
 run = current_run()
 if run is not None:
@@ -39,26 +42,35 @@ if run is not None:
     metrics = json_file(run, layout.METRICS)
     if metrics:
         st.subheader(f"Model ({metrics.get('kind')}) on held-out donors")
-        st.dataframe(pd.DataFrame(model_rows(metrics)), hide_index=True)
+        number_table(model_rows(metrics))
         st.caption("Donor AUROC 95% interval: from resampling the test donors of each class; "
                    "an interval that includes 0.5 cannot tell the model from chance.")
         rows = probe_rows(metrics)
         if rows:
             st.markdown("**Shortcut probe**: a linear probe reads each covariate off the pooled "
                         "representation, within each label (batch: balanced accuracy, chance 0.5).")
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
+            number_table(rows)
+            batch = next((r for r in rows if r["covariate"] == "batch"), None)
+            scores = [v for v in (batch or {}).values() if isinstance(v, float) and v == v]
+            if batch and scores and max(scores) >= BATCH_PROBE_WARN:
+                st.warning(f"The model encodes batch: a linear probe reads the batch off its "
+                           f"representation with balanced accuracy {max(scores):.2f} within one "
+                           "label (chance 0.50). Predictions may lean on batch; the Hypotheses "
+                           "page flags findings that batch explains better than the label.")
     quality = json_file(run, layout.SAE_QUALITY)
     if quality:
         st.subheader(f"Sparse autoencoders at `{quality['hook']}`")
-        st.dataframe(pd.DataFrame(sae_rows(quality)), hide_index=True)
-        st.caption(f"median stability across seeds {quality.get('median_stability')}; "
+        number_table(sae_rows(quality))
+        stab = quality.get("median_stability")
+        st.caption(f"median stability across seeds (decoder cosine of matched features) "
+                   f"{'–' if stab is None else f'{stab:.2f}'}; "
                    f"{quality['n_donor_q05']} features differ between donors (q < 0.05); "
                    f"{quality['n_confounded']} flagged as confounded")
     yard = table(run, layout.YARDSTICK)
     if yard is not None:
         st.subheader("Baselines against the planted truth")
-        st.dataframe(yard, hide_index=True)
+        number_table(yard)
     index = json_file(run, layout.GRAPH_INDEX)
     if index and index.get("graphs"):
         st.subheader("Attribution graphs")
-        st.dataframe(pd.DataFrame(graph_rows(index)), hide_index=True)
+        number_table(graph_rows(index))

@@ -64,9 +64,12 @@ def model_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def probe_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The shortcut probe of ``model/metrics.json``, one row per covariate."""
-    return [{"covariate": k, "kind": v.get("kind"),
-             "case": (v.get("case") or {}).get("balanced_accuracy", v.get("r2")),
-             "control": (v.get("control") or {}).get("balanced_accuracy")}
+    def score(part: dict[str, Any] | None) -> float | None:  # batch: balanced accuracy; else R²
+        part = part or {}
+        return part.get("balanced_accuracy", part.get("r2"))
+
+    return [{"covariate": k, "kind": v.get("kind"), "case": score(v.get("case")),
+             "control": score(v.get("control"))}
             for k, v in metrics.get("shortcut_probe", {}).items() if isinstance(v, dict)]
 
 

@@ -47,6 +47,11 @@ def test_overview_page(app, tiny_run):
     test = json.loads((tiny_run / "model" / "metrics.json").read_text())["test"]
     assert model.loc["test", "donor AUROC"] == pytest.approx(test["donor_auroc"])
     assert model.loc["test", "donors"] == test["n_donors"]
+    # plain numbers: no table cell is None / NaN (a missing value reads '–')
+    for frame in app.dataframe:
+        df = frame.value
+        assert not df.isna().any().any(), df
+        assert not (df.astype(str) == "None").any().any(), df
     # findings first: the report's summary heads the page
     assert app.subheader[0].value == "Summary"
     text = " ".join(m.value for m in app.markdown)
@@ -85,6 +90,35 @@ def _feedback_page(at, run):
     targets = at.selectbox(key="fb_target").options
     assert len(targets) == len(hyps)
     assert targets[0].startswith(f"{hyps[0]['id']} · {hyps[0]['cell_type']}")
+
+
+def test_overview_says_in_words_when_the_model_encodes_batch(tiny_run, tmp_path, monkeypatch):
+    """A batch probe at balanced accuracy >= 0.7 is a sentence, not only a number; the probe
+    table shows every covariate's score (batch: balanced accuracy, others: R²)."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    path = run / "model" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["shortcut_probe"] = {
+        "n_splits": 5,
+        "batch": {"kind": "batch", "case": {"balanced_accuracy": 0.87, "chance": 0.5},
+                  "control": {"balanced_accuracy": 0.62, "chance": 0.5}},
+        "pct_counts_mt": {"kind": "covariate", "case": {"r2": 0.36, "chance": 0.0},
+                          "control": {"r2": 0.32, "chance": 0.0}}}
+    path.write_text(json.dumps(metrics))
+    monkeypatch.setenv("DISCOVERY_RUN", str(run))
+    monkeypatch.setenv("DISCOVERY_FEEDBACK_URL", f"sqlite:///{tmp_path / 'fb.sqlite'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    _ok(at)
+    assert any("encodes batch" in w.value and "0.87" in w.value for w in at.warning)
+    probe = next(f.value for f in at.dataframe if "covariate" in f.value.columns)
+    probe = probe.set_index("covariate")
+    assert probe.loc["pct_counts_mt", "case"] == pytest.approx(0.36)
+    assert probe.loc["batch", "control"] == pytest.approx(0.62)
 
 
 def _reports_page(at, run):
