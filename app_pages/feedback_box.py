@@ -24,20 +24,17 @@ def _run_id(run: Path) -> str:
     return (json_file(run, layout.MANIFEST) or {}).get("run_id", run.name)
 
 
-def _said(run: Path, kind: str, target: str) -> list[str]:
-    items = store(run).items(_run_id(run))
-    if items.empty:
-        return []
-    mine = items[(items["target_kind"] == kind) & (items["target_id"] == target)]
-    return [f"**{r.author}** {r.verdict}s with {target} "
-            f"({REASON_TEXT.get(r.reason, r.reason)})" + (f": {r.note}" if r.note else "")
-            + f" · {r.created}" for r in mine.itertuples()]
-
-
 def feedback_notes(run: Path, targets: list[tuple[str, str]]) -> int:
     """Show what experts said about any of ``targets`` ((kind, id) pairs), e.g. a plan's
-    hypothesis and the features behind it; returns how many notes were shown."""
-    lines = [line for kind, target in targets for line in _said(run, kind, target)]
+    hypothesis and the features behind it (one query of the store for all of them); returns
+    how many notes were shown."""
+    items = store(run).items(_run_id(run))
+    lines = [] if items.empty else [
+        f"**{r.author}** {r.verdict}s with {target} ({REASON_TEXT.get(r.reason, r.reason)})"
+        + (f": {r.note}" if r.note else "") + f" · {r.created}"
+        for kind, target in targets
+        for r in items[(items["target_kind"] == kind)
+                       & (items["target_id"] == target)].itertuples()]
     for line in lines:
         st.info(line, icon=":material/rate_review:")
     return len(lines)

@@ -37,14 +37,20 @@ JOB_FILE, JOB_LOG = "job.json", "job.log"
 CHILD_STAGES = ("model", "features", "graphs", "hypotheses", "report")
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None where
+    there is no /proc entry."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
     None where there is no /proc: with the pid it identifies one process (pids are reused)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = _proc_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _alive(pid: int, started: str | None = None) -> bool:
@@ -60,13 +66,12 @@ def _alive(pid: int, started: str | None = None) -> bool:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # gone, or another user's: not our job
         return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    fields = _proc_stat(pid)
+    if fields is None:
         return True  # no /proc: os.kill said it exists
-    if state == "Z":
+    if fields[0] == "Z":
         return False
-    return started is None or _start_time(pid) == started
+    return started is None or fields[19] == started
 
 
 def _job_alive(job: dict[str, Any]) -> bool:
