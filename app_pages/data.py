@@ -8,6 +8,7 @@ the AnnData is a ``st.cache_resource``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from discovery.io.graph_files import load_graph
 from pipelines.config import UPLOAD_ENV, max_upload_mb
 from pipelines.jobs import JOB_FILE, run_state
 
-__all__ = ["RUN_ENV", "ROOT_ENV", "badge", "current_run", "graph", "json_file", "list_runs",
-           "load_adata", "store", "umap"]
+__all__ = ["RUN_ENV", "ROOT_ENV", "UPLOAD_FIELDS", "badge", "current_run", "graph", "json_file", "list_runs",
+           "load_adata", "store", "umap", "upload_error"]
 
 RUN_ENV = "DISCOVERY_RUN"
 ROOT_ENV = "DISCOVERY_RUNS_ROOT"
@@ -38,13 +39,41 @@ def check_upload(name: str, size_bytes: int) -> None:
     """Refuse an upload over the app's size limit, or of the wrong type, naming the fix."""
     limit = max_upload_mb()
     if size_bytes > limit * 2**20:
-        msg = (f"{name} is {size_bytes / 2**20:.1f} MB; the app accepts cohorts up to "
-               f"{limit:g} MB ({UPLOAD_ENV}). Run bigger ones from the command line: "
-               f"`discovery run {name} --out runs/<name>`, then open the run here.")
+        msg = (f"{name} is {size_bytes / 2**20:.1f} MB; this app accepts cohorts up to "
+               f"{limit:g} MB (the server's {UPLOAD_ENV} setting). Ask whoever runs the app to "
+               "raise the limit, or run the cohort with discovery's command line and open the "
+               "finished run here.")
         raise InputError(msg)
     if not name.lower().endswith(".h5ad"):
-        msg = f"{name}: the app takes an .h5ad file; convert CSV counts with `discovery run`"
+        msg = (f"{name} is not an .h5ad file: the app takes an AnnData .h5ad with raw counts. "
+               "Save the counts as .h5ad (anndata's write_h5ad) and upload that file.")
         raise InputError(msg)
+
+
+#: the New run page's field for each command-line option an input error may name
+UPLOAD_FIELDS = {"--label-key": "“Label column”", "--donor-key": "“Donor column”",
+                 "--cell-type-key": "“Cell-type column”", "--batch-key": "“Batch column”",
+                 "--case": "“Case value”", "--preset": "“Preset”"}
+
+
+def upload_error(err: Exception, saved_as: Path | None, name: str) -> str:
+    """An input error about an uploaded cohort, as the app says it: the uploaded file's own
+    ``name`` instead of the server's temporary copy ``saved_as``, and the page's fields instead
+    of command-line options (``--label-key`` -> the “Label column” field), and no alternative
+    that only the command line offers."""
+    text = str(err)
+    if saved_as is not None:
+        text = text.replace(str(saved_as), name).replace(saved_as.name, name)
+    for flag, field in UPLOAD_FIELDS.items():
+        pat = re.escape(flag) + r"(?![\w-])"
+        text = re.sub(r"\b(?:pass|use) " + pat + r"(?: \S+)?", f"fill in the {field} field", text)
+        text = re.sub(r"\bwith " + pat, f"in the {field} field", text)
+        text = re.sub(r",? e\.g\. " + pat + " <column>", f" in the {field} field", text)
+        text = re.sub(r"e\.g\. " + pat + r" (\S+?)([.;,]?)$", r"e.g. \1\2", text)
+        text = re.sub(pat + r" ('[^']*')", rf"the {field} field (\1)", text)
+        text = re.sub(pat, f"the {field} field", text)
+    # an alternative only the command line offers (a CSV with --metadata, ...) is not one here
+    return re.sub(r",? or [^.;]*?(?<![\w-])--[a-z][\w-]*[^.;]*", "", text)
 
 
 def runs_root() -> Path:

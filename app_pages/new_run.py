@@ -7,13 +7,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.data import check_upload, max_upload_mb, runs_root
+from app_pages.data import check_upload, max_upload_mb, runs_root, upload_error
 from discovery.io.contract import InputError
 
 st.title("New run")
 root = runs_root()
 st.caption(f"The run is written to `{root}/<name>`; cohorts up to {max_upload_mb():g} MB "
-           "(bigger ones: `discovery run DATA --out DIR` on the command line).")
+           "(bigger ones: discovery's command line, then open the run here).")
 upload = st.file_uploader("Cohort (.h5ad, raw counts)", type=["h5ad"], key="nr_file")
 with st.form("new_run"):
     name = st.text_input("Run name", value="my_cohort", key="nr_name")
@@ -52,7 +52,7 @@ if go:
         with st.spinner(f"Running the pipeline on {upload.name} ..."):
             run_pipeline(out, data=tmp, config=config, quiet=True)
     except InputError as err:
-        st.error(str(err))
+        st.error(upload_error(err, tmp, upload.name if upload is not None else ""))
     else:
         st.success(f"Run `{name}` written to `{out}`: pick it in the sidebar's Run list.")
     finally:

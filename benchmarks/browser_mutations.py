@@ -32,6 +32,19 @@ MUTATIONS: dict[str, tuple[str, str, str] | None] = {
     "graph path drops the refs' outline": ("app_pages/components.py",
                                            '"classes": "ref" if n in highlight else ""',
                                            '"classes": ""'),
+    "plan's artifact warning removed": ("app_pages/plan.py",
+                                        'st.warning(w, icon=":material/warning:")', "pass"),
+    "hypothesis -> feature link loses its target": ("app_pages/hypotheses.py",
+                                                    'query_params={"feature": r["feature"]})',
+                                                    "query_params={})"),
+    "feature's donors not shown": ("app_pages/features.py",
+                                   "_donor_panel(adata, act, fid, where)", "pass"),
+    "feedback not shown on the plan": ("app_pages/plan.py", "feedback_notes(run, [(",
+                                       "(lambda *a: 0)(run, [("),
+    "cancel leaves the half-written run": ("pipelines/jobs.py",
+                                           "    shutil.rmtree(run_dir, ignore_errors=True)\n"
+                                           '    log.info("refine job %d cancelled',
+                                           '    log.info("refine job %d cancelled'),
 }
 
 

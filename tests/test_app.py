@@ -68,8 +68,17 @@ def _features_page(at, run):
     assert len(at.selectbox[0].options) == len(expected)  # one entry per feature shown
     row = ann.set_index("feature").loc[at.selectbox[0].value]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["donor effect (q)"].startswith(f"{row['donor_effect']:+.2f}")
+    # a feature too rare for the donor test shows a dash, never "nan"
+    assert metrics["donor effect"] == ("–" if pd.isna(row["donor_effect"])
+                                       else f"{row['donor_effect']:+.2f}")
+    assert metrics["donor q"] == ("–" if pd.isna(row["donor_q"]) else f"{row['donor_q']:.1e}")
+    assert not any("nan" in str(v).lower() for v in metrics.values()), metrics
     assert metrics["active in cells"] == f"{row['frac_active']:.1%}"
+    # the donors panel: one row per donor with cells where the feature acts, batch and split
+    donors = next(d.value for d in at.dataframe if "split" in d.value.columns)
+    assert {"donor", "label", "activation", "batch", "split"} <= set(donors.columns)
+    assert donors["donor"].is_unique and len(donors) >= 4
+    assert donors["split"].isin(["train", "val", "test"]).all()
 
 
 def _graph_page(at, run):
@@ -392,7 +401,7 @@ def test_new_run_from_an_upload(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("filename", "content", "name", "limit", "expect"), [
-    ("big.h5ad", b"\0" * 300_000, "big", "0.1", "the app accepts cohorts up to 0.1 MB"),
+    ("big.h5ad", b"\0" * 300_000, "big", "0.1", "this app accepts cohorts up to 0.1 MB"),
     ("cut.h5ad", b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "cut", "1024", "not a readable AnnData"),
     ("ok.h5ad", b"\0" * 10, "../escape", "1024", "is not allowed"),
 ])
@@ -404,5 +413,39 @@ def test_refused_uploads_write_nothing(tmp_path, monkeypatch, filename, content,
                  name)
     assert not at.exception, [e.value for e in at.exception]
     assert at.error and expect in at.error[0].value, [e.value for e in at.error]
+    _said_for_the_app(at.error[0].value)
     assert list(root.iterdir()) == []  # no run directory, no leftover upload
     assert not (tmp_path / "escape").exists()
+
+
+def _said_for_the_app(msg: str) -> None:
+    """An upload error as the app says it: no server temp path, no command-line option."""
+    import re
+    import tempfile
+
+    assert tempfile.gettempdir() not in msg and not re.search(r"tmp\w{6,}", msg), msg
+    assert not re.search(r"(?<![\w-])--[a-z]", msg), msg
+
+
+def test_upload_error_names_the_file_and_the_field_to_fix(tmp_path, monkeypatch):
+    """An upload whose label column is not the one typed is refused in the app's words: the
+    page's field to change (not a command-line option), the available columns, nothing
+    written."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    path = tmp_path / "cohort.h5ad"
+    obs = pd.DataFrame({"condition": ["AD", "CT"] * 4, "donor": list("aabbccdd"),
+                        "cell_type": ["Microglia"] * 8, "batch": ["b1"] * 8},
+                       index=[f"c{i}" for i in range(8)])
+    ad.AnnData(np.ones((8, 5), np.float32), obs=obs).write_h5ad(path)
+    at = _submit(_new_run_app(root, monkeypatch, tmp_path), "cohort.h5ad", path.read_bytes(),
+                 "nolabel")
+    assert not at.exception, [e.value for e in at.exception]
+    msg = at.error[0].value
+    assert "'diagnosis'" in msg and "“Label column” field" in msg and "condition" in msg, msg
+    _said_for_the_app(msg)
+    assert list(root.iterdir()) == []

@@ -462,12 +462,21 @@ def donor_means(adata: ad.AnnData, values: np.ndarray, *, cell_type: str) -> pd.
     """Mean of ``values: (cells,)`` (e.g. one feature's activation) per donor within one cell
     type, with each donor's label: the donor-level view the app and report show of a feature.
 
-    Reads the donor, label and cell-type columns. Writes nothing. Returns columns ``donor``,
-    ``label``, ``value`` (one row per donor with cells of that type).
+    Reads the donor, label and cell-type columns, and the batch column and ``obs['split']``
+    where present. Writes nothing. Returns columns ``donor``, ``label``, ``value`` (one row per
+    donor with cells of that type), plus ``batch`` and ``split`` (each donor's own) when the
+    data hold them.
     """
     keys = get_keys(adata)
     m = (adata.obs[keys.cell_type_key].astype(str) == cell_type).to_numpy()
     d = pd.DataFrame({"donor": adata.obs[keys.donor_key].astype(str).to_numpy()[m],
                       "label": adata.obs[keys.label_key].astype(str).to_numpy()[m],
                       "value": np.asarray(values)[m]})
-    return d.groupby(["donor", "label"], observed=True)["value"].mean().reset_index()
+    extra = {"batch": keys.batch_key, "split": "split"}
+    for name, col in extra.items():
+        if col and col in adata.obs:
+            d[name] = adata.obs[col].astype(str).to_numpy()[m]
+    out = d.groupby(["donor", "label"], observed=True)["value"].mean().reset_index()
+    for name in (n for n in extra if n in d):
+        out[name] = out["donor"].map(d.groupby("donor", observed=True)[name].first())
+    return out
