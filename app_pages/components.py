@@ -111,6 +111,18 @@ METRIC_HELP = {
     "precision_at_k": "share of the top 10 genes that belong to the planted program",
     "auprc": "area under the precision-recall curve of the program's genes",
     "artifact_fd": "planted artifact genes among the top 20 (false discoveries)",
+    "weight": "mean direct effect of the source on the target over the cells (logit units)",
+    "95% CI": "95% interval of the edge's weight from resampling donors",
+    "donor sign agreement": "share of donors in whom the edge has the same sign as the mean",
+    "influence": "the node's total effect on the case logit, direct and through later nodes",
+    "activation": "mean activation over the graph's cells",
+    "artifact share": "share of the hypothesis's attribution through features that a batch or "
+                      "QC covariate explains better than the label (0-1)",
+    "biomarker AUROC": "AUROC of the hypothesis's score between the held-out test donors' "
+                       "groups (replication; 0.5 = chance)",
+    "donor q": "Benjamini–Hochberg q of the donor-level (pseudobulk) test",
+    "attribution": "share of its cohort graph's attribution to the case logit that flows "
+                   "through the hypothesis's features",
 }
 
 
@@ -169,15 +181,22 @@ def node_details(g: nx.DiGraph, node: str) -> None:
     """Attributes and strongest incoming / outgoing edges of one node."""
     d = dict(g.nodes[node])
     st.markdown(f"**{node}** · {d.get('kind')} · {d.get('label', '')}")
-    st.dataframe(pd.DataFrame([{k: v for k, v in d.items() if not isinstance(v, dict | list)}]),
-                 hide_index=True)
+    number_table([{k: v for k, v in d.items() if not isinstance(v, dict | list)}], digits=3)
     cols = st.columns(2)
     for col, title, edges in ((cols[0], "incoming", g.in_edges(node, data=True)),
                               (cols[1], "outgoing", g.out_edges(node, data=True))):
         rows = sorted(({"from": u, "to": v, "weight": e["weight"],
-                        "95% CI": f"[{e.get('ci_low', float('nan')):.3g}, "
-                                  f"{e.get('ci_high', float('nan')):.3g}]",
+                        "95% CI": _interval(e.get("ci_low"), e.get("ci_high")),
                         "donor sign agreement": e.get("donor_sign_agreement")}
                        for u, v, e in edges), key=lambda r: -abs(r["weight"]))[:15]
-        col.caption(f"{title} edges (strongest {len(rows)})")
-        col.dataframe(pd.DataFrame(rows), hide_index=True)
+        with col:
+            st.caption(f"{title} edges (strongest {len(rows)})")
+            if rows:
+                number_table(rows, digits=3)
+
+
+def _interval(lo: Any, hi: Any) -> str:
+    """'[lo, hi]' with 3 significant digits; '–' when the interval was not computed."""
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return "–"
+    return f"[{lo:.3g}, {hi:.3g}]"

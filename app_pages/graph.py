@@ -5,7 +5,7 @@ import json
 import networkx as nx
 import streamlit as st
 
-from app_pages.components import graph_legend, graph_view, node_details
+from app_pages.components import METRIC_HELP, graph_legend, graph_view, node_details
 from app_pages.data import current_run, graph, json_file
 from app_pages.feedback_box import feedback_box
 from discovery.io import layout
@@ -27,10 +27,13 @@ if run is not None:
             st.stop()
         e = entries[slug]
         c = st.columns(4)
-        c[0].metric("cells / donors", f"{e['n_cells']} / {e['n_donors']}")
-        c[1].metric("replacement", f"{e['replacement_score']:.3f}")
-        c[2].metric("completeness", f"{e['completeness_score']:.3f}")
-        c[3].metric("ablation Spearman", f"{e['validation']['spearman_model']:.3f}")
+        c[0].metric("cells / donors", f"{e['n_cells']:,} / {e['n_donors']}")
+        c[1].metric("replacement", f"{e['replacement_score']:.3f}",
+                    help=METRIC_HELP["replacement"])
+        c[2].metric("completeness", f"{e['completeness_score']:.3f}",
+                    help=METRIC_HELP["completeness"])
+        c[3].metric("ablation Spearman", f"{e['validation']['spearman_model']:.3f}",
+                    help=METRIC_HELP["ablation Spearman (model)"])
         c = st.columns(3)
         n_feat = c[0].slider("features shown (by influence)", 1, 60, 12)
         n_gene = c[1].slider("gene inputs per feature", 0, 10, 3)

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from app_pages.components import METRIC_HELP
 from app_pages.data import badge, current_run, json_file
 from app_pages.feedback_box import feedback_box
 from discovery.get.run import artifact_warnings, feature_chain
@@ -46,10 +47,15 @@ if run is not None:
         if n_flag:
             st.warning(f"{n_flag} hypotheses are flagged: a technical covariate explains their "
                        "signal better than the label. They are shortcuts, not findings.")
+        num = st.column_config.NumberColumn
         st.dataframe(view, hide_index=True, column_config={
-            "score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0),
-            "attribution": st.column_config.NumberColumn(format="%.3f"),
-            "donor q": st.column_config.NumberColumn(format="%.2e")})
+            "score": st.column_config.ProgressColumn(
+                "score", min_value=0.0, max_value=1.0, format="%.2f",
+                help="the ranking score (see 'How the score and the status are decided')"),
+            "attribution": num(format="%.3f", help=METRIC_HELP["attribution"]),
+            "artifact share": num(format="%.2f", help=METRIC_HELP["artifact share"]),
+            "donor q": num(format="%.1e", help=METRIC_HELP["donor q"]),
+            "biomarker AUROC": num(format="%.2f", help=METRIC_HELP["biomarker AUROC"])})
         with st.expander("How the score and the status are decided"):
             st.write(doc.get("score_formula", ""))
             for s, rule in doc.get("status_rules", {}).items():
