@@ -22,11 +22,10 @@ from discovery.io.contract import InputError
 from discovery.io.feedback import FeedbackStore, default_url
 from discovery.io.files import read_json
 from discovery.io.graph_files import load_graph
-from pipelines.config import UPLOAD_ENV, max_upload_mb
 from pipelines.jobs import JOB_FILE, run_state
 
 __all__ = ["RUN_ENV", "ROOT_ENV", "UPLOAD_FIELDS", "badge", "current_run", "graph", "json_file", "list_runs",
-           "load_adata", "store", "umap", "upload_error"]
+           "load_adata", "max_upload_mb", "store", "umap", "upload_error"]
 
 RUN_ENV = "DISCOVERY_RUN"
 ROOT_ENV = "DISCOVERY_RUNS_ROOT"
@@ -35,8 +34,18 @@ STATUS_COLOURS = {"supported": "green", "candidate": "gray", "flagged": "orange"
                   "rejected": "red"}
 
 
+def max_upload_mb() -> float:
+    """The app's upload limit in MB (:func:`pipelines.config.max_upload_mb`; imported when
+    asked: the pipeline's configuration loads PyTorch, which the first page does not need)."""
+    from pipelines.config import max_upload_mb as limit
+
+    return limit()
+
+
 def check_upload(name: str, size_bytes: int) -> None:
     """Refuse an upload over the app's size limit, or of the wrong type, naming the fix."""
+    from pipelines.config import UPLOAD_ENV
+
     limit = max_upload_mb()
     if size_bytes > limit * 2**20:
         msg = (f"{name} is {size_bytes / 2**20:.1f} MB; this app accepts cohorts up to "

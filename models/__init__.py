@@ -9,28 +9,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from models.budget import check_memory, parameter_count
 from models.errors import InputError
-from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
-from models.pretrained import (
-    PretrainedGeneEncoderConfig,
-    PretrainedGeneEncoderForCellClassification,
-)
-from models.transformer import GeneTransformerConfig, GeneTransformerForCellClassification
 
 __all__ = ["CLASSIFIERS", "PICKLE_SUFFIXES", "load_classifier", "require_safetensors"]
 
 #: file types that hold pickles (never loaded: unpickling can run code)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
-CLASSIFIERS = {
-    "transformer": (GeneTransformerConfig, GeneTransformerForCellClassification),
-    "mlp": (ExpressionMLPConfig, ExpressionMLPForCellClassification),
-    #: a user's pretrained gene-token BERT (built by models.pretrained.from_bert_checkpoint)
-    "pretrained": (PretrainedGeneEncoderConfig, PretrainedGeneEncoderForCellClassification),
-}
-_BY_MODEL_TYPE = {cfg.model_type: (name, model) for name, (cfg, model) in CLASSIFIERS.items()}
+
+def _registry() -> dict[str, tuple[type, type]]:
+    """The architectures by name. Imported on first use (``models.CLASSIFIERS``): importing
+    ``models`` (its errors, budget or safetensors checks) must not load PyTorch."""
+    from models.mlp import ExpressionMLPConfig, ExpressionMLPForCellClassification
+    from models.pretrained import (
+        PretrainedGeneEncoderConfig,
+        PretrainedGeneEncoderForCellClassification,
+    )
+    from models.transformer import GeneTransformerConfig, GeneTransformerForCellClassification
+
+    return {
+        "transformer": (GeneTransformerConfig, GeneTransformerForCellClassification),
+        "mlp": (ExpressionMLPConfig, ExpressionMLPForCellClassification),
+        #: a user's pretrained gene-token BERT (built by models.pretrained.from_bert_checkpoint)
+        "pretrained": (PretrainedGeneEncoderConfig, PretrainedGeneEncoderForCellClassification),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CLASSIFIERS":  # Registry: architecture name -> (HF config class, model class)
+        globals()["CLASSIFIERS"] = value = _registry()
+        return value
+    msg = f"module 'models' has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def require_safetensors(path: Path, weights: str, what: str, hint: str) -> None:
@@ -58,6 +70,8 @@ def require_safetensors(path: Path, weights: str, what: str, hint: str) -> None:
 
 def load_classifier(path: str | Path):  # noqa: ANN201 - returns one of the registered models
     """Load a classifier checkpoint (safetensors only; never a pickle)."""
+    from models.budget import check_memory, parameter_count
+
     path = Path(path)
     cfg_file = path / "config.json"
     require_safetensors(path, "model.safetensors", "a classifier checkpoint",
@@ -68,10 +82,11 @@ def load_classifier(path: str | Path):  # noqa: ANN201 - returns one of the regi
         msg = f"{cfg_file} is not valid JSON ({err}): the checkpoint is truncated or was edited"
         raise InputError(msg) from err
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if model_type not in _BY_MODEL_TYPE:
-        msg = f"{cfg_file}: unknown model_type {model_type!r}; known: {sorted(_BY_MODEL_TYPE)}"
+    by_type = {cfg.model_type: model for cfg, model in __getattr__("CLASSIFIERS").values()}
+    if model_type not in by_type:
+        msg = f"{cfg_file}: unknown model_type {model_type!r}; known: {sorted(by_type)}"
         raise InputError(msg)
-    _, cls = _BY_MODEL_TYPE[model_type]
+    cls = by_type[model_type]
     try:
         config = cls.config_class.from_dict(raw)
     except (TypeError, ValueError) as err:

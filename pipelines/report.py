@@ -27,8 +27,7 @@ from discovery.io import layout
 from discovery.io.contract import InputError
 from discovery.io.files import read_json, write_text
 from discovery.io.graph_files import load_graph
-from discovery.pl.figures import donor_activation, faithfulness, graph_path, umap_panels, volcano
-from discovery.tl.classifier import shortcut_findings
+from discovery.tl.shortcuts import shortcut_findings
 
 __all__ = ["findings_summary", "graph_rows", "model_rows", "probe_rows", "refine_effect_rows",
            "sae_rows", "write_report"]
@@ -231,6 +230,14 @@ def _figures(rd: Path, hyps: list[dict], validations: dict[str, dict],
     hypotheses, faithfulness curves, a donor-level volcano per cell type of the top hypotheses
     (``volcano:<cell type>``) and each top hypothesis's graph path (``path:<id>``)."""
     import matplotlib.pyplot as plt
+
+    from discovery.pl.figures import (
+        donor_activation,
+        faithfulness,
+        graph_path,
+        umap_panels,
+        volcano,
+    )
 
     figs: list[tuple[str, Any]] = [("donors", donor_activation(hyps)),
                                    ("faithfulness", faithfulness(validations))]

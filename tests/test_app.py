@@ -449,3 +449,18 @@ def test_upload_error_names_the_file_and_the_field_to_fix(tmp_path, monkeypatch)
     assert "'diagnosis'" in msg and "“Label column” field" in msg and "condition" in msg, msg
     _said_for_the_app(msg)
     assert list(root.iterdir()) == []
+
+
+def test_first_page_does_not_load_the_heavy_libraries():
+    """The Overview page's imports (the run's files, tables, the findings summary) load neither
+    PyTorch, scanpy nor matplotlib: those cost seconds at the app's first render and are
+    imported by the pages and report figures that use them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app_pages.data, app_pages.components, pipelines.report, "
+            "pipelines.jobs, discovery.get, discovery.tl, discovery.pl; "
+            "print(sorted(m for m in ('torch', 'scanpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(APP).parent).stdout.strip().splitlines()[-1]
+    assert out == "[]", out

@@ -4,22 +4,45 @@ File names and ids are defined once in :mod:`discovery.io.layout` and re-exporte
 notebook writes ``dc.get.HYPOTHESES`` or ``dc.get.feature_id("pooled", 12)`` and never spells a
 name itself.
 """
+from __future__ import annotations
 
-from discovery.get.results import attach_results, hypothesis_table
-from discovery.get.run import (
-    OpenRun,
-    annotations,
-    artifact_warnings,
-    feature_chain,
-    graph,
-    graph_files,
-    graph_index,
-    open_run,
-    read_json,
-    require,
-)
+import importlib
+from typing import Any
+
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
 
-__all__ = ["OpenRun", "annotations", "artifact_warnings", "attach_results", "hypothesis_table", "feature_chain", "graph",
-           "graph_files", "graph_index", "open_run", "read_json", "require", *_layout_names]
+#: public name -> (module that defines it, its name there when it differs); loaded on first use
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "attach_results": ("discovery.get.results", None),
+    "hypothesis_table": ("discovery.get.results", None),
+    "OpenRun": ("discovery.get.run", None),
+    "annotations": ("discovery.get.run", None),
+    "artifact_warnings": ("discovery.get.run", None),
+    "feature_chain": ("discovery.get.run", None),
+    "graph": ("discovery.get.run", None),
+    "graph_files": ("discovery.get.run", None),
+    "graph_index": ("discovery.get.run", None),
+    "open_run": ("discovery.get.run", None),
+    "read_json": ("discovery.get.run", None),
+    "require": ("discovery.get.run", None),
+}
+
+__all__ = [*sorted(_LAZY), *_layout_names]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the module that defines ``name`` on first use."""
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg) from None
+    mod = importlib.import_module(module)
+    value = mod if module.endswith(f".{name}") and attr is None else getattr(mod, attr or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

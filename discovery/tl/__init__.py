@@ -7,50 +7,74 @@ them: baselines (``rank_genes``), statistics (``stats``), the 2-D embedding (``u
 refinement after expert feedback (``refine``) and scoring against planted truth
 (``yardstick``).
 """
+from __future__ import annotations
 
-from discovery.tl import refine, stats, yardstick
-from discovery.tl.annotate import annotate_features
-from discovery.tl.attribution import SAEHook, integrated_gradients
-from discovery.tl.baselines import rank_genes, to_rank_genes_groups
-from discovery.tl.classifier import TrainedClassifier, evaluate, predict, shortcut_probe, train
-from discovery.tl.classifier import load as load_model
-from discovery.tl.embedding import umap
-from discovery.tl.features import (
-    FittedSAEs,
-    SAESpec,
-    encode_cells,
-    fit_saes,
-    match_features,
-    sae_quality,
-)
-from discovery.tl.graphs import (
-    AttributionGraph,
-    GraphSpec,
-    Population,
-    case_populations,
-    cohort_graph,
-    example_cells,
-    population_mask,
-)
-from discovery.tl.hypotheses import HypothesisSpec, propose_hypotheses
-from discovery.tl.interventions import (
-    FeatureEdit,
-    intervene,
-    perturb_genes,
-    validate_graph,
-    validation_summary,
-)
-from discovery.tl.plans import make_plans
-from discovery.tl.records import Evidence, Flag, Hypothesis, Plan, score_hypothesis
-from models.training import TrainConfig
+import importlib
+from typing import Any
 
-__all__ = [
-    "AttributionGraph", "Evidence", "Flag", "Hypothesis", "Plan", "TrainConfig", "score_hypothesis",
-    "FeatureEdit", "FittedSAEs", "GraphSpec", "HypothesisSpec", "Population", "SAEHook",
-    "SAESpec", "TrainedClassifier", "annotate_features", "case_populations", "cohort_graph",
-    "encode_cells", "evaluate", "example_cells", "fit_saes", "integrated_gradients",
-    "intervene", "load_model", "make_plans", "match_features", "perturb_genes",
-    "population_mask", "predict", "propose_hypotheses", "rank_genes", "sae_quality",
-    "to_rank_genes_groups",
-    "refine", "shortcut_probe", "stats", "train", "yardstick", "umap", "validate_graph", "validation_summary",
-]
+#: public name -> (module that defines it, its name there when it differs). Loaded on first
+#: use: ``import discovery.tl.shortcuts`` (or ``dc.tl.stats``) must not load PyTorch.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "refine": ("discovery.tl.refine", None),
+    "stats": ("discovery.tl.stats", None),
+    "yardstick": ("discovery.tl.yardstick", None),
+    "annotate_features": ("discovery.tl.annotate", None),
+    "SAEHook": ("discovery.tl.attribution", None),
+    "integrated_gradients": ("discovery.tl.attribution", None),
+    "rank_genes": ("discovery.tl.baselines", None),
+    "to_rank_genes_groups": ("discovery.tl.baselines", None),
+    "TrainedClassifier": ("discovery.tl.classifier", None),
+    "evaluate": ("discovery.tl.classifier", None),
+    "predict": ("discovery.tl.classifier", None),
+    "shortcut_probe": ("discovery.tl.classifier", None),
+    "train": ("discovery.tl.classifier", None),
+    "load_model": ("discovery.tl.classifier", 'load'),
+    "umap": ("discovery.tl.embedding", None),
+    "FittedSAEs": ("discovery.tl.features", None),
+    "SAESpec": ("discovery.tl.features", None),
+    "encode_cells": ("discovery.tl.features", None),
+    "fit_saes": ("discovery.tl.features", None),
+    "match_features": ("discovery.tl.features", None),
+    "sae_quality": ("discovery.tl.features", None),
+    "AttributionGraph": ("discovery.tl.graphs", None),
+    "GraphSpec": ("discovery.tl.graphs", None),
+    "Population": ("discovery.tl.graphs", None),
+    "case_populations": ("discovery.tl.graphs", None),
+    "cohort_graph": ("discovery.tl.graphs", None),
+    "example_cells": ("discovery.tl.graphs", None),
+    "population_mask": ("discovery.tl.graphs", None),
+    "HypothesisSpec": ("discovery.tl.hypotheses", None),
+    "propose_hypotheses": ("discovery.tl.hypotheses", None),
+    "FeatureEdit": ("discovery.tl.interventions", None),
+    "intervene": ("discovery.tl.interventions", None),
+    "perturb_genes": ("discovery.tl.interventions", None),
+    "validate_graph": ("discovery.tl.interventions", None),
+    "validation_summary": ("discovery.tl.interventions", None),
+    "make_plans": ("discovery.tl.plans", None),
+    "Evidence": ("discovery.tl.records", None),
+    "Flag": ("discovery.tl.records", None),
+    "Hypothesis": ("discovery.tl.records", None),
+    "Plan": ("discovery.tl.records", None),
+    "score_hypothesis": ("discovery.tl.records", None),
+    "shortcut_findings": ("discovery.tl.shortcuts", None),
+    "TrainConfig": ("models.training", None),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Load the module that defines ``name`` on first use."""
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg) from None
+    mod = importlib.import_module(module)
+    value = mod if module.endswith(f".{name}") and attr is None else getattr(mod, attr or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
