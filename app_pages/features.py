@@ -110,7 +110,7 @@ if run is not None:
         # the cell type the statistics describe: where the feature acts (older runs: its home)
         where = row["cell_type"] if "cell_type" in row and pd.notna(row["cell_type"]) \
             else row["home_cell_type"]
-        c = st.columns(5)
+        c = st.columns([2.2, 1, 1, 1, 1])
         c[0].metric("acts in", where, help=f"most active in {row['home_cell_type']}")
         c[1].metric("active in cells", f"{row['frac_active']:.1%}")
         c[2].metric("donor effect", "–" if pd.isna(row["donor_effect"]) else

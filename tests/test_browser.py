@@ -31,7 +31,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = [("", "Overview"), ("hypotheses", "Hypotheses"), ("why", "Plan — why was it proposed?"),
          ("features", "Features"), ("graph", "Attribution graph"), ("feedback", "Feedback"),
-         ("reports", "Reports and exports")]
+         ("reports", "Reports and exports"), ("new_run", "New run")]
 
 # outside CI a missing browser skips the test; under CI (.ci/run sets CI=1) it fails
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
