@@ -157,3 +157,24 @@ def test_random_suite_smoke():
         assert res.programs["recall_at_10"].between(0, 1).all()
     md = suite_markdown(res, command="test")
     assert "## recall@10 by difficulty stratum" in md and "discovery" in md
+
+
+def test_batch_programs_are_sometimes_outside_every_bundled_gene_set():
+    """The yardstick does not grade artifact rejection with the method's own answer key: some
+    drawn batch programs use listed immediate-early / heat-shock genes, others as many genes
+    that sit in no bundled gene set at all (and in no planted program)."""
+    from discovery.io import bundled
+
+    named = {g for gs in bundled.gene_sets() for g in gs.genes}
+    kinds = []
+    for sc in random_suite(60, 11):
+        programs = {g for p in sc.programs for g in p.genes}
+        for a in sc.artifacts:
+            if a.kind != "batch_program":
+                continue
+            inside = set(a.genes) & named
+            assert len(inside) in (0, len(a.genes)), a.genes  # one kind or the other
+            if not inside:
+                assert not set(a.genes) & programs
+            kinds.append(bool(inside))
+    assert len(kinds) >= 8 and 0.2 < np.mean(kinds) < 0.8, kinds

@@ -22,8 +22,10 @@ seed:
 
   ``rare`` and ``coexpression`` are where donor-mean statistics are weak by construction: a
   model that reads single cells has to show there what pseudobulk cannot.
-- **Artifacts** (1-2), each aligned 0-90% with diagnosis: a batch program (immediate-early /
-  heat-shock genes in every cell type of one batch), ambient RNA (one cell type's markers in
+- **Artifacts** (1-2), each aligned 0-90% with diagnosis: a batch program (in every cell type
+  of one batch: immediate-early / heat-shock genes, or in about half the scenarios as many
+  random genes outside every bundled gene set, so that a gene-set check cannot reject it by
+  name), ambient RNA (one cell type's markers in
   the other cell types of one batch), a mitochondrial / library-size shift, a composition shift
   (one cell type's share changes in cases: no gene moves), and one outlier donor (a donor with
   random genes shifted in every cell).
@@ -53,6 +55,8 @@ __all__ = ["ArtifactSpec", "ProgramSpec", "RandomScenario", "draw_scenario", "ra
            "simulate_scenario"]
 
 PROGRAM_KINDS = ("shift", "rare", "coexpression")
+#: share of batch programs whose genes lie outside every bundled gene set
+UNLISTED_BATCH_SHARE = 0.5
 ARTIFACT_KINDS = ("batch_program", "ambient", "qc_shift", "composition", "outlier_donor")
 
 _LABEL_KEYS = ("diagnosis", "disease", "condition", "status", "group", "pathology")
@@ -207,9 +211,16 @@ def draw_scenario(seed: int, *, max_programs: int = 5, donors: tuple[int, int] =
         align = round(float(rng.uniform(0.0, 0.9)), 3)
         if kind == "batch_program":
             k = int(rng.integers(8, len(ieg_hs) + 1))
-            artifacts.append(ArtifactSpec(kind, align, round(float(rng.uniform(0.5, 1.6)), 3),
-                                          tuple(str(g) for g in rng.choice(ieg_hs, k,
-                                                                           replace=False))))
+            effect = round(float(rng.uniform(0.5, 1.6)), 3)
+            chosen = [str(g) for g in rng.choice(ieg_hs, k, replace=False)]
+            # in about half the scenarios the batch moves genes outside every bundled gene set
+            # (a side stream: every other draw of the scenario stays as it was), so no method
+            # can reject the artifact by its gene names alone
+            side = np.random.default_rng([seed, 104_729])
+            if side.random() < UNLISTED_BATCH_SHARE:
+                unnamed = [g for g in pool if g not in origin and g not in used]
+                chosen = [str(g) for g in side.choice(unnamed, k, replace=False)]
+            artifacts.append(ArtifactSpec(kind, align, effect, tuple(chosen)))
         elif kind == "ambient":
             src = str(rng.choice(ct_names[:4]))
             src_genes = bundled.gene_sets(category="marker", tissue="brain")
