@@ -4,11 +4,10 @@ File names and ids are defined once in :mod:`discovery.io.layout` and re-exporte
 notebook writes ``dc.get.HYPOTHESES`` or ``dc.get.feature_id("pooled", 12)`` and never spells a
 name itself.
 """
+
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from discovery._lazy import attach
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
 
@@ -31,18 +30,4 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 __all__ = [*sorted(_LAZY), *_layout_names]
 
 
-def __getattr__(name: str) -> Any:
-    """Load the module that defines ``name`` on first use."""
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg) from None
-    mod = importlib.import_module(module)
-    value = mod if module.endswith(f".{name}") and attr is None else getattr(mod, attr or name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -7,10 +7,10 @@ them: baselines (``rank_genes``), statistics (``stats``), the 2-D embedding (``u
 refinement after expert feedback (``refine``) and scoring against planted truth
 (``yardstick``).
 """
+
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from discovery._lazy import attach
 
 #: public name -> (module that defines it, its name there when it differs). Loaded on first
 #: use: ``import discovery.tl.shortcuts`` (or ``dc.tl.stats``) must not load PyTorch.
@@ -63,18 +63,4 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    """Load the module that defines ``name`` on first use."""
-    try:
-        module, attr = _LAZY[name]
-    except KeyError:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg) from None
-    mod = importlib.import_module(module)
-    value = mod if module.endswith(f".{name}") and attr is None else getattr(mod, attr or name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = attach(__name__, _LAZY)
