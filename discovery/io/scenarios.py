@@ -216,9 +216,9 @@ def draw_scenario(seed: int, *, max_programs: int = 5, donors: tuple[int, int] =
             # in about half the scenarios the batch moves genes outside every bundled gene set
             # (a side stream: every other draw of the scenario stays as it was), so no method
             # can reject the artifact by its gene names alone
-            side = np.random.default_rng([seed, 104_729])
-            if side.random() < UNLISTED_BATCH_SHARE:
-                unnamed = [g for g in pool if g not in origin and g not in used]
+            side = np.random.default_rng([seed, 2_750_159])  # no other stream uses this key
+            unnamed = [g for g in pool if g not in origin and g not in used]
+            if side.random() < UNLISTED_BATCH_SHARE and len(unnamed) >= k:
                 chosen = [str(g) for g in side.choice(unnamed, k, replace=False)]
             artifacts.append(ArtifactSpec(kind, align, effect, tuple(chosen)))
         elif kind == "ambient":
