@@ -74,11 +74,14 @@ def upload_error(err: Exception, saved_as: Path | None, name: str) -> str:
     if saved_as is not None:
         text = text.replace(str(saved_as), name).replace(saved_as.name, name)
     for flag, field in UPLOAD_FIELDS.items():
-        pat = re.escape(flag) + r"(?![\w-])"
-        text = re.sub(r"\b(?:pass|use) " + pat + r"(?: \S+)?", f"fill in the {field} field", text)
-        text = re.sub(r"\bwith " + pat, f"in the {field} field", text)
+        pat = r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])"
+        # "e.g. --case Alzheimer disease." -> "e.g. Alzheimer disease."
         text = re.sub(r",? e\.g\. " + pat + " <column>", f" in the {field} field", text)
-        text = re.sub(r"e\.g\. " + pat + r" (\S+?)([.;,]?)$", r"e.g. \1\2", text)
+        text = re.sub(r"e\.g\. " + pat + r" ([^;]+?)([.;]?)$", r"e.g. \1\2", text)
+        text = re.sub(r"\b(?:pass|use) " + pat + r"(?: [^\s,.;]+)?", f"fill in the {field} field",
+                      text)
+        text = re.sub(r"\bwith " + pat, f"in the {field} field", text)
+        text = re.sub(r"\banother " + pat, f"another value in the {field} field", text)
         text = re.sub(pat + r" ('[^']*')", rf"the {field} field (\1)", text)
         text = re.sub(pat, f"the {field} field", text)
     # an alternative only the command line offers (a CSV with --metadata, ...) is not one here

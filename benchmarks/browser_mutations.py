@@ -11,6 +11,7 @@ mutation survives (the test would not have noticed the bug).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,9 +77,14 @@ def run_one(name: str, mutation: tuple[str, str, str] | None) -> dict[str, objec
                              text=True, check=False)
         tail = [ln for ln in res.stdout.splitlines() if ln.startswith(("E ", "FAILED", "SKIPPED"))
                 or " passed" in ln or " failed" in ln or " skipped" in ln]
-    return {"mutation": name, "rc": res.returncode, "seconds": round(time.perf_counter() - t0),
-            "why": next((ln[2:].strip() for ln in tail if ln.startswith("E ")), tail[-1] if tail
-                        else "")[:140]}
+    why = next((ln[2:].strip() for ln in tail if ln.startswith("E ")), tail[-1] if tail else "")
+    # caught = a test ran and failed on an assertion or a wait; a copy that cannot even import
+    # or collect (a file missing from git, a syntax error) tests nothing
+    broken = res.returncode not in (0, 1) or re.search(
+        r"ModuleNotFoundError|ImportError|SyntaxError|error(s)? during collection|no tests ran",
+        res.stdout + res.stderr) is not None
+    return {"mutation": name, "rc": res.returncode, "broken": broken,
+            "seconds": round(time.perf_counter() - t0), "why": why[:140]}
 
 
 def main() -> int:
@@ -94,15 +100,16 @@ def main() -> int:
     survived = []
     for r in rows:
         baseline = r["mutation"] == "none (baseline)"
-        result = "passed" if r["rc"] == 0 else "failed"
-        ok = (r["rc"] == 0) if baseline else (r["rc"] != 0)
+        result = ("error (the copy did not run)" if r["broken"] else
+                  "passed" if r["rc"] == 0 else "failed")
+        ok = not r["broken"] and ((r["rc"] == 0) if baseline else (r["rc"] != 0))
         if not ok:
             survived.append(r["mutation"])
         why = str(r["why"]).replace("|", "/") if r["rc"] else ""
         lines.append(f"| {r['mutation']} | {result} | {'pass' if baseline else 'fail'} | "
                      f"{why} |")
     lines += ["", "Every mutation caught." if not survived else
-              f"NOT caught: {', '.join(survived)}."]
+              f"NOT caught (or the copy did not run): {', '.join(survived)}."]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if survived else 0

@@ -14,7 +14,13 @@ def attach(package: str, names: dict[str, tuple[str, str | None]]
            ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Module ``__getattr__`` and ``__dir__`` for ``package`` whose public ``names`` map to
     (module that defines it, its name there when it differs; a name that is the module's own
-    last part, with no second entry, is the module itself)."""
+    last part, with no second entry, is the module itself). A lazy name that the package
+    already defines would never be looked up (``from __future__ import annotations`` defines
+    ``annotations``): refused at import."""
+    shadowed = sorted(set(names) & set(vars(sys.modules[package])))
+    if shadowed:
+        msg = f"{package} defines {shadowed} itself, which hides the lazy names of the same name"
+        raise ImportError(msg)
 
     def __getattr__(name: str) -> Any:
         try:

@@ -82,7 +82,8 @@ def load_classifier(path: str | Path):  # noqa: ANN201 - returns one of the regi
         msg = f"{cfg_file} is not valid JSON ({err}): the checkpoint is truncated or was edited"
         raise InputError(msg) from err
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    by_type = {cfg.model_type: model for cfg, model in __getattr__("CLASSIFIERS").values()}
+    registry = globals().get("CLASSIFIERS") or __getattr__("CLASSIFIERS")
+    by_type = {cfg.model_type: model for cfg, model in registry.values()}
     if model_type not in by_type:
         msg = f"{cfg_file}: unknown model_type {model_type!r}; known: {sorted(by_type)}"
         raise InputError(msg)

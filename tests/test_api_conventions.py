@@ -41,3 +41,20 @@ def test_copy_convention():
         if "copy" in sig.parameters:
             assert sig.parameters["copy"].kind == inspect.Parameter.KEYWORD_ONLY, qualname
             assert sig.parameters["copy"].default is False, qualname
+
+
+def test_every_lazy_name_resolves_to_what_it_names():
+    """dc, dc.tl, dc.get and dc.pl load on first use: every public name resolves, to an object
+    of the module the table names (a name the package defines itself would hide it)."""
+    import importlib
+    import types
+
+    for pkg in ("discovery.tl", "discovery.get", "discovery.pl"):
+        mod = importlib.import_module(pkg)
+        for name, (module, attr) in mod._LAZY.items():
+            value = getattr(mod, name)
+            if isinstance(value, types.ModuleType):
+                assert value.__name__ == module, (pkg, name)
+            else:
+                assert value is getattr(importlib.import_module(module), attr or name), (pkg, name)
+        assert set(mod._LAZY) <= set(dir(mod)) and set(mod._LAZY) <= set(mod.__all__)

@@ -464,3 +464,32 @@ def test_first_page_does_not_load_the_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(APP).parent).stdout.strip().splitlines()[-1]
     assert out == "[]", out
+
+
+@pytest.mark.parametrize(("message", "said"), [
+    ("obs column 'diagnosis' (given by --label-key) is missing. Available obs columns: a, b. "
+     "Pass the right name, e.g. --label-key <column>.",
+     "obs column 'diagnosis' (given by the “Label column” field) is missing. Available obs "
+     "columns: a, b. Pass the right name in the “Label column” field."),
+    ("cannot tell which of ['Alzheimer disease', 'normal'] in obs['dx'] is the case; pass "
+     "--case, e.g. --case Alzheimer disease.",
+     "cannot tell which of ['Alzheimer disease', 'normal'] in obs['dx'] is the case; fill in "
+     "the “Case value” field, e.g. Alzheimer disease."),
+    ("obs['dx'] has one class only ('AD'). Add the other group, or pick another --label-key.",
+     "obs['dx'] has one class only ('AD'). Add the other group, or pick another value in the "
+     "“Label column” field."),
+    ("TMP is not a readable AnnData .h5ad file (OSError: x). Write it with "
+     "`adata.write_h5ad(...)`, or pass a counts CSV with --metadata.",
+     "cohort.h5ad is not a readable AnnData .h5ad file (OSError: x). Write it with "
+     "`adata.write_h5ad(...)`."),
+    ("obs column 'c--label-key' is fine", "obs column 'c--label-key' is fine"),
+])
+def test_upload_errors_are_said_in_the_apps_words(tmp_path, message, said):
+    """Each command-line option becomes the New run page's field, a value with spaces survives,
+    an alternative only the command line offers is dropped, the server's temporary copy is
+    named as the uploaded file, and text that merely contains an option's name is untouched."""
+    from app_pages.data import upload_error
+
+    saved = tmp_path / "tmpk3x9q1.h5ad"
+    assert upload_error(ValueError(message.replace("TMP", str(saved))), saved,
+                        "cohort.h5ad") == said

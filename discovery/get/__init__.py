@@ -5,8 +5,6 @@ notebook writes ``dc.get.HYPOTHESES`` or ``dc.get.feature_id("pooled", 12)`` and
 name itself.
 """
 
-from __future__ import annotations
-
 from discovery._lazy import attach
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names

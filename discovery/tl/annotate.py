@@ -475,8 +475,10 @@ def donor_means(adata: ad.AnnData, values: np.ndarray, *, cell_type: str) -> pd.
     extra = {"batch": keys.batch_key, "split": "split"}
     for name, col in extra.items():
         if col and col in adata.obs:
-            d[name] = adata.obs[col].astype(str).to_numpy()[m]
+            d[name] = adata.obs[col].astype("string").to_numpy()[m]  # a gap stays missing
     out = d.groupby(["donor", "label"], observed=True)["value"].mean().reset_index()
     for name in (n for n in extra if n in d):
-        out[name] = out["donor"].map(d.groupby("donor", observed=True)[name].first())
+        # a donor's own value: its most common one (a donor split over batches is rare)
+        most = d.dropna(subset=[name]).groupby("donor")[name].agg(lambda v: v.mode().iat[0])
+        out[name] = out["donor"].map(most)
     return out
