@@ -21,9 +21,10 @@ the map. The subpackages load on first use, so ``import discovery`` stays cheap.
 
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
+from typing import Any
 
-from discovery._lazy import attach
 from models.errors import InputError
 
 try:
@@ -35,5 +36,13 @@ __all__ = ["InputError", "__version__", "get", "io", "pl", "pp", "tl"]
 
 _SUBPACKAGES = ("io", "pp", "tl", "pl", "get")
 
-__getattr__, __dir__ = attach(__name__, {name: (f"discovery.{name}", None)
-                                         for name in _SUBPACKAGES})
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"discovery.{name}")
+    msg = f"module 'discovery' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBPACKAGES])

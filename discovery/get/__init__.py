@@ -5,9 +5,9 @@ notebook writes ``dc.get.HYPOTHESES`` or ``dc.get.feature_id("pooled", 12)`` and
 name itself.
 """
 
-from discovery._lazy import attach
 from discovery.io.layout import *  # noqa: F403 - the run directory's names, defined once
 from discovery.io.layout import __all__ as _layout_names
+from discovery.io.lazy import attach
 
 #: public name -> (module that defines it, its name there when it differs); loaded on first use
 _LAZY: dict[str, tuple[str, str | None]] = {

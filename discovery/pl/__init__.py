@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from discovery._lazy import attach
+from discovery.io.lazy import attach
 
 #: public name -> (module that defines it, its name there when it differs); loaded on first use
 _LAZY: dict[str, tuple[str, str | None]] = {

@@ -10,7 +10,7 @@ refinement after expert feedback (``refine``) and scoring against planted truth
 
 from __future__ import annotations
 
-from discovery._lazy import attach
+from discovery.io.lazy import attach
 
 #: public name -> (module that defines it, its name there when it differs). Loaded on first
 #: use: ``import discovery.tl.shortcuts`` (or ``dc.tl.stats``) must not load PyTorch.

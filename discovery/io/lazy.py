@@ -1,6 +1,7 @@
 """Subpackages that load their modules on first use (PEP 562), so that importing one light
 module (``discovery.tl.shortcuts``, ``discovery.get.run``'s names) does not import every
-sibling, and with them PyTorch, scanpy and matplotlib."""
+sibling, and with them PyTorch, scanpy and matplotlib. Used by ``dc.tl``, ``dc.get`` and
+``dc.pl``."""
 
 from __future__ import annotations
 
