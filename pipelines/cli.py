@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gene-sets", action="append", type=Path, default=None, metavar="FILE.gmt",
                    help="your own gene-set collection (.gmt: MSigDB, GO, ...), tested for "
                         "enrichment beside the bundled sets; repeatable")
+    g = p.add_argument_group(
+        "every cell of an atlas (an .h5ad larger than the sketch, preprocess max_cells): the "
+        "donor-level statistics stream over all of its cells")
+    g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler (tcp://host:8786) whose workers "
+                        "see the input file at the same path [a local cluster]")
+    g.add_argument("--stream-engine", choices=["dask", "serial"], default=None,
+                   help="dask: a local Dask cluster (or --dask-scheduler); serial: this process "
+                        "only, chunk after chunk [dask]")
+    g.add_argument("--stream-workers", type=int, default=None, metavar="N",
+                   help="worker processes of the local Dask cluster [2]")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     _add_keys(p)
 
@@ -336,8 +347,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _follower_rank(args, config):
         return 0
     t0 = time.perf_counter()
+    stream = {k: v for k, v in (("scheduler", args.dask_scheduler),
+                                ("engine", args.stream_engine),
+                                ("workers", args.stream_workers)) if v is not None}
+    if stream.get("workers", 1) < 1:
+        raise InputError(f"--stream-workers must be at least 1, got {stream['workers']}")
     res = run_pipeline(args.out, data=args.data, metadata=args.metadata, config=config,
-                       genes_in_rows=args.genes_in_rows, quiet=args.quiet)
+                       genes_in_rows=args.genes_in_rows, quiet=args.quiet, stream=stream)
     if not args.quiet:
         _print_run_summary(res)
         _print_model_summary(res.metrics)

@@ -52,7 +52,7 @@ from discovery.tl import annotate, classifier, features
 from discovery.tl.attribution import SAEHook, check_sae_hooks
 from discovery.tl.baselines import rank_genes
 from discovery.tl.classifier import shortcut_findings
-from discovery.tl.donor_tests import donor_gene_tests
+from discovery.tl.donor_tests import AllCells, donor_gene_tests
 from discovery.tl.embedding import umap
 from discovery.tl.expert import ExpertNote, apply_expert
 from discovery.tl.graphs import GraphSpec, case_populations, cohort_graph, example_cells, slugify
@@ -61,6 +61,7 @@ from discovery.tl.interventions import validate_graph, validation_summary
 from discovery.tl.plans import PRIORITY_FORMULA, TIER_RULES, make_plans
 from discovery.tl.records import Flag
 from discovery.tl.yardstick import score_ranking
+from models.configs import check_known
 from models.sae import load_sae
 from pipelines.config import PipelineConfig
 from pipelines.report import write_report
@@ -136,6 +137,37 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
     return adata, desc
 
 
+#: how a pass over every cell of a sketched input runs (:mod:`discovery.io.stream`): execution,
+#: not science (serial and Dask give the same numbers), so it is not part of the config hash
+DEFAULT_STREAM: dict[str, Any] = {"engine": "dask", "workers": 2, "scheduler": None,
+                                  "chunk": 50_000}
+
+
+def all_cells_of(input_desc: dict[str, Any], stream: dict[str, Any] | None = None
+                 ) -> AllCells | None:
+    """The input file behind a sketched run (every cell, for the donor-level statistics), or
+    None when the run saw every cell already (or its file is gone: then the sketch it is)."""
+    if "sketch" not in input_desc or input_desc.get("kind") != "file":
+        return None
+    path = Path(input_desc["path"])
+    if not path.is_file():
+        log.warning("%s is gone: the donor-level statistics count the sketch's cells only", path)
+        return None
+    settings = {**DEFAULT_STREAM, **(stream or {})}
+    check_known(settings, DEFAULT_STREAM, "stream settings", error=InputError)
+    return AllCells.from_file(path, **settings)
+
+
+def _cells_seen(rd: RunDir, stage: str, n: int, **parts: int) -> None:
+    """Record in the manifest how many cells a stage saw (``stages.<name>.cells_seen``)."""
+    rec = rd.manifest.get("stages", {}).get(stage)
+    if rec is not None:
+        rec["cells_seen"] = int(n)
+        if parts:
+            rec["cells_seen_by"] = {k: int(v) for k, v in parts.items()}
+        rd.save()
+
+
 def run_pipeline(
     out: str | Path,
     *,
@@ -145,9 +177,12 @@ def run_pipeline(
     genes_in_rows: bool = False,
     quiet: bool = False,
     stop_after: str | None = None,
+    stream: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run every stage into ``out`` (or up to and including ``stop_after``); see the module
-    docstring."""
+    docstring. ``stream``: how the donor-level statistics pass over every cell of an input
+    larger than the sketch (:data:`DEFAULT_STREAM` keys: engine ``dask`` or ``serial``,
+    workers of a local cluster, scheduler address of a running Dask cluster, chunk rows)."""
     if quiet:
         from transformers.utils import logging as hf_logging
 
@@ -175,6 +210,7 @@ def run_pipeline(
             summary["sketch"] = input_desc["sketch"]
         write_json(rd.path / layout.INPUT_SUMMARY, summary)
         outputs.append(layout.INPUT_SUMMARY)
+    _cells_seen(rd, "input", input_desc.get("sketch", {}).get("cells_in_file", adata.n_obs))
     stages.update()
 
     # 2. preprocess --------------------------------------------------------------------------
@@ -189,6 +225,7 @@ def run_pipeline(
             preprocess(adata, keys, config=config.preprocess)
             atomic_write(adata_path, lambda p: adata.write_h5ad(p, compression="gzip"))
             outputs.append(layout.ADATA)
+    _cells_seen(rd, "preprocess", adata.n_obs)
     stages.update()
 
     # 3. baselines ---------------------------------------------------------------------------
@@ -212,6 +249,7 @@ def run_pipeline(
             write_json(rd.path / layout.TOP_GENES,
                        {f"{m}|{ct}|{d}": g for (m, ct, d), g in top.items()})
             outputs += [layout.RANKINGS, layout.TOP_GENES]
+    _cells_seen(rd, "baselines", adata.n_obs)
     stages.update()
 
     # 4. yardstick (simulated cohorts) --------------------------------------------------------
@@ -234,6 +272,7 @@ def run_pipeline(
     # 5. model ---------------------------------------------------------------------------------
     stages.set_postfix_str("model")
     model, metrics = train_stage(rd, adata, config)
+    _cells_seen(rd, "model", adata.n_obs)
     stages.update()
     if stop_after == "model":
         stages.close()
@@ -242,6 +281,7 @@ def run_pipeline(
     # 6. features ------------------------------------------------------------------------------
     stages.set_postfix_str("features")
     feats = features_stage(rd, adata, model, config)
+    _cells_seen(rd, "features", adata.n_obs)
     stages.update()
     if stop_after == "features":
         stages.close()
@@ -250,11 +290,13 @@ def run_pipeline(
     # 7. graphs --------------------------------------------------------------------------------
     stages.set_postfix_str("graphs")
     graphs = graphs_stage(rd, adata, model, feats, config, quiet=quiet)
+    _cells_seen(rd, "graphs", adata.n_obs)
     stages.update()
 
     # 8. hypotheses and plans -------------------------------------------------------------------
     stages.set_postfix_str("hypotheses")
-    hyps = hypotheses_stage(rd, adata, model, feats, rankings, metrics, config)
+    hyps = hypotheses_stage(rd, adata, model, feats, rankings, metrics, config,
+                            all_cells=all_cells_of(input_desc, stream))
     stages.update()
 
     # 9. report --------------------------------------------------------------------------------
@@ -296,11 +338,13 @@ def analyse(adata: ad.AnnData, out: str | Path, *, config: PipelineConfig | None
 def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str, Any],
                      rankings: pd.DataFrame, metrics: dict[str, Any],
                      config: PipelineConfig, *,
-                     expert: tuple[list[ExpertNote], list[dict]] | None = None) -> dict[str, Any]:
+                     expert: tuple[list[ExpertNote], list[dict]] | None = None,
+                     all_cells: AllCells | None = None) -> dict[str, Any]:
     """Hypotheses from the run's graphs and features, and plans for them.
 
     ``expert``: a child run's non-artifact feedback and the donors it excluded
-    (:mod:`discovery.tl.expert`), applied before the plans are made."""
+    (:mod:`discovery.tl.expert`), applied before the plans are made. ``all_cells``: the input
+    file of a sketched run; the donor-level tests then count every cell of it."""
     spec = config.hypothesis_spec()
     params = {"hypotheses": spec.to_dict(), "seed": config.seed,
               "donor_tests": "moderated mean + tail tests (shares in [0, 1])",
@@ -308,6 +352,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
               "graphs_sha256": _recorded(rd, layout.GRAPH_INDEX)}
     if expert and expert[0]:
         params["expert_feedback"] = [(n.feedback_id, n.reason) for n in expert[0]]
+    if all_cells is not None:
+        params["donor_tests_cells"] = {"file": all_cells.path, "cells": len(all_cells.obs)}
     hpath, ppath = rd.path / layout.HYPOTHESES, rd.path / layout.PLANS
     tpath = rd.path / layout.DONOR_TESTS
     if rd.is_done("hypotheses", params):  # (is_done: every output there, sha256 unchanged)
@@ -321,7 +367,7 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                   for e in index["graphs"]}
         keys = get_keys(adata)
         hook = config.sae_spec().hook
-        donor_tests = donor_gene_tests(adata)
+        donor_tests = donor_gene_tests(adata, all_cells=all_cells)
         atomic_write(tpath, lambda p: donor_tests.to_csv(p, index=False))
         hyps = propose_hypotheses(
             adata, model, SAEHook(hook, feats["sae"].eval()), graphs=graphs,
@@ -347,6 +393,8 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                            "priority_formula": PRIORITY_FORMULA,
                            "tier_rules": TIER_RULES, "plans": plans})
         outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]
+    n_all = len(all_cells.obs) if all_cells is not None else adata.n_obs
+    _cells_seen(rd, "hypotheses", n_all, donor_tests=n_all, model=adata.n_obs)
     return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests,
             "expert_feedback": effects}
 
