@@ -217,8 +217,71 @@ def _recon_mse(x_n_hat: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
     return (x_n_hat - x_n).pow(2).mean()
 
 
+class _SelectedPre(torch.autograd.Function):
+    """The entries ``idx`` of the encoder pre-activations ``pre = x_c @ W_enc + b_enc`` (already
+    computed, outside the graph), with a backward that touches only those entries.
+
+    A TopK code uses k of d_sae pre-activations per row, so the gradient of ``pre`` is zero
+    elsewhere: autograd's dense backward would still multiply ``x_c.T @ grad_pre``
+    (batch x d_in x d_sae). Here ``W_enc``'s gradient is a sparse-dense product (batch x k x
+    d_in), ``x_c``'s an embedding bag over the selected encoder columns, ``b_enc``'s an index
+    add. The same numbers as the dense backward, up to the order of float additions.
+    """
+
+    @staticmethod
+    def forward(ctx, x_c: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,  # noqa: ANN001
+                idx: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x_c, W_enc, idx)
+        return pre.gather(1, idx)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        x_c, W_enc, idx = ctx.saved_tensors
+        n, k = idx.shape
+        flat, g = idx.reshape(-1), g.contiguous()
+        gx = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            gW = torch.sparse.mm(_selection(idx, g, W_enc.shape[1]), x_c).t()
+        if ctx.needs_input_grad[2]:
+            gb = torch.zeros(W_enc.shape[1], dtype=g.dtype,
+                             device=g.device).index_add_(0, flat, g.reshape(-1))
+        return gx, gW, gb, None, None
+
+
+def _selection(idx: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """(n_cols, n) sparse matrix holding ``values[r, s]`` at (``idx[r, s]``, r)."""
+    n, k = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    return torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), values.reshape(-1),
+                                   (n_cols, n), check_invariants=False)
+
+
+class _DecoderGrad(torch.autograd.Function):
+    """Zero in the forward pass; in the backward, ``W_dec``'s gradient of the sparse decode
+    ``sum_s vals[r, s] * W_dec[idx[r, s]]`` as one sparse-dense product (n x k x d_in), in place
+    of the embedding bag's dense weight backward. Added to a decode made with a detached
+    ``W_dec`` (which still gives ``vals`` their gradient)."""
+
+    @staticmethod
+    def forward(ctx, W_dec: torch.Tensor, vals: torch.Tensor,  # noqa: ANN001
+                idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(vals, idx)
+        ctx.d_sae = W_dec.shape[0]
+        return W_dec.new_zeros(idx.shape[0], W_dec.shape[1])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        vals, idx = ctx.saved_tensors
+        return torch.sparse.mm(_selection(idx, vals, ctx.d_sae), g.contiguous()), None, None
+
+
 class TopKSAE(SparseAutoencoder):
     config_class = TopKSAEConfig
+    #: training steps back-propagate through the k selected pre-activations only
+    #: (:meth:`_forward_sparse`); False takes autograd's dense path (the reference in tests)
+    sparse_backward: ClassVar[bool] = True
 
     def _topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vals, idx = torch.topk(pre, self.config.k, dim=1)
@@ -254,6 +317,9 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros_like(pre).scatter_(1, idx, vals), self._decode_sparse(vals, idx)
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
+        if (self.training and torch.is_grad_enabled() and self.sparse_backward
+                and type(self)._code is TopKSAE._code):
+            return self._forward_sparse(x)
         x_n = self.normalise(x)
         pre = self._pre_n(x_n)
         acts, x_n_hat = self._code(pre)
@@ -261,6 +327,51 @@ class TopKSAE(SparseAutoencoder):
         if self.training:
             self._track_firing(acts)
         aux = self._aux_loss(pre, x_n - x_n_hat)
+        loss = mse + self.config.aux_coeff * aux
+        return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
+
+    def _forward_sparse(self, x: torch.Tensor) -> SAEOutput:
+        """Training step of a per-row TopK code: the dense pre-activations are computed without
+        a graph and only the selected ones (the k of the code, the AuxK dead latents) carry
+        gradients (:class:`_SelectedPre`): the same loss and gradients as :meth:`forward`'s
+        dense path, without its dense encoder backward. ``acts`` is a sparse COO tensor here
+        (the trainer reads only the losses; :meth:`decode` accepts it)."""
+        x_n = self.normalise(x)
+        x_c = x_n - self.b_dec
+        with torch.no_grad():
+            # the bias as one more input row: addmm would first copy it into every row of the
+            # (n, d_sae) output, as costly as a fifth of the product
+            pre = (torch.cat([x_c, x_c.new_ones(x_c.shape[0], 1)], 1)
+                   @ torch.cat([self.W_enc, self.b_enc[None]], 0))
+            idx = torch.topk(pre, self.config.k, dim=1).indices
+        vals = F.relu(_SelectedPre.apply(x_c, self.W_enc, self.b_enc, idx, pre))
+        x_n_hat = (F.embedding_bag(idx, self.W_dec.detach(), per_sample_weights=vals,
+                                   mode="sum") + self.b_dec
+                   + _DecoderGrad.apply(self.W_dec, vals.detach(), idx))
+        mse = _recon_mse(x_n_hat, x_n)
+        with torch.no_grad():
+            fired = idx[vals > 0]
+            self.steps_since_fired += x.shape[0]
+            self.steps_since_fired[fired] = 0
+        # the k active values per row, as a sparse tensor (a dense one costs a (n, d_sae) fill)
+        n, k = idx.shape
+        acts = torch.sparse_coo_tensor(
+            torch.stack([torch.arange(n, device=idx.device).repeat_interleave(k),
+                         idx.reshape(-1)]), vals.detach().reshape(-1), pre.shape,
+            check_invariants=False)
+        aux = pre.new_zeros(())
+        dead = self.dead_mask
+        n_dead = int(dead.sum())
+        if n_dead:
+            with torch.no_grad():
+                aux_idx = torch.topk(pre.masked_fill(~dead, float("-inf")),
+                                     min(self.config.aux_k, n_dead), dim=1).indices
+            aux_vals = _SelectedPre.apply(x_c, self.W_enc, self.b_enc, aux_idx, pre)
+            err_n = x_n - x_n_hat
+            err_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals,
+                                      mode="sum")
+            denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)
+            aux = (err_hat - err_n.detach()).pow(2).mean() / denom
         loss = mse + self.config.aux_coeff * aux
         return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,7 +368,9 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
                   for e in index["graphs"]}
         keys = get_keys(adata)
         hook = config.sae_spec().hook
+        t0 = time.perf_counter()
         donor_tests = donor_gene_tests(adata, all_cells=all_cells)
+        donor_seconds = time.perf_counter() - t0
         atomic_write(tpath, lambda p: donor_tests.to_csv(p, index=False))
         hyps = propose_hypotheses(
             adata, model, SAEHook(hook, feats["sae"].eval()), graphs=graphs,
@@ -395,6 +398,13 @@ def hypotheses_stage(rd: RunDir, adata: ad.AnnData, model: Any, feats: dict[str,
         outputs += [layout.DONOR_TESTS, layout.HYPOTHESES, layout.PLANS]
     n_all = len(all_cells.obs) if all_cells is not None else adata.n_obs
     _cells_seen(rd, "hypotheses", n_all, donor_tests=n_all, model=adata.n_obs)
+    if all_cells is not None:  # what a pass over every cell cost, for sizing a cluster
+        rd.manifest["stages"]["hypotheses"]["donor_tests_stream"] = {
+            "seconds": round(donor_seconds, 3), "passes": 2,
+            "chunks": -(-len(all_cells.obs) // all_cells.chunk), "chunk_rows": all_cells.chunk,
+            "engine": "dask" if all_cells.scheduler else all_cells.engine,
+            "workers": None if all_cells.scheduler else all_cells.workers}
+        rd.save()
     return {"hypotheses": hyps, "plans": plans, "donor_tests": donor_tests,
             "expert_feedback": effects}
 

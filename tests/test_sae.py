@@ -72,6 +72,32 @@ def test_shapes_and_decoder_norm(arch):
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(48))
 
 
+@pytest.mark.parametrize("dead", [0, 20])
+def test_sparse_backward_gives_the_dense_gradients(dead):
+    """The TopK training step back-propagates through the k selected pre-activations only
+    (and the AuxK dead latents): loss and every parameter's gradient equal autograd's dense
+    path."""
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1)) * 3 + 1
+
+    def grads(sparse: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sae = build_sae("topk", d_in=12, d_sae=48, k=3, seed=0, dead_after=10)
+        sae.fit_normalisation(x)
+        sae.steps_since_fired[:dead] = 100  # these latents are dead: AuxK acts on them
+        sae.sparse_backward = sparse
+        sae.train()
+        out = sae(x)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    loss_s, g_s = grads(True)
+    loss_d, g_d = grads(False)
+    torch.testing.assert_close(loss_s, loss_d)
+    assert set(g_s) == {"W_dec", "W_enc", "b_enc", "b_dec"}
+    for name in g_s:
+        torch.testing.assert_close(g_s[name], g_d[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert g_s["W_enc"].abs().sum() > 0 and g_s["b_dec"].abs().sum() > 0
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_learns_planted_dictionary(arch, tmp_path):
     x, dirs = _toy()
