@@ -3,15 +3,17 @@
 Run (SAELens is an optional benchmark dependency, installed with the torch pin kept):
 
     pip install -e ".[bench]"      # or: pip install -c <(echo torch==2.13.0) sae-lens
-    python benchmarks/bench_sae_vs_saelens.py RUN_DIR [--d-sae 1024 --k 16 --batch 1024 ...]
+    python benchmarks/bench_sae_vs_saelens.py RUN_DIR [--settings run:256:48:128,synthetic256:2048:32:4096 ...]
 
-The activation matrix is the ``pooled`` activation of every cell of RUN_DIR's classifier (the
-pipeline's SAE hook), read from its ``adata.h5ad`` + ``model/`` (collected once, before timing).
+Each setting ``SOURCE:D_SAE:K:BATCH`` names its activations: ``run``, the ``pooled`` activation
+of every cell of RUN_DIR's classifier (the pipeline's SAE hook), read from its ``adata.h5ad`` +
+``model/`` (collected once, before timing); or ``syntheticD``, rows of D dims with a known sparse
+structure (:func:`_synthetic`).
 Both sides train a TopK SAE with the same d_sae, k, batch size, learning rate (Adam, no decay)
 and number of epochs over the same row order; the SAELens side replicates its ``SAETrainer``
 step (``training_forward_pass``, dead-latent tracking for AuxK, backward, gradient clipping at 1,
 Adam step). Reported: samples/s (median over repeats) and explained variance on held-out rows
-(test donors) in raw activation space. Ratios are ours / SAELens's.
+(test donors, or the synthetic hold-out) in raw activation space. Ratios are ours / SAELens's.
 """
 
 from __future__ import annotations
@@ -107,38 +109,71 @@ def run_saelens(x, test, args, seed):
     return n / seconds, ev
 
 
+def _synthetic(d_in: int, n: int = 24_000, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Activations with a known sparse structure: each row a sum of about 8 of 4 x d_in unit
+    directions with log-normal magnitudes, plus 5% noise; the last fifth of the rows held out."""
+    g = torch.Generator().manual_seed(seed)
+    n_dirs = 4 * d_in
+    dirs = torch.nn.functional.normalize(torch.randn(n_dirs, d_in, generator=g), dim=1)
+    active = torch.rand(n, n_dirs, generator=g) < 8 / n_dirs
+    mags = torch.exp(0.5 * torch.randn(n, n_dirs, generator=g)) * active
+    x = mags @ dirs + 0.05 * torch.randn(n, d_in, generator=g)
+    test = np.zeros(n, bool)
+    test[-n // 5:] = True
+    return x, test
+
+
+def _setting(text: str) -> dict:
+    """``SOURCE:D_SAE:K:BATCH`` with SOURCE ``run`` (the run's activations) or ``syntheticD``
+    (:func:`_synthetic` with d_in D)."""
+    try:
+        source, d_sae, k, batch = text.split(":")
+        return {"source": source, "d_sae": int(d_sae), "k": int(k), "batch": int(batch)}
+    except ValueError as err:
+        raise SystemExit(f"--settings: {text!r} is not SOURCE:D_SAE:K:BATCH") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--d-sae", default="1024,4096",
-                    help="dictionary sizes, comma-separated (one table each)")
-    ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--settings", default="run:256:48:128,synthetic256:2048:32:4096",
+                    help="SOURCE:D_SAE:K:BATCH, comma-separated (one table each); SOURCE is "
+                         "run (the run's pooled activations) or syntheticD (d_in D)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--dead-window", type=int, default=50, help="steps without firing = dead")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_vs_saelens.md"))
     args = ap.parse_args(argv)
-    sizes = [int(d) for d in str(args.d_sae).split(",") if d.strip()]
-    x, test = _acts(args.run_dir)
+    settings = [_setting(t) for t in args.settings.split(",") if t.strip()]
+    run_x, run_test = _acts(args.run_dir)
     import sae_lens
 
-    ours, theirs = "ours (TopK, sparse decode)", "SAELens TopKTrainingSAE (baseline)"
+    ours, theirs = "ours (TopK)", "SAELens TopKTrainingSAE (baseline)"
     lines = [
         "# TopK SAE training: ours vs SAELens (same process, same activations)", "",
-        f"Command: `python benchmarks/bench_sae_vs_saelens.py {args.run_dir} --d-sae "
-        f"{','.join(map(str, sizes))} --k {args.k} --batch {args.batch} --lr {args.lr} --epochs "
-        f"{args.epochs} --repeats {args.repeats}` (this file is written by that command).", "",
-        f"Activations: `pooled` of {args.run_dir}'s classifier, {int((~test).sum())} training "
-        f"rows x {x.shape[1]} dims; explained variance on {int(test.sum())} test-donor rows, raw "
-        f"space. sae-lens {sae_lens.__version__}, torch {torch.__version__}, "
+        f"Command: `python benchmarks/bench_sae_vs_saelens.py {args.run_dir} --settings "
+        f"{args.settings} --lr {args.lr} --epochs {args.epochs} --repeats {args.repeats}` (this "
+        "file is written by that command).", "",
+        f"Activations: `run` = `pooled` of {args.run_dir}'s classifier, "
+        f"{int((~run_test).sum())} training rows x {run_x.shape[1]} dims, explained variance on "
+        f"{int(run_test.sum())} test-donor rows (the pipeline's default SAE is d_sae 256, k 48, "
+        "batch 128); `syntheticD` = 24,000 rows of D dims, each a sum of about 8 of 4D unit "
+        "directions plus noise, explained variance on the last 4,800. Explained variance in "
+        f"raw space. sae-lens {sae_lens.__version__}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {len(os.sched_getaffinity(0))} cores available; "
-        f"medians over {args.repeats} interleaved repeats.",
+        f"medians over {args.repeats} interleaved repeats. Ours takes the sparse backward "
+        "(`models/sae.py::_SelectedPre`) where d_sae >= 16 k, else autograd's dense one.",
     ]
     summary = []
-    for d_sae in sizes:
-        args.d_sae = d_sae
+    for st in settings:
+        if st["source"] == "run":
+            x, test = run_x, run_test
+        elif st["source"].startswith("synthetic"):
+            x, test = _synthetic(int(st["source"].removeprefix("synthetic")))
+        else:
+            raise SystemExit(f"unknown activation source {st['source']!r}")
+        args.d_sae, args.k, args.batch = st["d_sae"], st["k"], st["batch"]
         rows: dict[str, list] = {ours: [], theirs: []}
         for r in range(args.repeats):  # interleaved, so machine noise hits both alike
             rows[ours].append(run_ours(x, test, args, r))
@@ -146,14 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         med = {n: (statistics.median(s for s, _ in rs), statistics.median(e for _, e in rs))
                for n, rs in rows.items()}
         base_sps = med[theirs][0]
-        lines += ["", f"## d_sae {d_sae}, k {args.k}", "",
+        name = (f"{st['source']} (d_in {x.shape[1]}), d_sae {args.d_sae}, k {args.k}, "
+                f"batch {args.batch}")
+        lines += ["", f"## {name}", "",
                   "| trainer | samples/s | x baseline | explained variance |",
                   "|---|---|---|---|"]
-        for name, (sps, ev) in med.items():
-            lines.append(f"| {name} | {sps:,.0f} | {sps / base_sps:.2f} | {ev:.3f} |")
+        for who, (sps, ev) in med.items():
+            lines.append(f"| {who} | {sps:,.0f} | {sps / base_sps:.2f} | {ev:.3f} |")
         gap = med[ours][1] - med[theirs][1]
-        summary.append(f"at d_sae {d_sae} ours is {med[ours][0] / base_sps:.1f}x faster with "
-                       f"explained variance {'+' if gap >= 0 else '-'}{abs(gap):.3f} vs SAELens")
+        summary.append(f"at {name} ours is {med[ours][0] / base_sps:.1f}x SAELens's speed with "
+                       f"explained variance {'+' if gap >= 0 else '-'}{abs(gap):.3f}")
     lines += ["", "Summary: " + "; ".join(summary) + "."]
     text = "\n".join(lines) + "\n"
     print(text)

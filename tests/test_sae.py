@@ -72,6 +72,20 @@ def test_shapes_and_decoder_norm(arch):
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(48))
 
 
+def test_sparse_backward_only_where_the_code_is_sparse():
+    """The pipeline's SAE (features.SAESpec: d_sae 256, k 48) keeps autograd's dense path (its
+    numbers stay as they were); a wide dictionary with a small k takes the sparse one."""
+    from discovery.tl.features import SAESpec
+
+    spec = SAESpec()
+    x = torch.randn(32, 16)
+    for d_sae, k, sparse in ((spec.d_sae, spec.k, False), (2048, 32, True)):
+        sae = build_sae("topk", d_in=16, d_sae=d_sae, k=k, seed=0)
+        sae.fit_normalisation(x)
+        sae.train()
+        assert sae(x).acts.is_sparse is sparse, (d_sae, k)
+
+
 @pytest.mark.parametrize("dead", [0, 20])
 def test_sparse_backward_gives_the_dense_gradients(dead):
     """The TopK training step back-propagates through the k selected pre-activations only
