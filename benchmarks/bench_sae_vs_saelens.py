@@ -3,7 +3,7 @@
 Run (SAELens is an optional benchmark dependency, installed with the torch pin kept):
 
     pip install -e ".[bench]"      # or: pip install -c <(echo torch==2.13.0) sae-lens
-    python benchmarks/bench_sae_vs_saelens.py RUN_DIR [--settings run:256:48:128,synthetic256:2048:32:4096 ...]
+    python benchmarks/bench_sae_vs_saelens.py RUN_DIR [--settings run:256:48:128,synthetic256:2048:32:4096:60]
 
 Each setting ``SOURCE:D_SAE:K:BATCH`` names its activations: ``run``, the ``pooled`` activation
 of every cell of RUN_DIR's classifier (the pipeline's SAE hook), read from its ``adata.h5ad`` +
@@ -123,29 +123,32 @@ def _synthetic(d_in: int, n: int = 24_000, seed: int = 0) -> tuple[torch.Tensor,
     return x, test
 
 
-def _setting(text: str) -> dict:
-    """``SOURCE:D_SAE:K:BATCH`` with SOURCE ``run`` (the run's activations) or ``syntheticD``
-    (:func:`_synthetic` with d_in D)."""
+def _setting(text: str, epochs: int) -> dict:
+    """``SOURCE:D_SAE:K:BATCH[:EPOCHS]`` with SOURCE ``run`` (the run's activations) or
+    ``syntheticD`` (:func:`_synthetic` with d_in D); EPOCHS defaults to ``epochs``."""
     try:
-        source, d_sae, k, batch = text.split(":")
-        return {"source": source, "d_sae": int(d_sae), "k": int(k), "batch": int(batch)}
+        source, d_sae, k, batch, *rest = text.split(":")
+        if len(rest) > 1:
+            raise ValueError(text)
+        return {"source": source, "d_sae": int(d_sae), "k": int(k), "batch": int(batch),
+                "epochs": int(rest[0]) if rest else epochs}
     except ValueError as err:
-        raise SystemExit(f"--settings: {text!r} is not SOURCE:D_SAE:K:BATCH") from err
+        raise SystemExit(f"--settings: {text!r} is not SOURCE:D_SAE:K:BATCH[:EPOCHS]") from err
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--settings", default="run:256:48:128,synthetic256:2048:32:4096",
-                    help="SOURCE:D_SAE:K:BATCH, comma-separated (one table each); SOURCE is "
-                         "run (the run's pooled activations) or syntheticD (d_in D)")
+    ap.add_argument("--settings", default="run:256:48:128,synthetic256:2048:32:4096:60",
+                    help="SOURCE:D_SAE:K:BATCH[:EPOCHS], comma-separated (one table each); "
+                         "SOURCE is run (the run's pooled activations) or syntheticD (d_in D)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--dead-window", type=int, default=50, help="steps without firing = dead")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sae_vs_saelens.md"))
     args = ap.parse_args(argv)
-    settings = [_setting(t) for t in args.settings.split(",") if t.strip()]
+    settings = [_setting(t, args.epochs) for t in args.settings.split(",") if t.strip()]
     run_x, run_test = _acts(args.run_dir)
     import sae_lens
 
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown activation source {st['source']!r}")
         args.d_sae, args.k, args.batch = st["d_sae"], st["k"], st["batch"]
+        epochs, args.epochs = args.epochs, st["epochs"]
         rows: dict[str, list] = {ours: [], theirs: []}
         for r in range(args.repeats):  # interleaved, so machine noise hits both alike
             rows[ours].append(run_ours(x, test, args, r))
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                for n, rs in rows.items()}
         base_sps = med[theirs][0]
         name = (f"{st['source']} (d_in {x.shape[1]}), d_sae {args.d_sae}, k {args.k}, "
-                f"batch {args.batch}")
+                f"batch {args.batch}, {args.epochs} epochs")
+        args.epochs = epochs
         lines += ["", f"## {name}", "",
                   "| trainer | samples/s | x baseline | explained variance |",
                   "|---|---|---|---|"]

@@ -103,7 +103,8 @@ def _preflight_model(config: PipelineConfig, n_genes: int) -> None:
 
 
 def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig,
-                genes_in_rows: bool) -> tuple[ad.AnnData, dict[str, Any]]:
+                genes_in_rows: bool, stream: dict[str, Any] | None = None
+                ) -> tuple[ad.AnnData, dict[str, Any]]:
     max_cells = config.preprocess.max_cells
     strata = config.keys.donor_key or config.keys.label_key
     if data is None and config.cohort.scenario in DATASETS:
@@ -120,9 +121,11 @@ def _load_input(data: Path | None, metadata: Path | None, config: PipelineConfig
         sketch = None
         if max_cells is not None and n_obs is not None and n_obs > max_cells:
             # larger than the sketch: never loaded whole (backed mode, chunks)
+            how = _stream_settings(stream)
             adata, sketch = read_sketched(
                 data, max_cells=max_cells, strata=strata, seed=config.seed,
-                require_counts=config.preprocess.input == "counts")
+                require_counts=config.preprocess.input == "counts", chunk=how["chunk"],
+                engine=how["engine"], scheduler=how["scheduler"], workers=how["workers"])
         else:
             adata = read(data, metadata=metadata, genes_in_rows=genes_in_rows)
         # checksums once the files are known to be readable (missing files: read's error)
@@ -154,9 +157,13 @@ def all_cells_of(input_desc: dict[str, Any], stream: dict[str, Any] | None = Non
     if not path.is_file():
         log.warning("%s is gone: the donor-level statistics count the sketch's cells only", path)
         return None
+    return AllCells.from_file(path, **_stream_settings(stream))
+
+
+def _stream_settings(stream: dict[str, Any] | None) -> dict[str, Any]:
     settings = {**DEFAULT_STREAM, **(stream or {})}
     check_known(settings, DEFAULT_STREAM, "stream settings", error=InputError)
-    return AllCells.from_file(path, **settings)
+    return settings
 
 
 def _cells_seen(rd: RunDir, stage: str, n: int, **parts: int) -> None:
@@ -195,7 +202,8 @@ def run_pipeline(
     # 1. input -------------------------------------------------------------------------------
     stages.set_postfix_str("input")
     adata, input_desc = _load_input(Path(data) if data else None,
-                                    Path(metadata) if metadata else None, config, genes_in_rows)
+                                    Path(metadata) if metadata else None, config, genes_in_rows,
+                                    stream)
     # before any work: errors surface here
     keys = validate(adata, config.keys, require_counts=config.preprocess.input == "counts")
     check_donor_coverage(adata, keys)

@@ -103,6 +103,23 @@ def test_dask_local_cluster_gives_the_serial_numbers(cohort):
     pd.testing.assert_frame_equal(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_the_scan_on_dask_gives_the_serial_qc_and_names_the_first_bad_row(cohort, tmp_path):
+    from discovery.io.sketch import read_sketched
+
+    path, full = cohort
+    serial, s1 = read_sketched(path, max_cells=300, strata="donor", chunk=173)
+    dask, s2 = read_sketched(path, max_cells=300, strata="donor", chunk=173, engine="dask")
+    assert s1 == s2 and (serial.X != dask.X).nnz == 0
+    raw = ad.read_h5ad(path)
+    raw.X = raw.X.tocsr()
+    raw.X[400, 3] = 0.5  # a non-integer count in the third block
+    bad = tmp_path / "bad.h5ad"
+    raw.write_h5ad(bad)
+    for engine in ("serial", "dask"):
+        with pytest.raises(InputError, match=r"non-integer values .* first at row 400 "):
+            read_sketched(bad, max_cells=300, strata="donor", chunk=173, engine=engine)
+
+
 def test_an_unknown_engine_is_said(cohort):
     path, full = cohort
     with pytest.raises(InputError, match="engine must be one of"):

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from discovery.io.contract import InputError
+from discovery.io.stream import add_partials
 
 log = logging.getLogger(__name__)
 
@@ -66,39 +67,68 @@ def _chunk_problem(x: sp.csr_matrix, require_counts: bool) -> tuple[str, int] | 
     return None
 
 
-def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 50_000) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _scan_block(x: sp.csr_matrix, a: int, b: int, *, is_mt: np.ndarray,
+                require_counts: bool) -> dict[str, Any]:
+    """One block's per-cell QC numbers (keyed by the block's first row, so blocks merge), its
+    genes' detection counts, and the first bad value it holds (row within the file)."""
+    found = _chunk_problem(x, require_counts)
+    total = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    mt = (np.asarray(x[:, np.flatnonzero(is_mt)].sum(axis=1), dtype=np.float64).ravel()
+          if is_mt.any() else np.zeros(b - a))
+    return {"cells": {a: (total, np.diff(x.indptr).astype(np.int32), mt)},
+            "genes": np.bincount(x.indices, minlength=x.shape[1]).astype(np.int64),
+            "problems": {a: (found[0], a + found[1])} if found else {}}
+
+
+def scan_h5ad(backed: ad.AnnData, *, require_counts: bool = True, chunk: int = 50_000,
+              path: str | Path | None = None, engine: str = "serial",
+              scheduler: str | None = None, workers: int = 2) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-cell QC over every row of a backed AnnData, ``chunk`` rows at a time.
 
     Returns (per-cell frame with ``total_counts``, ``n_genes_by_counts``, ``pct_counts_mt``;
     summary with cell, empty-cell and per-gene detection numbers). Raises :class:`InputError`
     naming the first bad row (NaN/Inf, negative, non-integer counts).
+
+    With the file's ``path`` (CSR or dense ``X``) the blocks are read straight from it and may
+    run on a Dask cluster (``engine``, ``scheduler``, ``workers``:
+    :func:`discovery.io.stream.reduce_chunks`); without it, through ``backed`` in this process.
     """
+    from functools import partial
+
+    from discovery.io.stream import Chunks, reduce_chunks, x_encoding
+
     n, n_g = backed.shape
     is_mt = np.asarray(backed.var_names.str.upper().str.startswith("MT-"))
-    total = np.zeros(n, np.float64)
-    detected = np.zeros(n, np.int32)
-    mt = np.zeros(n, np.float64)
-    gene_cells = np.zeros(n_g, np.int64)
-    for a in tqdm(range(0, n, chunk), desc="scan (chunks)", disable=not log.isEnabledFor(logging.INFO), unit="chunk"):
-        b = min(a + chunk, n)
-        x = backed.X[a:b]
-        x = sp.csr_matrix(x) if not sp.issparse(x) else x.tocsr()
-        found = _chunk_problem(x, require_counts)
-        if found:
-            problem, r = found
-            msg = (f"X holds {problem}: first at row {a + r} (cell {backed.obs_names[a + r]!r}). "
-                   + ("Pass raw integer counts, or set preprocess input: lognorm for "
-                      "log-normalised data." if "integer" in problem
-                      else "Fix or drop those cells before running."))
-            raise InputError(msg)
-        total[a:b] = np.asarray(x.sum(axis=1)).ravel()
-        detected[a:b] = np.diff(x.indptr)
-        if is_mt.any():
-            mt[a:b] = np.asarray(x[:, np.flatnonzero(is_mt)].sum(axis=1)).ravel()
-        gene_cells += np.bincount(x.indices, minlength=n_g)
+    fn = partial(_scan_block, is_mt=is_mt, require_counts=require_counts)
+    if path is not None and n and x_encoding(path) in ("csr_matrix", "array"):
+        parts = reduce_chunks(Chunks(str(path), n, chunk), fn, engine=engine,
+                              scheduler=scheduler, workers=workers)
+    else:
+        def block(a: int, b: int) -> sp.csr_matrix:
+            x = backed.X[a:b]
+            return sp.csr_matrix(x) if not sp.issparse(x) else x.tocsr()
+
+        blocks = (fn(block(a, b), a, b) for a, b in Chunks("", n, chunk).bounds())
+        parts = {"cells": {}, "genes": np.zeros(n_g, np.int64), "problems": {}}
+        for part in tqdm(blocks, desc="scan (chunks)", total=-(-n // chunk) if n else 0,
+                         disable=not log.isEnabledFor(logging.INFO), unit="chunk"):
+            parts = add_partials(parts, part)
+            if parts["problems"]:
+                break
+    if parts["problems"]:
+        problem, row = parts["problems"][min(parts["problems"])]
+        msg = (f"X holds {problem}: first at row {row} (cell {backed.obs_names[row]!r}). "
+               + ("Pass raw integer counts, or set preprocess input: lognorm for "
+                  "log-normalised data." if "integer" in problem
+                  else "Fix or drop those cells before running."))
+        raise InputError(msg)
+    starts = sorted(parts["cells"])
+    total, detected, mt = (np.concatenate([parts["cells"][a][i] for a in starts]) if starts
+                           else np.zeros(0) for i in range(3))
+    gene_cells = parts["genes"]
     with np.errstate(invalid="ignore", divide="ignore"):
         pct_mt = np.where(total > 0, 100 * mt / total, 0.0)
-    qc = pd.DataFrame({"total_counts": total, "n_genes_by_counts": detected,
+    qc = pd.DataFrame({"total_counts": total, "n_genes_by_counts": detected.astype(np.int32),
                        "pct_counts_mt": pct_mt}, index=backed.obs_names)
     summary = {
         "cells_in_file": int(n),
@@ -182,11 +212,14 @@ def read_rows(backed: ad.AnnData, rows: np.ndarray, *, chunk: int = 50_000) -> a
 
 
 def read_sketched(path: str | Path, *, max_cells: int, strata: str | None,
-                  require_counts: bool = True, seed: int = 0, chunk: int = 50_000) -> tuple[ad.AnnData, dict[str, Any]]:
+                  require_counts: bool = True, seed: int = 0, chunk: int = 50_000,
+                  engine: str = "serial", scheduler: str | None = None,
+                  workers: int = 2) -> tuple[ad.AnnData, dict[str, Any]]:
     """Scan an ``.h5ad`` in backed mode and load a donor-stratified sketch of its cells.
 
     Returns (in-memory AnnData of at most ``max_cells`` non-empty cells; summary of the scan and
-    the sketch for the manifest).
+    the sketch for the manifest). ``engine``, ``scheduler``, ``workers``: where the scan's
+    blocks run (:func:`discovery.io.stream.reduce_chunks`).
     """
     try:
         backed = ad.read_h5ad(path, backed="r")
@@ -199,7 +232,8 @@ def read_sketched(path: str | Path, *, max_cells: int, strata: str | None,
             msg = (f"obs has no column {strata!r} to sketch cells by; available: "
                    f"{', '.join(map(str, backed.obs.columns))}")
             raise InputError(msg)
-        qc, summary = scan_h5ad(backed, require_counts=require_counts, chunk=chunk)
+        qc, summary = scan_h5ad(backed, require_counts=require_counts, chunk=chunk, path=path,
+                                engine=engine, scheduler=scheduler, workers=workers)
         rows = sketch_cells(backed.obs, max_cells, strata=strata,
                             eligible=qc["total_counts"].to_numpy() > 0, seed=seed)
         adata = read_rows(backed, rows, chunk=chunk)

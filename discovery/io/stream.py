@@ -37,7 +37,8 @@ from discovery.io.contract import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "Chunks", "add_partials", "dask_client", "read_block", "reduce_chunks"]
+__all__ = ["ENGINES", "Chunks", "add_partials", "dask_client", "read_block", "reduce_chunks",
+           "x_encoding"]
 
 ENGINES = ("serial", "dask")
 
@@ -63,6 +64,16 @@ def _open(path: str) -> Any:
     import h5py
 
     return h5py.File(path, "r")
+
+
+def x_encoding(path: str | Path) -> str:
+    """How the file stores ``X``: ``csr_matrix``, ``csc_matrix`` or ``array`` (dense)."""
+    store = _open(str(path))
+    try:
+        return str(store["X"].attrs.get("encoding-type", "array"))
+    finally:
+        if hasattr(store, "close"):
+            store.close()
 
 
 def read_block(path: str, a: int, b: int) -> sp.csr_matrix:
