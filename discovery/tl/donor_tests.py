@@ -134,7 +134,7 @@ def tail_thresholds(counts: object, *, quantiles: tuple[float, float] = TAIL_QUA
     return hi, lo
 
 
-def tail_counts(counts: object, groups: np.ndarray, n_groups: int, hi: np.ndarray,
+def tail_counts(counts: object, groups: np.ndarray, n_groups: int, *, hi: np.ndarray,
                 lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per group (rows) and gene, how many cells lie above ``hi`` and how many lie *above*
     ``lo`` (the lower tail's count is the group's cells minus this: every zero lies at or below
@@ -171,7 +171,7 @@ def tail_shares(counts: object, donors: np.ndarray, names: np.ndarray,
         thresholds = tail_thresholds(sp.csr_matrix(counts)[rows >= 0], quantiles=quantiles)
     hi, lo = thresholds
     n = np.bincount(rows[rows >= 0], minlength=len(names)).astype(float)
-    up, above_lo = tail_counts(counts, rows, len(names), hi, lo)
+    up, above_lo = tail_counts(counts, rows, len(names), hi=hi, lo=lo)
     with np.errstate(invalid="ignore", divide="ignore"):
         up, low = up / n[:, None], (n[:, None] - above_lo) / n[:, None]
     return np.clip(up, 0.0, 1.0), np.clip(low, 0.0, 1.0)
@@ -360,7 +360,7 @@ def _tails_block(x: sp.csr_matrix, a: int, b: int, *, groups: np.ndarray,
     out = {}
     for ct, (cols, first, n, hi, lo) in spec.items():
         rows = np.flatnonzero((g >= first) & (g < first + n))
-        out[ct] = tail_counts(x[rows][:, cols], g[rows] - first, n, hi, lo)
+        out[ct] = tail_counts(x[rows][:, cols], g[rows] - first, n, hi=hi, lo=lo)
     return out
 
 
