@@ -309,6 +309,12 @@ class TopKSAE(SparseAutoencoder):
         # raw pre-activations, not ReLU'd (as SAELens does): a dead latent whose pre-activation
         # is negative still gets a gradient that moves it towards the residual error
         vals, idx = torch.topk(masked, k_aux, dim=1)
+        return self._aux_from(vals, idx, err_n)
+
+    def _aux_from(self, vals: torch.Tensor, idx: torch.Tensor,
+                  err_n: torch.Tensor) -> torch.Tensor:
+        """AuxK loss of the dead latents ``idx`` with pre-activations ``vals``: how well they
+        reconstruct the residual error ``err_n``."""
         err_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum")
         # normalised by the error's own variance so the scale does not depend on progress
         denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)
@@ -371,12 +377,8 @@ class TopKSAE(SparseAutoencoder):
             with torch.no_grad():
                 aux_idx = torch.topk(pre.masked_fill(~dead, float("-inf")),
                                      min(self.config.aux_k, n_dead), dim=1).indices
-            aux_vals = _SelectedPre.apply(x_c, self.W_enc, self.b_enc, aux_idx, pre)
-            err_n = x_n - x_n_hat
-            err_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals,
-                                      mode="sum")
-            denom = (err_n - err_n.mean(0)).pow(2).mean().clamp(min=1e-8)
-            aux = (err_hat - err_n.detach()).pow(2).mean() / denom
+            aux = self._aux_from(_SelectedPre.apply(x_c, self.W_enc, self.b_enc, aux_idx, pre),
+                                 aux_idx, x_n - x_n_hat)
         loss = mse + self.config.aux_coeff * aux
         return SAEOutput(self.denormalise(x_n_hat), acts, loss, mse.detach(), aux.detach())
 
