@@ -126,6 +126,32 @@ def test_an_unknown_engine_is_said(cohort):
         reduce_chunks(Chunks(str(path), full.n_obs), partial(_sums), engine="spark")
 
 
+def test_a_script_without_a_main_guard_is_told_how_to_start_a_local_cluster(cohort, tmp_path):
+    """Local workers are spawned, never forked (a fork taken while another thread holds a lock
+    hangs for ever); a spawned worker imports the calling script again, so a script without
+    ``if __name__ == "__main__":`` cannot start one: it is told so and how to fix it."""
+    import subprocess
+    import sys
+
+    path, _ = cohort
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from discovery.io.contract import InputError\n"
+        "from discovery.io.stream import Chunks, reduce_chunks\n"
+        "def total(x, a, b):\n"
+        "    return x.sum()\n"
+        f"chunks = Chunks({str(path)!r}, 40, 20)\n"
+        "try:\n"
+        "    reduce_chunks(chunks, total, engine='dask', workers=1)\n"
+        "except InputError as err:\n"
+        "    print('INPUTERROR', err)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    said = [line for line in out.stdout.splitlines() if line.startswith("INPUTERROR")]
+    assert said, out.stdout[-2000:] + out.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in said[0] and "engine='serial'" in said[0]
+
+
 @pytest.mark.slow
 def test_a_run_on_a_file_larger_than_the_sketch_counts_every_cell(cohort, tmp_path):
     from pipelines.config import load_config

@@ -22,7 +22,6 @@ Files: ``.h5ad`` (and AnnData ``.zarr`` stores) whose ``X`` holds raw counts, CS
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,20 +127,23 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2) -> Iterator[A
         if scheduler:
             client = Client(scheduler, timeout="30s")
         else:
-            import dask
-
-            # forked workers inherit this process's imports (spawned ones would import the
-            # scientific stack again: seconds per worker); only the numpy/scipy/h5py block
-            # functions run there. Linux only: fork is unsafe on macOS.
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
-            with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
+            # spawned worker processes (dask's default), never forked: this process runs
+            # threads (dask's own event loop, torch's pools), and a child forked while one of
+            # them held a lock waits for it forever (seen as a CI run that never ended). A
+            # spawned worker imports what it needs (about 3 s, once per run).
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
             client = Client(cluster)
     except (OSError, TimeoutError) as err:
         msg = (f"cannot reach the Dask scheduler at {scheduler!r} ({err}). Start one "
                "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or leave "
                "--dask-scheduler out to use a local cluster.")
+        raise InputError(msg) from err
+    except RuntimeError as err:  # a Nanny that could not start its worker process
+        msg = (f"could not start a local Dask cluster of {workers} worker processes ({err}). "
+               "A script that starts one must guard its top level with "
+               "`if __name__ == \"__main__\":` (spawned workers import the script again); "
+               "or pass engine='serial' (CLI: --stream-engine serial).")
         raise InputError(msg) from err
     try:
         yield client
