@@ -756,7 +756,17 @@ def get_keys(adata: ad.AnnData) -> Keys:
     return Keys.from_dict(json.loads(raw) if isinstance(raw, str) else dict(raw))
 
 
-def case_mask(adata: ad.AnnData, keys: Keys | None = None) -> np.ndarray:
-    """Boolean per cell: ``True`` where the label equals the case value."""
-    keys = keys or get_keys(adata)
-    return (adata.obs[keys.label_key].astype(str) == str(keys.case)).to_numpy()
+def case_mask(adata: ad.AnnData | pd.DataFrame, keys: Keys | None = None) -> np.ndarray:
+    """Boolean per cell: ``True`` where the label equals the case value.
+
+    ``adata`` may also be an ``obs`` table (a file's cells read without their matrix); then
+    ``keys`` is required."""
+    if isinstance(adata, pd.DataFrame):
+        if keys is None:
+            msg = "case_mask of an obs table needs its keys (the label column and case value)"
+            raise TypeError(msg)
+        obs = adata
+    else:
+        keys = keys or get_keys(adata)
+        obs = adata.obs
+    return (obs[keys.label_key].astype(str) == str(keys.case)).to_numpy()

@@ -235,6 +235,13 @@ def _enough(ct: str, d: CellTypeDonors, min_donors_per_class: int) -> bool:
     return True
 
 
+def _cell_types(obs: pd.DataFrame, keys: Keys) -> np.ndarray:
+    """Each cell's type as text, or ``"all cells"`` when the cohort names no cell types."""
+    if keys.cell_type_key:
+        return obs[keys.cell_type_key].astype(str).to_numpy()
+    return np.full(len(obs), "all cells")
+
+
 def donor_gene_tests(adata: ad.AnnData, *, min_cells: int = 5,
                      min_donors_per_class: int = 2,
                      all_cells: AllCells | None = None) -> pd.DataFrame:
@@ -256,8 +263,7 @@ def donor_gene_tests(adata: ad.AnnData, *, min_cells: int = 5,
             return _streamed_tests(adata, keys, all_cells, min_cells=min_cells,
                                    min_donors_per_class=min_donors_per_class)
     genes = adata.var_names.to_numpy()
-    ct_col = (adata.obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
-              else np.full(adata.n_obs, "all cells"))
+    ct_col = _cell_types(adata.obs, keys)
     donor_col = adata.obs[keys.donor_key].astype(str).to_numpy()
     is_case = pd.Series(case_mask(adata, keys)).groupby(donor_col).first()
     counts = counts_matrix(adata)
@@ -379,20 +385,17 @@ def _streamed_tests(adata: ad.AnnData, keys: Keys, cells: AllCells, *, min_cells
                f"(first: {genes[cols < 0][0]!r}); was the run made from another file?")
         raise InputError(msg)
     mt_cols = np.flatnonzero(pd.Index(cells.var_names).str.upper().str.startswith("MT-"))
-    ct_all = (obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
-              else np.full(len(obs), "all cells"))
+    ct_all = _cell_types(obs, keys)
     donor_all = obs[keys.donor_key].astype(str).to_numpy()
     pairs = pd.MultiIndex.from_arrays([ct_all, donor_all])
     codes, uniq = pd.factorize(pairs, sort=True)
     groups = codes.astype(np.int32)
     summed, n, pct = cells.reduce(partial(_sums_block, groups=groups, n_groups=len(uniq),
                                           cols=cols, mt_cols=mt_cols))
-    label = pd.Series((obs[keys.label_key].astype(str) == str(keys.case)).to_numpy()
-                      ).groupby(donor_all).first()
+    label = pd.Series(case_mask(obs, keys)).groupby(donor_all).first()
     g_ct = np.asarray(uniq.get_level_values(0))
     g_donor = np.asarray(uniq.get_level_values(1))
-    sketch_ct = (adata.obs[keys.cell_type_key].astype(str).to_numpy() if keys.cell_type_key
-                 else np.full(adata.n_obs, "all cells"))
+    sketch_ct = _cell_types(adata.obs, keys)
     counts = counts_matrix(adata)
     donors: dict[str, tuple[CellTypeDonors, np.ndarray, np.ndarray]] = {}
     spec: dict[str, tuple[np.ndarray, int, int, np.ndarray, np.ndarray]] = {}
