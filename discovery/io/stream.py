@@ -130,10 +130,12 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2) -> Iterator[A
             # spawned worker processes (dask's default), never forked: this process runs
             # threads (dask's own event loop, torch's pools), and a child forked while one of
             # them held a lock waits for it forever (seen as a CI run that never ended). A
-            # spawned worker imports what it needs (about 3 s, once per run).
+            # spawned worker imports what it needs (about 3 s, once per run). The dashboard
+            # listens on this machine only, on a free port (two runs at once do not collide).
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                   processes=True, dashboard_address=None)
+                                   processes=True, dashboard_address="127.0.0.1:0")
             client = Client(cluster)
+            log.info("Dask dashboard of the streamed passes: %s", client.dashboard_link)
     except (OSError, TimeoutError) as err:
         msg = (f"cannot reach the Dask scheduler at {scheduler!r} ({err}). Start one "
                "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or leave "
