@@ -47,7 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/libraries.md"))
     args = p.parse_args()
     adata = ad.read_h5ad(args.run / "adata.h5ad")
     keys = get_keys(adata)
@@ -96,15 +96,15 @@ def main() -> None:
     text = "\n".join([
         "# Our statistics beside the libraries",
         "",
-        f"Command: `python benchmarks/bench_libraries.py {args.run} --repeats {args.repeats}`",
+        f"Command: `python benchmarks/bench_libraries.py {args.run} --repeats {args.repeats} "
+        f"--out {args.out}` (this file is written by that command)",
         f"({adata.n_obs} cells x {adata.n_vars} genes, {len(names)} donor x cell-type groups)",
         "",
         "| computation | max abs difference | ours ms | library ms | library / ours |",
         "|---|---|---|---|---|",
         *rows, ""])
     print(text)
-    if args.out:
-        write_text(args.out, text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":
