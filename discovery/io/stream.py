@@ -142,6 +142,8 @@ def dask_client(*, scheduler: str | None = None, workers: int = 2) -> Iterator[A
                "--dask-scheduler out to use a local cluster.")
         raise InputError(msg) from err
     except RuntimeError as err:  # a Nanny that could not start its worker process
+        if scheduler:
+            raise InputError(f"the Dask scheduler at {scheduler!r} failed: {err}") from err
         msg = (f"could not start a local Dask cluster of {workers} worker processes ({err}). "
                "A script that starts one must guard its top level with "
                "`if __name__ == \"__main__\":` (spawned workers import the script again); "
